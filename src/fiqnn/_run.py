@@ -1,0 +1,108 @@
+"""Run directories: config, metrics, log and checkpoints of one training run.
+
+Layout of a run directory::
+
+    config.json      the config it was started with (and the fiqnn version)
+    metrics.json     per-epoch history and final numbers, rewritten each epoch
+    checkpoint.pt    latest resumable state, written atomically each epoch
+    train.log        human-readable log
+    model.pt         the finished model (weights only)
+
+Checkpoints hold only tensors and plain Python values and are loaded with
+``torch.load(weights_only=True)``: loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import _io
+from .errors import CheckpointError, RunDirError
+
+CONFIG, METRICS, CHECKPOINT, LOG, MODEL = "config.json", "metrics.json", "checkpoint.pt", "train.log", "model.pt"
+
+
+def check_writable(out: Path) -> None:
+    """Fail early (before any work) if ``out`` cannot become a writable directory."""
+    p = out
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise RunDirError(f"cannot create run directory {out}: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create run directory {out}: {p} is not writable")
+
+
+class RunDir:
+    """A run directory, opened either fresh or for ``--resume``."""
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any], *, resume: bool):
+        self.path = Path(path)
+        self.config = config
+        self.resumed = False
+        saved = self.path / CONFIG
+        if saved.exists():
+            if not resume:
+                raise RunDirError(f"{self.path} already holds a run; pass --resume to continue it, "
+                                  "or choose another --out")
+            old = read_json(saved)
+            diff = sorted(k for k in config if k in old.get("config", {}) and old["config"][k] != config[k])
+            if diff:
+                k = diff[0]
+                raise RunDirError(f"{self.path} was started with {k}={old['config'][k]!r}, not "
+                                  f"{config[k]!r}; resume with the same settings or choose another --out")
+            self.resumed = True
+        check_writable(self.path)
+
+    def create(self, kind: str) -> None:
+        """Create the directory and write config.json (after inputs are known to be good)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not (self.path / CONFIG).exists():
+                from . import __version__
+
+                _io.write_json(self.path / CONFIG, {"kind": kind, "fiqnn": __version__,
+                                                    "config": self.config})
+        except OSError as e:
+            raise RunDirError(f"cannot write run directory {self.path}: {e.strerror}") from None
+
+    def log(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        tqdm.write(line, file=sys.stderr)
+        with open(self.path / LOG, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        _io.torch_save(state, self.path / CHECKPOINT)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        p = self.path / CHECKPOINT
+        return load_torch(p) if p.exists() else None
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        _io.write_json(self.path / METRICS, metrics)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read {path}: {e}") from None
+
+
+def load_torch(path: Path) -> dict[str, Any]:
+    """Load a checkpoint or model file safely (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except Exception as e:  # torch raises many types for corrupt files; all mean "unreadable"
+        raise CheckpointError(f"{path} is corrupt or not a fiqnn checkpoint ({type(e).__name__})") from None

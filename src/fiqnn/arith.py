@@ -1,0 +1,146 @@
+"""The integer primitives of docs/arithmetic.md, one function per equation.
+
+Every backend (the numpy executor, ONNX, C) computes exactly these functions;
+this module is their single Python implementation. Arrays are NumPy integer
+arrays (or Python ints); products are formed in int64.
+
+>>> int(rshift_round(3, 1)), int(rshift_round(-3, 1)), int(rshift_round(5, 0))  # ties go up (E3)
+(2, -1, 5)
+>>> quantize_multiplier(0.5)
+(1073741824, 31)
+>>> int(requantize(1000, *quantize_multiplier(0.01), a_bits=4))  # 10 -> clamp (E4)
+10
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Version of the integer contract. Stored in every model file; a file with another
+#: version is refused. Bump it whenever any equation below changes.
+ARITH_VERSION = 1
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+MULT_MIN, MULT_MAX = 2**30, 2**31 - 1  # (E5) normalised multiplier range
+SHIFT_MIN, SHIFT_MAX = 0, 62  # (E3) keeps x + 2^(S-1) inside int64 for |x| < 2^62
+MULT_REL_ERROR = 2.0**-31  # (E5) bound on |mult / 2^shift - real| / real
+
+
+def weight_range(w_bits: int) -> tuple[int, int]:
+    """(E1) Signed narrow range of ``w_bits``-bit weight codes.
+
+    >>> [weight_range(b) for b in (2, 4, 8)]
+    [(-1, 1), (-7, 7), (-127, 127)]
+    """
+    _check_bits(w_bits)
+    q = 2 ** (w_bits - 1) - 1
+    return -q, q
+
+
+def act_range(a_bits: int) -> tuple[int, int]:
+    """(E1) Unsigned range of ``a_bits``-bit activation codes.
+
+    >>> [act_range(b) for b in (2, 4, 8)]
+    [(0, 3), (0, 15), (0, 255)]
+    """
+    _check_bits(a_bits)
+    return 0, 2**a_bits - 1
+
+
+def rshift_round(x, shift):
+    """(E3) ``floor((x + 2^(shift-1)) / 2^shift)``: divide by 2^shift, rounding to
+    nearest with ties toward +infinity ("round half up"); ``shift == 0`` returns x.
+
+    Args:
+        x: int64-representable integers with ``|x| < 2^62`` (array or int).
+        shift: integers in [0, 62], broadcastable against ``x``.
+
+    Returns:
+        int64 array (or numpy int64 scalar).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    half = (np.int64(1) << shift) >> 1  # 2^(shift-1), or 0 when shift == 0
+    return (x + half) >> shift  # numpy's >> on int64 is arithmetic: floor division by 2^shift
+
+
+def requantize(acc, mult, shift, a_bits: int):
+    """(E4) ``clamp(rshift_round(acc * mult, shift), 0, 2^a_bits - 1)``.
+
+    Args:
+        acc: int32 accumulators (any integer array with values in int32 range).
+        mult: int32 multipliers in [1, 2^31 - 1], broadcastable (per channel) against acc.
+        shift: shifts in [0, 62], broadcastable against acc.
+        a_bits: output bits, 2..8.
+
+    Returns:
+        uint8 array of codes in [0, 2^a_bits - 1].
+    """
+    lo, hi = act_range(a_bits)
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # |prod| < 2^62
+    return np.clip(rshift_round(prod, shift), lo, hi).astype(np.uint8)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """(E5) Represent ``real > 0`` as ``mult / 2^shift`` with ``mult`` in
+    [2^30, 2^31 - 1] and ``shift`` in [0, 62].
+
+    ``mult`` is ``real * 2^shift`` rounded half up, so the relative error is at
+    most :data:`MULT_REL_ERROR` = 2^-31. Valid for ``2^-32 <= real < 2^31 - 1/2``.
+
+    >>> quantize_multiplier(1.0), quantize_multiplier(0.75), quantize_multiplier(2.0**-32)
+    ((1073741824, 30), (1610612736, 31), (1073741824, 62))
+
+    Raises:
+        ValueError: ``real`` is not finite and positive, or outside the valid range.
+    """
+    if not (math.isfinite(real) and real > 0):
+        raise ValueError(f"multiplier must be finite and positive, got {real}")
+    frac, exp = math.frexp(real)  # real = frac * 2^exp, frac in [0.5, 1)
+    mult = math.floor(math.ldexp(frac, 31) + 0.5)  # in [2^30, 2^31]; exact in float64
+    shift = 31 - exp
+    if mult == 2**31:  # rounding carried into the next power of two
+        mult, shift = 2**30, shift - 1
+    if not SHIFT_MIN <= shift <= SHIFT_MAX:
+        raise ValueError(f"multiplier {real!r} is outside [2^-32, 2^31): it needs shift {shift}, "
+                         f"but shifts must lie in [{SHIFT_MIN}, {SHIFT_MAX}]")
+    return mult, shift
+
+
+def acc_bound(w_q: np.ndarray, x_max: int, bias_q=0) -> tuple[np.ndarray, np.ndarray]:
+    """(E6) Per-output-channel bounds ``(lo, hi)`` on every partial sum of
+    ``acc = bias_q + sum(w_q * x_q)``, in any summation order, with or without the
+    bias, over all inputs ``x_q`` in [0, x_max]::
+
+        lo = min(bias_q, 0) + x_max * sum(min(w_q, 0))
+        hi = max(bias_q, 0) + x_max * sum(max(w_q, 0))
+
+    Args:
+        w_q: integer weights, output channel first: (O, ...) for conv or linear.
+        x_max: largest input code (2^A - 1 of the layer's input).
+        bias_q: int32 bias per output channel (or 0).
+
+    Returns:
+        Two int64 arrays of shape (O,).
+
+    >>> lo, hi = acc_bound(np.array([[3, -2, 1], [-1, -1, 0]]), 15, np.array([5, -7]))
+    >>> lo.tolist(), hi.tolist()
+    ([-30, -37], [65, 0])
+    """
+    w = np.asarray(w_q, dtype=np.int64).reshape(len(w_q), -1)
+    bias = np.broadcast_to(np.asarray(bias_q, dtype=np.int64), (len(w),))
+    lo = np.minimum(bias, 0) + int(x_max) * np.minimum(w, 0).sum(axis=1)
+    hi = np.maximum(bias, 0) + int(x_max) * np.maximum(w, 0).sum(axis=1)
+    return lo, hi
+
+
+def fits_int32(lo: np.ndarray, hi: np.ndarray) -> bool:
+    """(E6) True when every bound lies in [-2^31, 2^31 - 1]."""
+    return bool(np.all(np.asarray(lo) >= INT32_MIN) and np.all(np.asarray(hi) <= INT32_MAX))
+
+
+def _check_bits(bits: int) -> None:
+    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 8):
+        raise ValueError(f"bit width must be an integer in 2..8, got {bits!r}")

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fiqnn.cli import main
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``fiqnn ARGS`` in-process; return (exit code, stdout, stderr lines)."""
+
+    def run(*args: str) -> tuple[int, str, list[str]]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, [line for line in err.splitlines() if line.strip()]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A finished tiny teacher on the synthetic data (a few seconds), shared by tests."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train-teacher", "--arch", "tiny", "--data", "synthetic", "--epochs", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["status"] == "done"
+    return out
