@@ -28,3 +28,12 @@ def tiny_teacher(tmp_path_factory) -> Path:
                  "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "metrics.json").read_text())["status"] == "done"
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> Path:
+    """A finished tiny teacher on scikit-learn's digits (real data, 360 test images)."""
+    out = tmp_path_factory.mktemp("digits-teacher") / "run"
+    assert main(["train-teacher", "--arch", "tiny", "--data", "digits", "--epochs", "15", "--batch-size", "64",
+                 "--out", str(out), "--no-progress"]) == 0
+    return out

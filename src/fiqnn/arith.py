@@ -136,6 +136,22 @@ def acc_bound(w_q: np.ndarray, x_max: int, bias_q=0) -> tuple[np.ndarray, np.nda
     return lo, hi
 
 
+def exact_float_dtype(bound: int) -> np.dtype:
+    """(E8) The narrowest float type in which integer sums of products whose every
+    partial sum has magnitude <= ``bound`` are computed exactly, in any order:
+    float32 up to 2^24, float64 up to 2^53 (each is exact while results are integers
+    within its significand). Used for fast, exact accumulation through BLAS.
+
+    >>> exact_float_dtype(2**24), exact_float_dtype(2**24 + 1), exact_float_dtype(2**31)
+    (dtype('float32'), dtype('float64'), dtype('float64'))
+    """
+    if bound <= 2**24:
+        return np.dtype(np.float32)
+    if bound <= 2**53:
+        return np.dtype(np.float64)
+    raise ValueError(f"no float type holds integers up to {bound} exactly")
+
+
 def fits_int32(lo: np.ndarray, hi: np.ndarray) -> bool:
     """(E6) True when every bound lies in [-2^31, 2^31 - 1]."""
     return bool(np.all(np.asarray(lo) >= INT32_MIN) and np.all(np.asarray(hi) <= INT32_MAX))

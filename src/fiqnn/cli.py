@@ -49,6 +49,91 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+_DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
+    "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "first_last_bits": "first_last_bits",
+    "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
+    "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
+    "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs", "lr": "lr",
+    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "seed": "seed",
+}
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ._run import CONFIG, read_json
+    from .config import DistillConfig
+    from .jobs import distill_run
+
+    given = {field: getattr(args, flag) for flag, field in _DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    if args.no_compensation:
+        given["compensation"] = False
+    saved = Path(args.out) / CONFIG
+    teacher = args.teacher
+    if args.resume and saved.exists():
+        old = dict(read_json(saved)["config"])
+        teacher = teacher or old.pop("teacher")
+        old.pop("teacher", None)
+        config = DistillConfig.from_dict({**old, **given})
+    else:
+        missing = [f"--{n}" for n, f in (("teacher", "teacher"), ("wbits", "w_bits"), ("abits", "a_bits"))
+                   if (teacher if f == "teacher" else given.get(f)) is None]
+        if missing:
+            raise FiqnnError(f"distill needs {', '.join(missing)}")
+        config = DistillConfig(**given)
+    metrics = distill_run(teacher, config, args.out, resume=args.resume, progress=not args.no_progress)
+    _report(args, metrics, f"W{config.w_bits}A{config.a_bits} {config.method} student: integer test accuracy "
+                           f"{metrics['test_acc']:.2f}% (teacher {metrics['teacher_acc']:.2f}%), bit-exact with "
+                           f"the torch student on {metrics['test_images']} images: {metrics['bit_exact']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .jobs import evaluate_run
+
+    m = evaluate_run(args.run, args.backend)
+    _report(args, m, f"{args.backend}: test accuracy {m['test_acc']:.2f}% on {m['images']} images "
+                     f"({m['wall_s']:.1f} s)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .graph import load
+    from .jobs import MODEL_FILE
+
+    path = Path(args.model)
+    graph = load(path / MODEL_FILE if path.is_dir() else path)
+    rows = [layer_info(layer) for layer in graph.layers]
+    if args.json:
+        print(json.dumps({"in_shape": list(graph.in_shape), "num_classes": graph.num_classes,
+                          "arith_version": graph.arith_version, "info": graph.info, "layers": rows}))
+        return 0
+    print(f"IntGraph: uint8 input {tuple(graph.in_shape)} -> int32 logits ({graph.num_classes}); "
+          f"ARITH_VERSION {graph.arith_version}; {graph.info}")
+    dtypes = sorted({f"{k} {v}" for r in rows for k, v in r["dtypes"].items()})
+    print("no BatchNorm, no float: arrays " + ", ".join(dtypes))
+    head = f"{'layer':8} {'kind':4} {'weights':>18} {'in':>3} {'W':>2} {'A':>2} {'mult':>23} {'shift':>7} " \
+           f"{'acc bound':>25} {'headroom':>8}"
+    print(head)
+    for r in rows:
+        print(f"{r['name']:8} {r['kind']:4} {'x'.join(map(str, r['shape'])):>18} {r['in_bits']:>3} {r['w_bits']:>2} "
+              f"{r['a_bits'] or '-':>2} {r['mult']:>23} {r['shift']:>7} {r['acc_bound']:>25} "
+              f"{r['headroom_bits']:>6.1f} b")
+    return 0
+
+
+def layer_info(layer) -> dict:
+    from .arith import acc_bound, act_range
+
+    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
+
+    def span(a) -> str:
+        return str(int(a.min())) if a.min() == a.max() else f"{int(a.min())}..{int(a.max())}"
+
+    return {"name": layer.name, "kind": layer.kind, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits,
+            "w_bits": layer.w_bits, "a_bits": layer.a_bits, "mult": span(layer.mult), "shift": span(layer.shift),
+            "acc_bound": f"[{int(lo.min())}, {int(hi.max())}]", "headroom_bits": layer.headroom_bits(),
+            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in ("w_q", "bias_q", "mult", "shift")}}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import TeacherConfig
     from .data import fashion_mnist_available
@@ -98,6 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last finished epoch")
     t.set_defaults(func=cmd_train_teacher)
+
+    s = sub.add_parser("distill", parents=[common], help="distill a teacher into a BN-free integer student",
+                       description="Progressive tandem learning from a teacher run into a BN-free, integer-only "
+                                   "student (student.pt, model.npz, metrics.json, ...).")
+    s.add_argument("--teacher", help="teacher run directory (from train-teacher)")
+    s.add_argument("--out", required=True, help="run directory to create (or to resume)")
+    s.add_argument("--wbits", type=int, help="weight bits, 2..8")
+    s.add_argument("--abits", type=int, help="activation bits, 2..8")
+    s.add_argument("--method", help="ptl (default) | fold | oneshot")
+    s.add_argument("--scale", help="per-layer (default: one (mult, shift) per layer) | per-channel")
+    s.add_argument("--first-last-bits", type=int, help="weight bits of the first and last layers (default 8)")
+    s.add_argument("--teacher-quantizer", help="lsq (default) | dorefa: the BN teacher QNN's weight quantizer")
+    s.add_argument("--teacher-epochs", type=int, help="QAT epochs of the BN teacher QNN, step 0 (default 1)")
+    s.add_argument("--lambda-target", type=float, help="weight of the layer-wise target MSE (default 1)")
+    s.add_argument("--kd", type=float, help="weight of the KD loss from the teacher's logits (default 1)")
+    s.add_argument("--patience", type=int, help="PTL patience in epochs (default 2)")
+    s.add_argument("--max-epochs-per-stage", type=int, help="cap on epochs per PTL stage (default 4)")
+    s.add_argument("--finetune-epochs", type=int, help="epochs of the final fine-tune (default 2)")
+    s.add_argument("--no-compensation", action="store_true", help="freeze the downstream teacher layers")
+    s.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    s.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")
+    s.add_argument("--seed", type=int, help="random seed (default 0)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished phase")
+    s.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("eval", parents=[common], help="test accuracy of a distilled student")
+    e.add_argument("run", help="distill run directory (or its model.npz)")
+    e.add_argument("--backend", default="numpy", help="numpy (integer executor, default) | torch")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", parents=[common], help="per-layer bits, mult, shift, accumulator bounds")
+    i.add_argument("model", help="a model.npz file or a distill run directory")
+    i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", parents=[common], help="run the main job end to end on the default data")
     d.add_argument("--out", default="runs/demo", help="where the demo's runs go (default runs/demo)")

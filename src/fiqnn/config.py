@@ -70,3 +70,62 @@ class TeacherConfig(_Dict):
         _check(0 < self.val_fraction < 1, f"val fraction must be in (0, 1), got {self.val_fraction}")
         _check(self.image_size is None or self.image_size > 0,
                f"image size must be positive, got {self.image_size}")
+
+
+METHODS = ("ptl", "fold", "oneshot")
+SCALES = ("per-layer", "per-channel")
+TEACHER_QUANTIZERS = ("lsq", "dorefa")
+
+
+@dataclass(frozen=True)
+class DistillConfig(_Dict):
+    """How to turn a BN teacher into a BN-free integer student (METHOD.md).
+
+    Bits: ``w_bits``/``a_bits`` everywhere, except the weights of the first and last
+    layers, which get ``first_last_bits`` (set it equal to ``w_bits`` for none).
+    One training "epoch" of the schedulers is ``steps_per_epoch`` batches (default:
+    one pass over the training split) followed by a validation pass.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    scale: str = "per-layer"
+    first_last_bits: int = 8
+    method: str = "ptl"
+    teacher_quantizer: str = "lsq"
+    teacher_epochs: int = 1  # step 0: QAT of the BN teacher (0: calibrate only)
+    lambda_target: float = 1.0
+    lambda_kd: float = 1.0
+    kd_temperature: float = 4.0
+    compensation: bool = True
+    patience: int = 2
+    max_epochs_per_stage: int = 4
+    finetune_epochs: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 128
+    steps_per_epoch: int | None = None
+    calib_images: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("w_bits", "a_bits", "first_last_bits"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and 2 <= v <= 8, f"{name.replace('_', '-')} must be an integer in 2..8, "
+                                                         f"got {v}")
+        _check(self.scale in SCALES, f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        _check(self.teacher_quantizer in TEACHER_QUANTIZERS,
+               f"unknown teacher quantizer {self.teacher_quantizer!r}; choose lsq or dorefa")
+        for name in ("teacher_epochs", "finetune_epochs"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                   f"{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)}")
+        for name in ("patience", "max_epochs_per_stage", "batch_size", "calib_images"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+                   f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch > 0,
+               f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        for name in ("lambda_target", "lambda_kd", "weight_decay"):
+            _check(getattr(self, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")

@@ -222,7 +222,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) - header != size:
         raise DataError(f"{path}: truncated or padded IDX file: header promises {size} bytes "
                         f"of data, found {len(raw) - header}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()  # writable, for torch
 
 
 def _load_fashion_mnist(d: Path) -> tuple[ArraySplit, ArraySplit, int]:

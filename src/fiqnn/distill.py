@@ -1,0 +1,379 @@
+"""Progressive tandem learning (METHOD.md): teacher QNN, local init, stages, fine-tune.
+
+``distill(teacher, data, config) -> Student`` runs, for ``method="ptl"``:
+
+0. Teacher QNN: wrap the float BN teacher with W/A-bit quantizers (activation
+   steps calibrated for minimum MSE), then QAT for ``teacher_epochs``; BN is kept.
+1. Local initialisation of each student layer from the (current) teacher layer
+   (:func:`fiqnn.fold.local_init`).
+2. Stages k = 1..L: the network is S_1..S_k + T_{k+1}..T_L. S_k and, with
+   compensation, T_{k+1}..T_L train on
+   ``CE + lambda_target * MSE(S_k out, frozen T_k out) + lambda_kd * KD``;
+   the PTL patience rule on validation accuracy picks the best epoch (at most
+   ``max_epochs_per_stage``); restore it, freeze S_k, go on. The last stage trains
+   at lr x 0.1.
+3. Fine-tune the whole student with CE + KD at lr x 0.1.
+
+Design choice (METHOD.md leaves it open): S_k is initialised at the start of its
+stage from the *compensated* T_k, calibrated on the codes the already-converted
+S_1..S_{k-1} produce, so each conversion starts from the network as it now is.
+``method="fold"`` is step 1 alone, every layer from the frozen teacher QNN;
+``method="oneshot"`` converts every layer at once (as fold) and trains them all.
+
+With a run directory, every phase ends with an atomic checkpoint, and
+``resume=True`` continues after the last finished phase.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .arith import act_range
+from .config import DistillConfig
+from .data import DataBundle, batches, num_batches
+from .fold import local_init
+from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
+
+Log = Callable[[str], None]
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+def unit_bits(i: int, n: int, config: DistillConfig) -> tuple[int, int, int | None]:
+    """(in_bits, w_bits, a_bits) of layer ``i`` of ``n``: 8-bit network input,
+    ``first_last_bits`` weights at both ends, no activation bits for the logits."""
+    in_bits = 8 if i == 0 else config.a_bits
+    w_bits = config.first_last_bits if i in (0, n - 1) else config.w_bits
+    return in_bits, w_bits, (None if i == n - 1 else config.a_bits)
+
+
+@torch.no_grad()
+def build_teacher_qnn(teacher: nn.Sequential, config: DistillConfig, calib_x: torch.Tensor) -> Chain:
+    """Step 0 before training: the teacher in the code domain with W/A-bit quantizers,
+    each activation step set for minimum MSE on the calibration images. ``teacher`` is
+    copied, never mutated."""
+    named = teacher_units(teacher)
+    units, in_scale, x = [], 1.0 / 255.0, calib_x
+    for i, (_, u) in enumerate(named):
+        _, w_bits, a_bits = unit_bits(i, len(named), config)
+        q = QnnUnit(u, in_scale, w_bits, a_bits, config.teacher_quantizer).eval()
+        if q.aq is not None:
+            q.aq.init_step(F.relu(q.pre_act(x)))
+            in_scale = float(q.aq.step)
+        x = q(x)
+        units.append(q)
+    return Chain(units)
+
+
+def student_skeleton(qnn: Chain, names: list[str], config: DistillConfig, in_shape, num_classes) -> Student:
+    """An uninitialised student with the right structure (used to load checkpoints)."""
+    n = len(qnn.units)
+    units = [IntUnit(t.geometry, tuple(t.layer.weight.shape), *unit_bits(i, n, config),
+                     per_channel=config.scale == "per-channel") for i, t in enumerate(qnn.units)]
+    return Student(units, names, in_shape, num_classes)
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation loss: T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def accuracy(chain: nn.Module, split, batch_size: int = 500) -> float:
+    """Top-1 accuracy (%) of a code-domain chain on ``split`` (eval mode; student layers exact)."""
+    chain.eval()
+    correct = total = 0
+    for x_q, y in batches(split, batch_size):
+        correct += int((chain(x_q).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / total
+
+
+class _Stream:
+    """Training batches without end, one reshuffled pass after another, cut into
+    scheduler epochs of ``steps`` batches."""
+
+    def __init__(self, data: DataBundle, config: DistillConfig):
+        self.data, self.config, self.passes = data, config, 0
+        full = num_batches(data.train, config.batch_size, drop_last=True)
+        self.steps = min(config.steps_per_epoch, full) if config.steps_per_epoch else full
+        self._it: Iterator | None = None
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self.steps):
+            batch = next(self._it, None) if self._it is not None else None
+            if batch is None:
+                self._it = batches(self.data.train, self.config.batch_size, shuffle=True,
+                                   augment=self.data.augment, seed=self.config.seed * 1_000_003 + self.passes,
+                                   drop_last=True)
+                self.passes += 1
+                batch = next(self._it)
+            yield batch
+
+
+def _freeze(module: nn.Module, frozen: bool = True) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], None],
+                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], evaluate: Callable[[], float],
+                        stream: _Stream, lr: float, weight_decay: float, max_epochs: int, patience: int,
+                        desc: str, progress: bool, log: Log) -> list[dict[str, Any]]:
+    """The PTL scheduler: train an epoch, validate, keep the best state; stop after
+    ``patience`` epochs without improvement (or ``max_epochs``) and restore the best."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    best_acc, best_state, bad, rows = -math.inf, None, 0, []
+    for epoch in range(max_epochs):
+        t0 = time.perf_counter()
+        set_modes()
+        loss_sum = 0.0
+        bar = tqdm(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        for i, (x_q, y) in enumerate(bar):
+            loss = loss_fn(x_q, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}")
+        acc = evaluate()
+        rows.append({"epoch": epoch + 1, "loss": loss_sum / stream.steps, "val_acc": acc,
+                     "wall_s": time.perf_counter() - t0})
+        log(f"{desc} epoch {epoch + 1}: loss {rows[-1]['loss']:.4f}, val acc {acc:.2f}%")
+        if acc > best_acc:
+            best_acc, bad = acc, 0
+            best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    for m, s in zip(modules, best_state):
+        m.load_state_dict(s)
+    return rows
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+class _State:
+    """Everything a distill run carries between phases (and saves in its checkpoint)."""
+
+    def __init__(self, qnn: Chain, frozen: Chain, student: Student):
+        self.qnn, self.frozen, self.student = qnn, frozen, student
+        self.done = 0  # phases finished
+        self.history: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "history": self.history, "qnn": self.qnn.state_dict(),
+                "frozen": self.frozen.state_dict(), "student": self.student.state_dict()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.qnn.load_state_dict(d["qnn"])
+        self.frozen.load_state_dict(d["frozen"])
+        self.student.load_state_dict(d["student"])
+        self.done, self.history = d["done"], d["history"]
+
+
+def _calibration(data: DataBundle, n: int) -> torch.Tensor:
+    x, got = [], 0
+    for x_q, _ in batches(data.train, 256):
+        x.append(x_q.float())
+        got += len(x_q)
+        if got >= n:
+            break
+    return torch.cat(x)[:n]
+
+
+def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
+            checkpoint: Callable[[dict[str, Any]], None] | None = None, resume_state: dict[str, Any] | None = None,
+            progress: bool = True, log: Log = print) -> Student:
+    """Turn the BN ``teacher`` into a BN-free integer :class:`Student` (see module doc).
+
+    Args:
+        teacher: a float BN model from :mod:`fiqnn.models` (not modified).
+        data: the data set (train for learning, val for the schedulers; test is not used).
+        config: the method and its settings.
+        checkpoint: called with a resumable state after every phase.
+        resume_state: a state passed earlier to ``checkpoint``; its finished phases are skipped.
+        progress: show progress bars.
+        log: where progress lines go.
+    """
+    torch.manual_seed(config.seed)
+    names = [n for n, _ in teacher_units(teacher)]
+    calib = _calibration(data, config.calib_images)
+    qnn = build_teacher_qnn(teacher, config, calib)
+    state = _State(qnn, copy.deepcopy(qnn), student_skeleton(qnn, names, config, data.in_shape, data.num_classes))
+    if resume_state is not None:
+        state.load_state_dict(resume_state)
+        log(f"resuming after phase {state.done}")
+    stream = _Stream(data, config)
+    n = len(qnn.units)
+
+    def val_acc(chain: nn.Module) -> Callable[[], float]:
+        return lambda: accuracy(chain, data.val)
+
+    # (name, run it -> per-epoch rows, the network its validation accuracy is reported for)
+    Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
+    phases: list[Phase] = [("teacher-qat", lambda: _teacher_qat(state, config, stream, val_acc(state.qnn),
+                                                                progress, log), lambda: state.qnn)]
+    if config.method == "ptl":
+        phases += [(f"stage {k + 1}/{n} ({names[k]})",
+                    lambda k=k: _ptl_stage(state, k, config, stream, calib, val_acc, progress, log),
+                    lambda k=k: _hybrid(state, k + 1)) for k in range(n)]
+    else:
+        phases.append(("fold", lambda: _fold_all(state, config, calib), lambda: state.student))
+        if config.method == "oneshot":
+            phases.append(("oneshot", lambda: _finetune(
+                state, config, stream, val_acc(state.student), progress, log, lr=config.lr,
+                epochs=n * config.max_epochs_per_stage, desc="oneshot"), lambda: state.student))
+    if config.method != "fold" and config.finetune_epochs:
+        phases.append(("finetune", lambda: _finetune(
+            state, config, stream, val_acc(state.student), progress, log, lr=config.lr * 0.1,
+            epochs=config.finetune_epochs, desc="finetune"), lambda: state.student))
+
+    for i, (name, run_phase, network) in enumerate(phases):
+        if i < state.done:
+            continue
+        t0 = time.perf_counter()
+        rows = run_phase()
+        val = accuracy(network(), data.val)
+        wall = time.perf_counter() - t0
+        state.history.append({"phase": name, "epochs": len(rows), "val_acc": val, "wall_s": wall, "rows": rows})
+        state.done = i + 1
+        if checkpoint is not None:
+            checkpoint(state.state_dict())
+        log(f"{name}: {len(rows)} epochs, val acc {val:.2f}%, {wall:.1f} s")
+    state.student.eval()
+    state.student.history = state.history
+    return state.student
+
+
+def _hybrid(state: _State, k: int) -> Chain:
+    """S_1..S_k followed by T_{k+1}..T_L."""
+    return Chain(list(state.student.units[:k]) + list(state.qnn.units[k:]))
+
+
+def _teacher_qat(state: _State, config: DistillConfig, stream: _Stream, evaluate, progress: bool,
+                 log: Log) -> list[dict[str, Any]]:
+    """Step 0: QAT of the BN teacher at W/A bits; the frozen copy is taken afterwards."""
+    rows: list[dict[str, Any]] = []
+    if config.teacher_epochs:
+        qnn = state.qnn
+        rows = train_with_patience(
+            modules=[qnn], set_modes=qnn.train,
+            loss_fn=lambda x_q, y: F.cross_entropy(qnn(x_q), y), evaluate=evaluate, stream=stream,
+            lr=config.lr * 0.1, weight_decay=config.weight_decay, max_epochs=config.teacher_epochs,
+            patience=config.teacher_epochs, desc="teacher QAT", progress=progress, log=log)
+    state.frozen.load_state_dict(state.qnn.state_dict())
+    state.frozen.eval()
+    _freeze(state.frozen)
+    return rows
+
+
+@torch.no_grad()
+def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor) -> list[dict[str, Any]]:
+    """Step 1 for every layer at once, each from the frozen teacher on the teacher's own inputs."""
+    x = calib
+    for k, t in enumerate(state.frozen.units):
+        s = local_init(t, x, state.student.units[k].in_bits, state.student.units[k].w_bits,
+                       config.scale == "per-channel")
+        state.student.units[k].load_state_dict(s.state_dict())
+        x = t(x)
+    return []
+
+
+def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, calib: torch.Tensor, val_acc,
+               progress: bool, log: Log) -> list[dict[str, Any]]:
+    """Stage k+1: convert layer k (0-based), train it with the downstream teacher layers."""
+    student, qnn, frozen = state.student, state.qnn, state.frozen
+    prefix = Chain(list(student.units[:k]))
+    s_k = student.units[k]
+    with torch.no_grad():
+        prefix.eval()
+        h = prefix(calib)
+        init = local_init(qnn.units[k], h, s_k.in_bits, s_k.w_bits, config.scale == "per-channel")
+        s_k.load_state_dict(init.state_dict())
+    rest = Chain(list(qnn.units[k + 1:]))
+    _freeze(prefix)
+    _freeze(s_k, False)
+    _freeze(rest, not config.compensation)
+    last = k == len(qnn.units) - 1
+    qmax = 1.0 if last else float(act_range(config.a_bits)[1])
+
+    def set_modes() -> None:
+        prefix.eval()
+        s_k.train()
+        rest.train(config.compensation)
+
+    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x_q.float()
+        with torch.no_grad():
+            h = prefix(x)
+            t = x
+            for i, unit in enumerate(frozen.units):
+                t = unit(t)
+                if i == k:
+                    target = t
+            teacher_logits = t
+        out_k = s_k(h)
+        logits = rest(out_k)
+        loss = F.cross_entropy(logits, y)
+        if config.lambda_target:
+            loss = loss + config.lambda_target * F.mse_loss(out_k / qmax, target / qmax)
+        if config.lambda_kd:
+            loss = loss + config.lambda_kd * kd_loss(logits, teacher_logits, config.kd_temperature)
+        return loss
+
+    rows = train_with_patience(
+        modules=[s_k, rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(_hybrid(state, k + 1)),
+        stream=stream, lr=config.lr * (0.1 if last else 1.0), weight_decay=config.weight_decay,
+        max_epochs=config.max_epochs_per_stage, patience=config.patience, desc=f"stage {k + 1}",
+        progress=progress, log=log)
+    _freeze(s_k)
+    s_k.eval()
+    return rows
+
+
+def _finetune(state: _State, config: DistillConfig, stream: _Stream, evaluate, progress: bool, log: Log, *,
+              lr: float, epochs: int, desc: str) -> list[dict[str, Any]]:
+    """Step 3 (and the one-shot baseline): train the whole student with CE + KD."""
+    student, frozen = state.student, state.frozen
+    _freeze(student, False)
+
+    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = frozen(x_q)
+        logits = student(x_q)
+        loss = F.cross_entropy(logits, y)
+        if config.lambda_kd:
+            loss = loss + config.lambda_kd * kd_loss(logits, teacher_logits, config.kd_temperature)
+        return loss
+
+    rows = train_with_patience(modules=[student], set_modes=student.train, loss_fn=loss_fn, evaluate=evaluate,
+                               stream=stream, lr=lr, weight_decay=config.weight_decay, max_epochs=epochs,
+                               patience=config.patience, desc=desc, progress=progress, log=log)
+    _freeze(student)
+    return rows
+
+
+def save_student(student: Student, path: str | os.PathLike, config: DistillConfig) -> None:
+    """Write the trained student (structure + weights; loads without the teacher)."""
+    from . import _io
+
+    _io.torch_save({"spec": student.spec(), "config": config.to_dict(), "state_dict": student.state_dict()},
+                   Path(path))

@@ -1,0 +1,116 @@
+"""The bit-exact reference executor: an IntGraph run in NumPy, integer dtypes only.
+
+Per layer (docs/arithmetic.md): zero-pad the uint8 codes, gather patches
+(im2col), accumulate (E2), requantize (E4) to uint8 codes, max-pool (E7). The
+last layer returns the int32 accumulators: the logits.
+
+Speed, and why it is still exact: NumPy has no BLAS for integer matrices, so
+:func:`matmul_exact` multiplies the integer patch and weight matrices through
+float BLAS and converts the result straight back to int64. Every operand and
+every partial sum is an integer no larger in magnitude than the layer's (E6)
+bound (proved when the graph is built, at most 2^31); float32 represents every
+integer up to 2^24 exactly and float64 every integer up to 2^53, so with float32
+for bounds up to 2^24 and float64 above (E8), each product and each sum, in
+whatever order BLAS performs them, is exact. The float arrays live only inside
+that one function; every array the executor hands from step to step is an
+integer array (``trace`` lets a test check that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
+from .graph import IntGraph, IntLayer
+
+Trace = Callable[[str, np.ndarray], None]
+
+
+def matmul_exact(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
+    """``a @ b`` for integer matrices whose every partial sum has magnitude <= ``bound``
+    (proved for IntGraph layers by (E6)), through float BLAS: float32 when bound <= 2^24,
+    else float64 (E8). Returns int64."""
+    dt = exact_float_dtype(bound)
+    return (a.astype(dt) @ b.astype(dt)).astype(np.int64)
+
+
+def _bound(layer: IntLayer) -> int:
+    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
+    return max(int(hi.max()), -int(lo.min()))
+
+
+def _im2col(x_q: np.ndarray, layer: IntLayer) -> tuple[np.ndarray, int, int]:
+    """Patches of ``x_q`` (N, C, H, W) as rows: (N * Ho * Wo, C * kh * kw), plus Ho, Wo."""
+    _, _, kh, kw = layer.w_q.shape
+    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    x = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # zero codes outside the image (E2)
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    n, c, ho, wo = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw), ho, wo
+
+
+def linear_acc(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
+    """(E2) int64 accumulators: (N, O, Ho, Wo) for conv, (N, O) for fc."""
+    if layer.kind == "fc":
+        return matmul_exact(x_q.reshape(len(x_q), -1), layer.w_q.T, _bound(layer)) + layer.bias_q
+    n, o, g, bound = len(x_q), layer.out_channels, layer.groups, _bound(layer)
+    c_in = x_q.shape[1] // g
+    parts = []
+    for j in range(g):  # grouped / depthwise convolution: one GEMM per group
+        cols, ho, wo = _im2col(x_q[:, j * c_in:(j + 1) * c_in], layer)
+        w = layer.w_q[j * (o // g):(j + 1) * (o // g)].reshape(o // g, -1)
+        parts.append(matmul_exact(cols, w.T, bound).reshape(n, ho, wo, o // g))
+    acc = np.concatenate(parts, axis=3) + layer.bias_q  # (N, Ho, Wo, O)
+    return acc.transpose(0, 3, 1, 2)
+
+
+def requantize_layer(acc: np.ndarray, layer: IntLayer) -> np.ndarray:
+    """(E4) with the layer's (mult, shift), per layer or per output channel: uint8 codes."""
+    shape = (1, -1) + (1,) * (acc.ndim - 2)
+    prod = acc * layer.mult.astype(np.int64).reshape(shape)  # |acc * mult| < 2^62
+    codes = rshift_round(prod, layer.shift.astype(np.int64).reshape(shape))
+    return np.clip(codes, 0, act_range(layer.a_bits)[1]).astype(np.uint8)
+
+
+def max_pool(x_q: np.ndarray, pool: tuple[int, int, int]) -> np.ndarray:
+    """(E7) max over k x k windows with stride s; padding p adds code 0 (never above a ReLU output)."""
+    k, s, p = pool
+    x = np.pad(x_q, ((0, 0), (0, 0), (p, p), (p, p)))
+    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s].max(axis=(4, 5))
+
+
+def run_layer(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
+    """One layer: uint8 codes in; uint8 codes out (int32 logits for the last layer)."""
+    acc = linear_acc(x_q, layer)
+    if layer.a_bits is None:
+        return acc.astype(np.int32)  # the (E6) proof makes this cast lossless
+    y_q = requantize_layer(acc, layer)
+    return max_pool(y_q, layer.pool) if layer.pool else y_q
+
+
+def run(graph: IntGraph, x_q: np.ndarray, *, batch_size: int = 250, trace: Trace | None = None) -> np.ndarray:
+    """Run ``graph`` on uint8 images ``x_q`` (N, C, H, W); return int32 logits (N, classes).
+
+    Args:
+        graph: the integer network.
+        x_q: uint8 pixel codes, the shape ``graph.in_shape`` per image.
+        batch_size: images per step (memory only; results do not depend on it).
+        trace: called as ``trace(layer_name, array)`` with every array handed between steps.
+    """
+    x_q = np.asarray(x_q)
+    if x_q.dtype != np.uint8 or x_q.shape[1:] != tuple(graph.in_shape):
+        raise ValueError(f"input must be uint8 of shape (N, {', '.join(map(str, graph.in_shape))}), "
+                         f"got {x_q.dtype} {x_q.shape}")
+    out = np.empty((len(x_q), graph.num_classes), dtype=np.int32)
+    for start in range(0, len(x_q), batch_size):
+        y = x_q[start:start + batch_size]
+        for layer in graph.layers:
+            y = run_layer(y, layer)
+            if trace is not None:
+                trace(layer.name, y)
+        out[start:start + batch_size] = y
+    return out

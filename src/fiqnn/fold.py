@@ -1,0 +1,110 @@
+"""Step 1 of METHOD.md, local initialisation: one BN-free integer layer from one teacher layer.
+
+For a teacher unit computing ``y = BN(conv(x_q * s_in, w_hat))`` followed by
+ReLU and A-bit codes of step ``s_out``, BatchNorm folds into the weights and
+bias (per output channel ``g = gamma / sqrt(var + eps)``)::
+
+    w_c = w_hat * g * s_in / s_out,   b_c = ((b - mean) * g + beta) / s_out
+
+so that ``conv(x_q, w_c) + b_c`` approximates the teacher's output *codes*. The
+student quantizes ``w_c`` to W bits with one step per layer (or per channel),
+makes the bias an integer, and then fits its scale ``alpha`` (= the step, at
+first) by least squares against the teacher's codes on calibration inputs,
+refined by a search on the true clipped-and-rounded error. Applied to every
+layer on its own, this is the ``fold`` baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .arith import act_range
+from .layers import IntUnit, QnnUnit
+
+
+@torch.no_grad()
+def fold_bn(t: QnnUnit) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher unit's BN folded into code-unit weights ``w_c`` and bias ``b_c``."""
+    w = t.wq(t.layer.weight) if t.wq is not None else t.layer.weight
+    w = w.detach().double()
+    b = t.layer.bias.detach().double() if t.layer.bias is not None else torch.zeros(len(w), dtype=torch.float64)
+    if t.bn is not None:
+        g = t.bn.weight.double() / torch.sqrt(t.bn.running_var.double() + t.bn.eps)
+        w = w * g.reshape((-1,) + (1,) * (w.ndim - 1))
+        b = (b - t.bn.running_mean.double()) * g + t.bn.bias.double()
+    s_out = float(t.aq.step.abs()) if t.aq is not None else 1.0
+    return w * (float(t.in_scale) / s_out), b / s_out
+
+
+@torch.no_grad()
+def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_channel: bool) -> IntUnit:
+    """Build the student layer for teacher unit ``t`` and fit its scale.
+
+    Args:
+        t: the teacher unit (its current state; it is not modified).
+        x_q: calibration input codes of this layer, as the student network will see them.
+        in_bits: bits of those codes (8 for the network input).
+        w_bits: weight bits of the student layer.
+        per_channel: one (mult, shift) per output channel instead of one per layer.
+    """
+    was_training = t.training
+    t.eval()
+    target = t.core(x_q).double()  # teacher's codes before pooling (or float logits)
+    t.train(was_training)
+
+    w_c, b_c = fold_bn(t)
+    s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel)
+    flat = w_c.reshape(len(w_c), -1).abs()
+    amax = (flat.amax(dim=1) if per_channel else flat.amax().reshape(1)).clamp_min(1e-12)
+    step = amax / s.q  # the weight step is the initial alpha: alpha * w_q ~ w_c
+    amax_b = amax.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else amax.reshape(())
+    s.weight.copy_((w_c / amax_b).float())
+    s.log_alpha.copy_(step.log().float())
+    s.bias.copy_(b_c.float())
+
+    # Least-squares fit of alpha with the integer weights and bias fixed.
+    s.eval()
+    p = s.integer_params()
+    acc = s.geometry.linear(x_q.double(), p["w_q"].double(), p["bias_q"].double())
+    alpha = _fit_alpha(acc, target, t.a_bits, per_channel)
+    s.log_alpha.copy_(alpha.log().float())
+    s.bias.copy_((p["bias_q"].double() * alpha).float())  # keep the integer bias of the fit
+    s.train()
+    return s
+
+
+def _fit_alpha(acc: torch.Tensor, target: torch.Tensor, a_bits: int | None, per_channel: bool) -> torch.Tensor:
+    """alpha minimising ``|clamp(round(alpha * acc)) - target|^2`` (per channel or overall)."""
+    dims = [d for d in range(acc.ndim) if d != 1] if per_channel else list(range(acc.ndim))
+    if a_bits is None:  # logits: plain least squares, no clipping
+        mask = torch.ones_like(acc, dtype=torch.bool)
+    else:
+        qmax = act_range(a_bits)[1]
+        mask = (target > 0) & (target < qmax)  # the linear region of the clamp
+    num = (acc * target * mask).sum(dim=dims)
+    den = (acc * acc * mask).sum(dim=dims)
+    ls = torch.where((den > 0) & (num > 0), num / den.clamp_min(1e-30), torch.full_like(num, math.nan))
+    if a_bits is None:
+        return torch.nan_to_num(ls, nan=1.0).clamp_min(2.0**-30).reshape(-1)
+    # Refine on the true (clipped, rounded) error over a multiplicative grid.
+    fallback = _median_ratio(acc, target, dims)
+    base = torch.where(torch.isnan(ls), fallback, ls)
+    shape = [-1 if d == 1 and per_channel else 1 for d in range(acc.ndim)]
+    best = base.clone()
+    best_err = torch.full_like(base, math.inf)
+    for f in torch.linspace(0.7, 1.3, 31, dtype=torch.float64):
+        a = base * f
+        out = torch.clamp(torch.floor(acc * a.reshape(shape) + 0.5), 0, qmax)
+        err = ((out - target) ** 2).mean(dim=dims)
+        better = err < best_err
+        best = torch.where(better, a, best)
+        best_err = torch.where(better, err, best_err)
+    return best.clamp_min(2.0**-30).reshape(-1)
+
+
+def _median_ratio(acc: torch.Tensor, target: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """A scale for channels whose calibration targets are never in the linear region."""
+    big = acc.abs().amax(dim=dims).clamp_min(1.0)
+    return 1.0 / big

@@ -1,0 +1,119 @@
+"""Run-directory jobs behind the CLI: distill a teacher run, evaluate a student run.
+
+A distill run directory holds, besides config.json / metrics.json / train.log /
+checkpoint.pt (see :mod:`fiqnn._run`):
+
+    student.pt   the trained student (structure + weights, loads without the teacher)
+    model.npz    its IntGraph, the integer model file (no pickle)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
+from .config import DistillConfig
+from .convert import convert
+from .data import DataBundle, batches, load_data
+from .distill import distill, save_student
+from .errors import CheckpointError, FiqnnError
+from .execute import run
+from .graph import IntGraph, load, save
+from .layers import Student
+from .teacher import load_teacher
+
+STUDENT, MODEL_FILE = "student.pt", "model.npz"
+
+
+def teacher_data(teacher_dir: str | os.PathLike) -> tuple[dict[str, Any], DataBundle]:
+    """The teacher run's config and its data set (the same splits it was trained on)."""
+    cfg = read_json(Path(teacher_dir) / CONFIG)["config"] if (Path(teacher_dir) / CONFIG).exists() else None
+    if cfg is None:
+        raise CheckpointError(f"{teacher_dir} is not a teacher run directory (no {CONFIG})")
+    return cfg, load_data(cfg["data"], cfg.get("data_dir"), val_fraction=cfg.get("val_fraction", 0.1),
+                          image_size=cfg.get("image_size"))
+
+
+def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str | os.PathLike, *,
+                resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """``fiqnn distill``: distill the teacher of ``teacher_dir`` into run directory ``out``,
+    convert it, and check the integer model against the torch student on the whole test split."""
+    teacher = load_teacher(teacher_dir)
+    tcfg, data = teacher_data(teacher_dir)
+    run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume)
+    state = run_dir.load_checkpoint() if run_dir.resumed else None
+    run_dir.create("distill")
+    t0 = time.perf_counter()
+    student = distill(teacher, data, config, checkpoint=run_dir.save_checkpoint, resume_state=state,
+                      progress=progress, log=run_dir.log)
+    wall = time.perf_counter() - t0
+    save_student(student, run_dir.path / STUDENT, config)
+
+    teacher_metrics = read_json(Path(teacher_dir) / METRICS) if (Path(teacher_dir) / METRICS).exists() else {}
+    graph = convert(student, info={"method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+                                   "scale": config.scale, "arch": tcfg["arch"], "data": tcfg["data"]})
+    save(graph, run_dir.path / MODEL_FILE)
+    check = compare_backends(student, graph, data.test)
+    metrics = {"status": "done", "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
+               "scale": config.scale, "seed": config.seed, "arch": tcfg["arch"], "data": tcfg["data"],
+               "teacher_acc": teacher_metrics.get("test_acc"), "test_acc": check["numpy_acc"],
+               "torch_acc": check["torch_acc"], "bit_exact": check["bit_exact"],
+               "max_abs_logit_diff": check["max_abs_diff"], "test_images": check["images"],
+               "epochs": sum(h["epochs"] for h in student.history), "wall_s": wall, "history": student.history}
+    run_dir.write_metrics(metrics)
+    run_dir.log(f"student W{config.w_bits}A{config.a_bits} {config.method}: integer test accuracy "
+                f"{metrics['test_acc']:.2f}% (teacher {metrics['teacher_acc']}), bit-exact with torch on "
+                f"{check['images']} images: {check['bit_exact']}")
+    return metrics
+
+
+@torch.no_grad()
+def torch_logits(student: Student, split) -> np.ndarray:
+    """The eval-mode (exact) student's integer logits on ``split``, as int64."""
+    student.eval()
+    return torch.cat([student(x_q) for x_q, _ in batches(split, 500)]).to(torch.int64).numpy()
+
+
+def compare_backends(student: Student, graph: IntGraph, split) -> dict[str, Any]:
+    """Run the torch student and the numpy executor on every image of ``split``."""
+    y = split.y
+    t = torch_logits(student, split)
+    n = run(graph, split.x_q).astype(np.int64)
+    return {"images": len(y), "torch_acc": float((t.argmax(1) == y).mean() * 100),
+            "numpy_acc": float((n.argmax(1) == y).mean() * 100), "bit_exact": bool(np.array_equal(t, n)),
+            "max_abs_diff": int(np.abs(t - n).max())}
+
+
+def load_student(run_dir: str | os.PathLike) -> Student:
+    blob = load_torch(Path(run_dir) / STUDENT)
+    try:
+        student = Student.from_spec(blob["spec"])
+        student.load_state_dict(blob["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{Path(run_dir) / STUDENT} is not a fiqnn student ({e})") from None
+    return student.eval()
+
+
+def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: str | None = None) -> dict[str, Any]:
+    """``fiqnn eval``: test accuracy of a distill run (or a model file inside one)."""
+    target = Path(target)
+    run_dir = target.parent if target.suffix == ".npz" else target
+    if not (run_dir / CONFIG).exists():
+        raise FiqnnError(f"{run_dir} is not a distill run directory (no {CONFIG})")
+    teacher_dir = read_json(run_dir / CONFIG)["config"]["teacher"]
+    _, data = teacher_data(teacher_dir)
+    t0 = time.perf_counter()
+    if backend == "torch":
+        logits = torch_logits(load_student(run_dir), data.test)
+    elif backend == "numpy":
+        logits = run(load(target if target.suffix == ".npz" else run_dir / MODEL_FILE), data.test.x_q)
+    else:
+        raise FiqnnError(f"unknown backend {backend!r}; choose torch or numpy")
+    acc = float((logits.argmax(1) == data.test.y).mean() * 100)
+    return {"backend": backend, "test_acc": acc, "images": len(data.test.y), "wall_s": time.perf_counter() - t0}

@@ -1,0 +1,250 @@
+"""Code-domain units: the teacher QNN's and the BN-free student's layers.
+
+Both kinds map *codes in* to *codes out* (float tensors holding exact small
+integers), so a hybrid network S_1..S_k + T_{k+1}..T_L (METHOD.md, step 2) is a
+plain chain of units. The network input is the uint8 pixel code ``x_q`` (0..255).
+
+- :class:`QnnUnit` (teacher, step 0): ``codes * in_scale`` -> conv/linear with
+  fake-quantized weights -> BatchNorm -> ReLU -> A-bit activation codes [-> max-pool].
+  The last unit returns float logits.
+- :class:`IntUnit` (student): no BN. ``acc = conv(x_q, w_q) + bias_q`` (E2) ->
+  ``clamp(round_half_up(alpha * acc), 0, 2^A - 1)`` (E4) [-> max-pool (E7)]. The last
+  unit returns its accumulators, the integer logits. In eval mode it computes exactly
+  what the integer executor computes (:meth:`IntUnit.integer_params` is the single
+  source of the integers that ``convert`` exports).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arith import acc_bound, act_range, exact_float_dtype, quantize_multiplier, weight_range
+from .quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a unit's linear map and pool look like (everything but the numbers)."""
+
+    kind: str  # "conv" | "fc"
+    out_channels: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding)
+
+    @staticmethod
+    def of(unit: nn.Sequential) -> Geometry:
+        pool = getattr(unit, "pool", None)
+        pool_t = None
+        if pool is not None:
+            k, s, p = (x if isinstance(x, int) else x[0] for x in (pool.kernel_size, pool.stride, pool.padding))
+            pool_t = (k, s, p)
+        if hasattr(unit, "conv"):
+            c = unit.conv
+            return Geometry("conv", c.out_channels, c.stride, c.padding, c.dilation, c.groups, pool_t)
+        return Geometry("fc", unit.fc.out_features, pool=pool_t)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "conv":
+            return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return F.linear(x.flatten(1), w, b)
+
+    def max_pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is None:
+            return x
+        k, s, p = self.pool
+        return F.max_pool2d(x, k, s, p)  # padding of -inf never wins: p < k/2 (torch requires it)
+
+    def channel_shape(self) -> tuple[int, ...]:
+        return (1, -1, 1, 1) if self.kind == "conv" else (1, -1)
+
+
+def teacher_units(model: nn.Sequential) -> list[tuple[str, nn.Sequential]]:
+    """The named conv/fc units of a model from :mod:`fiqnn.models` (flatten dropped)."""
+    return [(n, u) for n, u in model.named_children() if hasattr(u, "conv") or hasattr(u, "fc")]
+
+
+class QnnUnit(nn.Module):
+    """One teacher layer in the code domain, BN kept (the paper's BN-enabled QNN teacher).
+
+    Args:
+        unit: a model unit (``conv``/``fc``, optional ``bn``, ``act``, ``pool``, ``drop``);
+            it is copied, never mutated.
+        in_scale: the float value of one input code (1/255 for the network input).
+        w_bits: weight bits, or None to keep float weights.
+        a_bits: output activation bits, or None for the last layer (float logits).
+        quantizer: "lsq" (learned per-channel step) or "dorefa".
+    """
+
+    def __init__(self, unit: nn.Sequential, in_scale: float, w_bits: int | None, a_bits: int | None,
+                 quantizer: str = "lsq"):
+        super().__init__()
+        self.geometry = Geometry.of(unit)
+        self.layer = copy.deepcopy(unit.conv if hasattr(unit, "conv") else unit.fc)
+        self.bn = copy.deepcopy(getattr(unit, "bn", None))
+        self.drop = copy.deepcopy(getattr(unit, "drop", None))
+        self.register_buffer("in_scale", torch.tensor(float(in_scale)))
+        self.w_bits, self.a_bits = w_bits, a_bits
+        wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
+        self.wq = wq(w_bits, self.layer.weight) if w_bits else None
+        self.aq = LsqAct(a_bits) if a_bits else None
+
+    def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
+        """Float output of conv/linear -> BN (before ReLU and quantization)."""
+        x = x_q.flatten(1) if self.geometry.kind == "fc" else x_q
+        if self.drop is not None:
+            x = self.drop(x)
+        w = self.wq(self.layer.weight) if self.wq is not None else self.layer.weight
+        y = self.geometry.linear(x * self.in_scale, w, self.layer.bias)
+        return self.bn(y) if self.bn is not None else y
+
+    def core(self, x_q: torch.Tensor) -> torch.Tensor:
+        """Output codes before pooling (or float logits for the last layer)."""
+        y = self.pre_act(x_q)
+        return y if self.aq is None else self.aq(F.relu(y))
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return self.geometry.max_pool(self.core(x_q))
+
+
+class IntUnit(nn.Module):
+    """One BN-free student layer computing in the integer code domain.
+
+    Parameters (float, trained through straight-through estimators):
+        ``weight``: latent weights scaled to [-1, 1]; ``w_q = clamp(round_half_up(Q * weight), -Q, Q)``.
+        ``bias``: in output-code units; ``bias_q = round_half_up(bias / alpha)``.
+        ``log_alpha``: ``alpha = exp(log_alpha)``, the layer's scale, one per layer
+        (the paper's) or one per output channel.
+
+    Train mode computes in float32 with fake quantization; eval mode computes the
+    integer contract exactly: accumulators in float32 when the layer's (E6) bound is
+    at most 2^24 and in float64 otherwise (exact either way, (E8)), requantization
+    (E4) in int64.
+    """
+
+    def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
+                 a_bits: int | None, per_channel: bool = False):
+        super().__init__()
+        self.geometry = geometry
+        self.in_bits, self.w_bits, self.a_bits, self.per_channel = in_bits, w_bits, a_bits, per_channel
+        self.q = weight_range(w_bits)[1]
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.bias = nn.Parameter(torch.zeros(geometry.out_channels))
+        self.log_alpha = nn.Parameter(torch.zeros(geometry.out_channels if per_channel else 1))
+        self._int_cache: dict[str, torch.Tensor] | None = None
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def train(self, mode: bool = True) -> IntUnit:
+        self._int_cache = None  # parameters may change: recompute the integers next eval
+        return super().train(mode)
+
+    def _fake_w_q(self) -> torch.Tensor:
+        return torch.clamp(round_half_up(self.weight * self.q), -self.q, self.q)
+
+    @torch.no_grad()
+    def integer_params(self) -> dict[str, torch.Tensor]:
+        """The layer's integers: ``w_q`` (W-bit codes), ``bias_q`` (int32),
+        ``mult``, ``shift`` (one pair, or one per channel) as int64 tensors.
+
+        ``(mult, shift) = quantize_multiplier(alpha)`` (E5); the bias uses the dyadic
+        scale: ``bias_q = round_half_up(bias * 2^shift / mult)``.
+        """
+        if self._int_cache is not None and not self.training:
+            return self._int_cache
+        pairs = [quantize_multiplier(float(a)) for a in self.alpha.double()]
+        mult = torch.tensor([m for m, _ in pairs], dtype=torch.int64)
+        shift = torch.tensor([s for _, s in pairs], dtype=torch.int64)
+        dyadic = mult.double() / torch.pow(2.0, shift.double())
+        bias_q = torch.floor(self.bias.double() / dyadic + 0.5)
+        bias_q = bias_q.clamp(-(2**31), 2**31 - 1).to(torch.int64)
+        w_q = torch.clamp(torch.floor(self.weight.double() * self.q + 0.5), -self.q, self.q).to(torch.int64)
+        lo, hi = acc_bound(w_q.numpy(), act_range(self.in_bits)[1], bias_q.numpy())
+        dtype = torch.float32 if exact_float_dtype(max(int(hi.max()), -int(lo.min()))) == np.float32 \
+            else torch.float64
+        out = {"w_q": w_q, "bias_q": bias_q, "mult": mult, "shift": shift, "dtype": dtype}
+        if not self.training:
+            self._int_cache = out
+        return out
+
+    def core(self, x_q: torch.Tensor) -> torch.Tensor:
+        """Output codes before pooling (logits for the last layer)."""
+        if not self.training:
+            return self._core_exact(x_q)
+        shape = self.geometry.channel_shape()
+        alpha = self.alpha.reshape(shape)
+        bias_q = round_half_up(self.bias / self.alpha)
+        acc = self.geometry.linear(x_q, self._fake_w_q(), bias_q)
+        if self.a_bits is None:
+            return acc * alpha  # float logits for the loss
+        return torch.clamp(round_half_up(acc * alpha), 0, act_range(self.a_bits)[1])
+
+    def _core_exact(self, x_q: torch.Tensor) -> torch.Tensor:
+        p = self.integer_params()
+        dt = p["dtype"]  # float32 when the (E6) bound is <= 2^24, else float64: exact either way (E8)
+        acc = self.geometry.linear(x_q.to(dt), p["w_q"].to(dt), p["bias_q"].to(dt))
+        if self.a_bits is None:
+            return acc.double()  # the int32 logits, exactly
+        shape = self.geometry.channel_shape()
+        prod = acc.to(torch.int64) * p["mult"].reshape(shape)  # |prod| < 2^62 (E4)
+        shift = p["shift"].reshape(shape)
+        codes = (prod + ((1 << shift) >> 1)) >> shift  # rshift_round (E3); >> on int64 is arithmetic
+        return codes.clamp(0, act_range(self.a_bits)[1]).to(torch.float32)
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return self.geometry.max_pool(self.core(x_q))
+
+
+class Chain(nn.Module):
+    """Units run in order: the teacher QNN, the student, or a hybrid of both."""
+
+    def __init__(self, units: list[nn.Module]):
+        super().__init__()
+        self.units = nn.ModuleList(units)
+
+    def forward(self, x_q: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """Run units ``[0, upto)`` (all by default) on codes ``x_q`` (any dtype)."""
+        x = x_q.to(torch.float32)
+        for unit in self.units[:upto]:
+            x = unit(x)
+        return x
+
+
+class Student(Chain):
+    """The BN-free integer student: a chain of :class:`IntUnit`, plus what it was built for.
+
+    ``spec()`` describes its structure in plain JSON values, so a saved student
+    loads without the teacher it came from (:meth:`from_spec`).
+    """
+
+    def __init__(self, units: list[IntUnit], names: list[str], in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__(units)
+        self.names, self.in_shape, self.num_classes = list(names), tuple(in_shape), num_classes
+
+    def spec(self) -> dict:
+        return {"in_shape": list(self.in_shape), "num_classes": self.num_classes, "units": [
+            {"name": n, "geometry": dataclasses.asdict(u.geometry), "weight_shape": list(u.weight.shape),
+             "in_bits": u.in_bits, "w_bits": u.w_bits, "a_bits": u.a_bits, "per_channel": u.per_channel}
+            for n, u in zip(self.names, self.units)]}
+
+    @staticmethod
+    def from_spec(spec: dict) -> Student:
+        units = []
+        for u in spec["units"]:
+            g = u["geometry"]
+            geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
+                                tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
+            units.append(IntUnit(geometry, tuple(u["weight_shape"]), u["in_bits"], u["w_bits"], u["a_bits"],
+                                 u["per_channel"]))
+        return Student(units, [u["name"] for u in spec["units"]], tuple(spec["in_shape"]), spec["num_classes"])

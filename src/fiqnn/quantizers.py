@@ -1,0 +1,100 @@
+"""Training-time quantizers: float in, float out, straight-through gradients.
+
+Rounding is :func:`round_half_up`, ``floor(x + 1/2)``, the rule of
+docs/arithmetic.md (E3). ``torch.round`` rounds half to even and would make the
+training-time network disagree with the integer one on exact ties.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .arith import act_range, weight_range
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """``floor(x + 1/2)`` (E3) with a straight-through gradient (d/dx = 1)."""
+    return x + (torch.floor(x + 0.5) - x).detach()
+
+
+def _grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``scale`` (LSQ's step-size gradient scale)."""
+    return x * scale + (x - x * scale).detach()
+
+
+class LsqWeight(nn.Module):
+    """Signed narrow-range ``w_bits`` weights with a learned step (LSQ, Esser et al. 2020).
+
+    ``w_hat = clamp(round_half_up(w / s), -Q, Q) * s`` with ``Q = 2^(w_bits-1) - 1``
+    and one step ``s`` per tensor or per output channel.
+    """
+
+    def __init__(self, w_bits: int, weight: torch.Tensor, per_channel: bool = True):
+        super().__init__()
+        self.w_bits = w_bits
+        self.q = weight_range(w_bits)[1]
+        w = weight.detach().reshape(len(weight), -1)
+        amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+        shape = (-1,) + (1,) * (weight.ndim - 1)
+        self.step = nn.Parameter((amax.clamp_min(1e-8) / self.q).reshape(shape if per_channel else ()))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        s = _grad_scale(self.step.abs() + 1e-12, 1.0 / math.sqrt(w.numel() * self.q))
+        return torch.clamp(round_half_up(w / s), -self.q, self.q) * s
+
+
+class DorefaWeight(nn.Module):
+    """DoReFa-style weights (Zhou et al. 2016), on the signed narrow grid of (E1):
+    ``w_hat = round_half_up(Q * tanh(w) / max|tanh(w)|) / Q``. No learned parameter."""
+
+    def __init__(self, w_bits: int, weight: torch.Tensor | None = None, per_channel: bool = False):
+        super().__init__()
+        self.w_bits = w_bits
+        self.q = weight_range(w_bits)[1]
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(w)
+        t = t / t.abs().max().detach().clamp_min(1e-8)
+        return round_half_up(t * self.q) / self.q
+
+
+class LsqAct(nn.Module):
+    """Unsigned ``a_bits`` activation codes with a learned step.
+
+    ``forward(x)`` returns the *codes* ``clamp(round_half_up(x / s), 0, 2^a_bits - 1)``
+    as a float tensor of exact small integers; their value is ``codes * s``.
+    """
+
+    def __init__(self, a_bits: int, step: float = 1.0):
+        super().__init__()
+        self.a_bits = a_bits
+        self.qmax = act_range(a_bits)[1]
+        self.step = nn.Parameter(torch.tensor(float(step)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = _grad_scale(self.step.abs() + 1e-12, 1.0 / math.sqrt(x[0].numel() * self.qmax))
+        return torch.clamp(round_half_up(x / s), 0, self.qmax) * (s / s.detach())
+
+    @torch.no_grad()
+    def init_step(self, x: torch.Tensor) -> None:
+        """Set the step to the clipping point that minimises the quantization MSE on
+        calibration activations ``x`` (a grid search over percentiles)."""
+        x = x.detach().flatten().float()
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:200_000]]
+        pos = x[x > 0]
+        if len(pos) == 0:
+            return
+        best, best_err = None, math.inf
+        for q in torch.linspace(0.90, 1.0, 41):
+            clip = float(torch.quantile(pos, q))
+            if clip <= 0:
+                continue
+            s = clip / self.qmax
+            err = float(((torch.clamp(torch.floor(x / s + 0.5), 0, self.qmax) * s - x) ** 2).mean())
+            if err < best_err:
+                best, best_err = s, err
+        if best is not None:
+            self.step.fill_(best)

@@ -1,0 +1,175 @@
+"""Distillation end to end on the tiny model: the integer executor equals the eval-mode
+student on every test image, for every bit width and both scale granularities."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fiqnn.config import DistillConfig
+from fiqnn.convert import convert
+from fiqnn.distill import accuracy, distill
+from fiqnn.execute import run
+from fiqnn.jobs import compare_backends, load_student, teacher_data
+from fiqnn.layers import IntUnit
+from fiqnn.teacher import load_teacher
+
+FAST = dict(teacher_epochs=1, max_epochs_per_stage=1, finetune_epochs=1, steps_per_epoch=5, batch_size=32,
+            calib_images=256)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_teacher):
+    return load_teacher(digits_teacher), teacher_data(digits_teacher)[1]
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("scale", ["per-layer", "per-channel"])
+def test_fold_student_bit_exact_on_whole_test_set(digits, bits, scale):
+    teacher, data = digits
+    student = distill(teacher, data, DistillConfig(w_bits=bits, a_bits=bits, scale=scale, method="fold",
+                                                   teacher_epochs=0), progress=False, log=lambda m: None)
+    graph = convert(student)
+    check = compare_backends(student, graph, data.test)
+    assert check["images"] == 360 and check["bit_exact"], check
+
+
+@pytest.mark.parametrize("method", ["ptl", "oneshot"])
+@pytest.mark.parametrize("scale", ["per-layer", "per-channel"])
+def test_trained_student_bit_exact_and_learns(digits, method, scale):
+    teacher, data = digits
+    config = DistillConfig(w_bits=3, a_bits=3, method=method, scale=scale, **FAST)
+    student = distill(teacher, data, config, progress=False, log=lambda m: None)
+    check = compare_backends(student, convert(student), data.test)
+    assert check["bit_exact"], check
+    assert check["numpy_acc"] > 50  # 10 classes: far above chance after a few steps
+    assert [h["phase"] for h in student.history][0] == "teacher-qat"
+
+
+def test_teacher_is_not_mutated(digits):
+    teacher, data = digits
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    distill(teacher, data, DistillConfig(method="ptl", **FAST), progress=False, log=lambda m: None)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_student_has_no_batchnorm(digits):
+    teacher, data = digits
+    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
+                      log=lambda m: None)
+    kinds = {type(m).__name__ for m in student.modules()}
+    assert not any("BatchNorm" in k for k in kinds)
+    assert all(isinstance(u, IntUnit) for u in student.units)
+
+
+def test_executor_hands_only_integer_arrays(digits):
+    teacher, data = digits
+    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
+                      log=lambda m: None)
+    seen = []
+    logits = run(convert(student), data.test.x_q, trace=lambda name, a: seen.append((name, a.dtype)))
+    assert logits.dtype == np.int32 and seen
+    assert all(np.issubdtype(dtype, np.integer) for _, dtype in seen), seen
+    assert {str(d) for _, d in seen} == {"uint8", "int32"}
+
+
+def test_eval_student_logits_are_integers(digits):
+    teacher, data = digits
+    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
+                      log=lambda m: None)
+    with torch.no_grad():
+        out = student(torch.from_numpy(data.test.x_q[:50]))
+    assert torch.equal(out, out.round())
+    assert 0 <= accuracy(student, data.test) <= 100
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def test_distill_cli_eval_info(cli, digits_teacher, tmp_path):
+    out = tmp_path / "w4a4"
+    code, stdout, err = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", "--out", out,
+                            "--steps-per-epoch", "5", "--max-epochs-per-stage", "1", "--finetune-epochs", "1",
+                            "--json", "--no-progress")
+    assert code == 0, err
+    m = json.loads(stdout)
+    assert m["bit_exact"] and m["test_images"] == 360 and m["w_bits"] == 4
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.json", "checkpoint.pt", "train.log",
+                                               "student.pt", "model.npz"}
+    code, stdout, _ = cli("eval", out, "--backend", "numpy", "--json")
+    assert code == 0 and json.loads(stdout)["test_acc"] == pytest.approx(m["test_acc"])
+    code, stdout, _ = cli("eval", out, "--backend", "torch", "--json")
+    assert code == 0 and json.loads(stdout)["test_acc"] == pytest.approx(m["torch_acc"])
+    code, stdout, _ = cli("info", out / "model.npz")
+    assert code == 0 and "no BatchNorm, no float: arrays bias_q int32, mult int32, shift int32, w_q int8" in stdout
+    assert "conv1" in stdout and "headroom" in stdout
+    code, stdout, _ = cli("info", out, "--json")
+    layers = json.loads(stdout)["layers"]
+    assert [r["w_bits"] for r in layers] == [8, 4, 4, 8] and layers[-1]["a_bits"] is None
+    assert load_student(out).num_classes == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--wbits", "9", "--abits", "4"], "w-bits must be an integer in 2..8, got 9"),
+    (["--wbits", "4", "--abits", "1"], "a-bits must be an integer in 2..8, got 1"),
+    (["--wbits", "4", "--abits", "4", "--method", "magic"], "unknown method 'magic'"),
+    (["--wbits", "4"], "distill needs --abits"),
+])
+def test_distill_bad_flags(cli, digits_teacher, tmp_path, args, message):
+    code, _, err = cli("distill", "--teacher", digits_teacher, "--out", tmp_path / "r", *args)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_distill_teacher_without_checkpoint(cli, tmp_path):
+    (tmp_path / "t").mkdir()
+    code, _, err = cli("distill", "--teacher", tmp_path / "t", "--wbits", "4", "--abits", "4", "--out", tmp_path / "r")
+    assert code == 2 and len(err) == 1 and "holds no finished teacher (model.pt missing)" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_model_file_errors_exit_2(cli, tmp_path):
+    from fiqnn.graph import save
+    from tests.test_graph import _graph, _rewrite
+
+    p = tmp_path / "m.npz"
+    save(_graph(), p)
+    _rewrite(p, "fc2.bias_q.npy", b"junk")
+    code, _, err = cli("info", p)
+    assert code == 2 and len(err) == 1 and "fc2.bias_q.npy does not match its checksum" in err[0]
+
+
+def test_sigkill_then_resume_distill(digits_teacher, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits",
+           "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "40", "--max-epochs-per-stage", "2",
+           "--patience", "2", "--finetune-epochs", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and "stage 2/4 (conv2): " in log.read_text():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "metrics.json").exists()
+
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    text = log.read_text()
+    resumed_after = int(re.search(r"resuming after phase (\d+)", text).group(1))
+    assert resumed_after >= 3  # teacher-qat, stage 1 and stage 2 were checkpointed before the kill
+    assert text.count("stage 1/4 (conv1): ") == 1  # finished stages are not redone
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "done" and m["bit_exact"]
+    assert [h["phase"] for h in m["history"]][:2] == ["teacher-qat", "stage 1/4 (conv1)"]
