@@ -69,6 +69,12 @@ def test_student_has_no_batchnorm(digits):
     kinds = {type(m).__name__ for m in student.modules()}
     assert not any("BatchNorm" in k for k in kinds)
     assert all(isinstance(u, IntUnit) for u in student.units)
+    graph = convert(student)  # walk the IntGraph: integer arrays and ints only, nothing from BN
+    for layer in graph.layers:
+        for key, value in vars(layer).items():
+            assert not isinstance(value, float) and "bn" not in key
+            if isinstance(value, np.ndarray):
+                assert np.issubdtype(value.dtype, np.integer), (layer.name, key, value.dtype)
 
 
 def test_executor_hands_only_integer_arrays(digits):
@@ -136,15 +142,23 @@ def test_distill_teacher_without_checkpoint(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_model_file_errors_exit_2(cli, tmp_path):
+@pytest.mark.parametrize("member, message", [
+    ("fc2.bias_q.npy", "fc2.bias_q.npy does not match its checksum"),
+    ("meta.json", "was written for ARITH_VERSION 99; this fiqnn implements 1"),
+])
+def test_model_file_errors_exit_2(cli, tmp_path, member, message):
+    import zipfile
+
     from fiqnn.graph import save
     from tests.test_graph import _graph, _rewrite
 
     p = tmp_path / "m.npz"
     save(_graph(), p)
-    _rewrite(p, "fc2.bias_q.npy", b"junk")
+    with zipfile.ZipFile(p) as z:
+        meta = json.loads(z.read("meta.json"))
+    _rewrite(p, member, b"junk" if member.endswith(".npy") else json.dumps({**meta, "arith_version": 99}))
     code, _, err = cli("info", p)
-    assert code == 2 and len(err) == 1 and "fc2.bias_q.npy does not match its checksum" in err[0]
+    assert code == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_sigkill_then_resume_distill(digits_teacher, tmp_path):

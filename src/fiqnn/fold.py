@@ -27,8 +27,7 @@ from .layers import IntUnit, QnnUnit
 @torch.no_grad()
 def fold_bn(t: QnnUnit) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher unit's BN folded into code-unit weights ``w_c`` and bias ``b_c``."""
-    w = t.wq(t.layer.weight) if t.wq is not None else t.layer.weight
-    w = w.detach().double()
+    w = t.quantized_weight().detach().double()
     b = t.layer.bias.detach().double() if t.layer.bias is not None else torch.zeros(len(w), dtype=torch.float64)
     if t.bn is not None:
         g = t.bn.weight.double() / torch.sqrt(t.bn.running_var.double() + t.bn.eps)
@@ -56,11 +55,9 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
 
     w_c, b_c = fold_bn(t)
     s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel)
-    flat = w_c.reshape(len(w_c), -1).abs()
-    amax = (flat.amax(dim=1) if per_channel else flat.amax().reshape(1)).clamp_min(1e-12)
-    step = amax / s.q  # the weight step is the initial alpha: alpha * w_q ~ w_c
-    amax_b = amax.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else amax.reshape(())
-    s.weight.copy_((w_c / amax_b).float())
+    step = weight_step(w_c, s.q, per_channel)  # the weight step is the initial alpha: alpha * w_q ~ w_c
+    step_b = step.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else step.reshape(())
+    s.weight.copy_((w_c / (step_b * s.q)).float())  # latent weights: w_q = clamp(round(q * weight))
     s.log_alpha.copy_(step.log().float())
     s.bias.copy_(b_c.float())
 
@@ -73,6 +70,21 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     s.bias.copy_((p["bias_q"].double() * alpha).float())  # keep the integer bias of the fit
     s.train()
     return s
+
+
+def weight_step(w: torch.Tensor, q: int, per_channel: bool) -> torch.Tensor:
+    """The step ``s`` (per layer, or per output channel) minimising ``|w - s * clamp(round(w / s), -q, q)|^2``,
+    searched over clipping points from 5% to 100% of max|w|. At 2 bits (ternary) the
+    max-abs step would send most weights to zero; the MSE step keeps them."""
+    flat = w.reshape(len(w), -1) if per_channel else w.reshape(1, -1)
+    amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+    best_step, best_err = amax / q, torch.full_like(amax, math.inf)
+    for r in torch.linspace(0.05, 1.0, 96, dtype=torch.float64):
+        step = amax * r / q
+        err = ((torch.clamp(torch.floor(flat / step[:, None] + 0.5), -q, q) * step[:, None] - flat) ** 2).sum(1)
+        better = err < best_err
+        best_step, best_err = torch.where(better, step, best_step), torch.where(better, err, best_err)
+    return best_step
 
 
 def _fit_alpha(acc: torch.Tensor, target: torch.Tensor, a_bits: int | None, per_channel: bool) -> torch.Tensor:

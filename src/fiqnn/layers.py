@@ -68,12 +68,27 @@ class Geometry:
         return (1, -1, 1, 1) if self.kind == "conv" else (1, -1)
 
 
+def _version_key(*tensors: torch.Tensor) -> tuple:
+    """Identifies the current values of ``tensors``: every in-place change (an optimizer
+    step, ``load_state_dict``) bumps a tensor's version; a copy gets new storage."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+class _Cached(nn.Module):
+    """A module holding a derived-value cache that copies must not inherit."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_w_cache=None, _int_cache=None)
+        return state
+
+
 def teacher_units(model: nn.Sequential) -> list[tuple[str, nn.Sequential]]:
     """The named conv/fc units of a model from :mod:`fiqnn.models` (flatten dropped)."""
     return [(n, u) for n, u in model.named_children() if hasattr(u, "conv") or hasattr(u, "fc")]
 
 
-class QnnUnit(nn.Module):
+class QnnUnit(_Cached):
     """One teacher layer in the code domain, BN kept (the paper's BN-enabled QNN teacher).
 
     Args:
@@ -97,15 +112,26 @@ class QnnUnit(nn.Module):
         wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
         self.wq = wq(w_bits, self.layer.weight) if w_bits else None
         self.aq = LsqAct(a_bits) if a_bits else None
+        self._w_cache: tuple[tuple, torch.Tensor] | None = None
 
     def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
         """Float output of conv/linear -> BN (before ReLU and quantization)."""
         x = x_q.flatten(1) if self.geometry.kind == "fc" else x_q
         if self.drop is not None:
             x = self.drop(x)
-        w = self.wq(self.layer.weight) if self.wq is not None else self.layer.weight
-        y = self.geometry.linear(x * self.in_scale, w, self.layer.bias)
+        y = self.geometry.linear(x * self.in_scale, self.quantized_weight(), self.layer.bias)
         return self.bn(y) if self.bn is not None else y
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized weights; cached while no gradient is needed and nothing changed."""
+        if self.wq is None:
+            return self.layer.weight
+        if torch.is_grad_enabled():
+            return self.wq(self.layer.weight)
+        key = _version_key(self.layer.weight, *self.wq.parameters())
+        if self._w_cache is None or self._w_cache[0] != key:
+            self._w_cache = (key, self.wq(self.layer.weight))
+        return self._w_cache[1]
 
     def core(self, x_q: torch.Tensor) -> torch.Tensor:
         """Output codes before pooling (or float logits for the last layer)."""
@@ -116,7 +142,7 @@ class QnnUnit(nn.Module):
         return self.geometry.max_pool(self.core(x_q))
 
 
-class IntUnit(nn.Module):
+class IntUnit(_Cached):
     """One BN-free student layer computing in the integer code domain.
 
     Parameters (float, trained through straight-through estimators):
@@ -140,15 +166,11 @@ class IntUnit(nn.Module):
         self.weight = nn.Parameter(torch.zeros(weight_shape))
         self.bias = nn.Parameter(torch.zeros(geometry.out_channels))
         self.log_alpha = nn.Parameter(torch.zeros(geometry.out_channels if per_channel else 1))
-        self._int_cache: dict[str, torch.Tensor] | None = None
+        self._int_cache: tuple[tuple, dict] | None = None  # (parameter versions, integer_params())
 
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
-
-    def train(self, mode: bool = True) -> IntUnit:
-        self._int_cache = None  # parameters may change: recompute the integers next eval
-        return super().train(mode)
 
     def _fake_w_q(self) -> torch.Tensor:
         return torch.clamp(round_half_up(self.weight * self.q), -self.q, self.q)
@@ -161,8 +183,10 @@ class IntUnit(nn.Module):
         ``(mult, shift) = quantize_multiplier(alpha)`` (E5); the bias uses the dyadic
         scale: ``bias_q = round_half_up(bias * 2^shift / mult)``.
         """
-        if self._int_cache is not None and not self.training:
-            return self._int_cache
+        # Every in-place change of a parameter (optimizer step, load_state_dict) bumps its version.
+        key = _version_key(self.weight, self.bias, self.log_alpha)
+        if self._int_cache is not None and self._int_cache[0] == key:
+            return self._int_cache[1]
         pairs = [quantize_multiplier(float(a)) for a in self.alpha.double()]
         mult = torch.tensor([m for m, _ in pairs], dtype=torch.int64)
         shift = torch.tensor([s for _, s in pairs], dtype=torch.int64)
@@ -174,8 +198,7 @@ class IntUnit(nn.Module):
         dtype = torch.float32 if exact_float_dtype(max(int(hi.max()), -int(lo.min()))) == np.float32 \
             else torch.float64
         out = {"w_q": w_q, "bias_q": bias_q, "mult": mult, "shift": shift, "dtype": dtype}
-        if not self.training:
-            self._int_cache = out
+        self._int_cache = (key, out)
         return out
 
     def core(self, x_q: torch.Tensor) -> torch.Tensor:

@@ -83,13 +83,13 @@ class LsqAct(nn.Module):
         """Set the step to the clipping point that minimises the quantization MSE on
         calibration activations ``x`` (a grid search over percentiles)."""
         x = x.detach().flatten().float()
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:200_000]]
-        pos = x[x > 0]
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:50_000]]
+        pos = x[x > 0].sort().values
         if len(pos) == 0:
             return
         best, best_err = None, math.inf
         for q in torch.linspace(0.90, 1.0, 41):
-            clip = float(torch.quantile(pos, q))
+            clip = float(pos[min(len(pos) - 1, int(q * (len(pos) - 1)))])
             if clip <= 0:
                 continue
             s = clip / self.qmax

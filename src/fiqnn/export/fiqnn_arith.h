@@ -1,0 +1,31 @@
+/* fiqnn_arith.h: the integer contract of docs/arithmetic.md in C99.
+ *
+ * The C mirror of src/fiqnn/arith.py: same function names, same equations.
+ * No float, no libm, no division, and no right shift of a negative signed value
+ * (implementation-defined in C): floor(y / 2^s) of a negative y is computed as
+ * ~(~y >> s), where ~y = -y - 1 is non-negative.
+ */
+#ifndef FIQNN_ARITH_H
+#define FIQNN_ARITH_H
+
+#include <stdint.h>
+
+#define FIQNN_ARITH_VERSION 1
+
+/* (E3) floor((x + 2^(shift-1)) / 2^shift), ties toward +infinity; shift 0 returns x.
+ * Ranges: |x| < 2^62, 0 <= shift <= 62. */
+static inline int64_t fiqnn_rshift_round(int64_t x, int shift)
+{
+    int64_t y = x + (shift > 0 ? (INT64_C(1) << (shift - 1)) : 0);
+    return y >= 0 ? (y >> shift) : ~((~y) >> shift);
+}
+
+/* (E4) clamp(rshift_round(acc * mult, shift), 0, qmax), the product in int64.
+ * Ranges: acc int32, 1 <= mult <= 2^31 - 1, 0 <= shift <= 62, qmax = 2^A - 1. */
+static inline uint8_t fiqnn_requantize(int32_t acc, int32_t mult, int shift, int32_t qmax)
+{
+    int64_t r = fiqnn_rshift_round((int64_t)acc * (int64_t)mult, shift);
+    return (uint8_t)(r < 0 ? 0 : (r > qmax ? qmax : r));
+}
+
+#endif /* FIQNN_ARITH_H */

@@ -1,0 +1,121 @@
+"""IntGraph -> ONNX with integer tensors only, runnable in ONNX Runtime.
+
+One layer, in ONNX ops (docs/arithmetic.md equation in brackets):
+
+    acc  = ConvInteger(x_q, w_q + 128, 0, 128)      or MatMulInteger for fc    (E2) int32
+    acc  = Add(acc, bias_q)                                                    (E2) int32
+    p    = Add(Mul(Cast<int64>(acc), mult), 2^(shift-1))                       (E4) int64
+    p    = Max(p, 0)                      clamp first: BitShift is unsigned-only (E4, note)
+    y    = Min(BitShift<RIGHT>(Cast<uint64>(p), shift), 2^A - 1)               (E3, E4) uint64
+    x_q' = MaxPool(Cast<uint8>(y))                                              (E7) uint8
+
+Weights travel as uint8 ``w_q + 128`` with a weight zero point of 128, which
+ConvInteger and MatMulInteger subtract exactly (ONNX Runtime's CPU kernels take
+uint8 weights). The last layer stops after the bias: its int32 accumulators are
+the logits. ConvInteger/MatMulInteger accumulate in int32; with uint8 operands
+every internal sum is at most 255 * 255 * K, below 2^31 for K < 33,025 inputs per
+output (alexnet-bn's largest K is 9,216), and the result equals (E2), whose own
+range (E6) proved.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import _io
+from ..arith import act_range
+from ..graph import IntGraph, IntLayer
+
+OPSET = 13
+
+
+def to_onnx(graph: IntGraph) -> onnx.ModelProto:
+    """Build the integer ONNX model of ``graph`` (input ``x_q`` uint8, output ``logits`` int32)."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    const("zero_u8", np.array(0, np.uint8))
+    const("zp_w", np.array(128, np.uint8))
+    const("zero_i64", np.array(0, np.int64))
+    x = "x_q"
+    for layer in graph.layers:
+        x = _layer(layer, x, nodes, const)
+    nodes.append(helper.make_node("Identity", [x], ["logits"]))
+    c, h, w = graph.in_shape
+    g = helper.make_graph(
+        nodes, "fiqnn_intgraph",
+        [helper.make_tensor_value_info("x_q", TensorProto.UINT8, ["N", c, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.INT32, ["N", graph.num_classes])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fiqnn")
+    model.ir_version = 8
+    helper.set_model_props(model, {"arith_version": str(graph.arith_version)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _layer(layer: IntLayer, x: str, nodes: list, const) -> str:
+    n = layer.name
+    w_u8 = (layer.w_q.astype(np.int16) + 128).astype(np.uint8)  # exact: w_q in [-127, 127]
+    if layer.kind == "conv":
+        nodes.append(helper.make_node(
+            "ConvInteger", [x, const(f"{n}.w_u8", w_u8), "zero_u8", "zp_w"], [f"{n}.acc0"],
+            strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
+            pads=[layer.padding[0], layer.padding[1], layer.padding[0], layer.padding[1]],
+            kernel_shape=list(layer.w_q.shape[2:])))
+        chan = (1, -1, 1, 1)
+    else:
+        nodes.append(helper.make_node("Flatten", [x], [f"{n}.flat"], axis=1))
+        nodes.append(helper.make_node("MatMulInteger", [f"{n}.flat", const(f"{n}.w_u8_t", np.ascontiguousarray(
+            w_u8.T)), "zero_u8", "zp_w"], [f"{n}.acc0"]))
+        chan = (1, -1)
+    nodes.append(helper.make_node("Add", [f"{n}.acc0", const(f"{n}.bias_q", layer.bias_q.reshape(chan))],
+                                  [f"{n}.acc"]))
+    if layer.a_bits is None:
+        return f"{n}.acc"
+    shift = layer.shift.astype(np.int64)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0).astype(np.int64)
+    nodes += [
+        helper.make_node("Cast", [f"{n}.acc"], [f"{n}.acc64"], to=TensorProto.INT64),
+        helper.make_node("Mul", [f"{n}.acc64", const(f"{n}.mult", layer.mult.astype(np.int64).reshape(chan))],
+                         [f"{n}.prod"]),
+        helper.make_node("Add", [f"{n}.prod", const(f"{n}.half", half.reshape(chan))], [f"{n}.rounded"]),
+        helper.make_node("Max", [f"{n}.rounded", "zero_i64"], [f"{n}.pos"]),
+        helper.make_node("Cast", [f"{n}.pos"], [f"{n}.pos_u64"], to=TensorProto.UINT64),
+        helper.make_node("BitShift", [f"{n}.pos_u64", const(f"{n}.shift", shift.astype(np.uint64).reshape(chan))],
+                         [f"{n}.shifted"], direction="RIGHT"),
+        helper.make_node("Min", [f"{n}.shifted", const(f"{n}.qmax", np.array(act_range(layer.a_bits)[1],
+                                                                            np.uint64))], [f"{n}.clamped"]),
+        helper.make_node("Cast", [f"{n}.clamped"], [f"{n}.y_q"], to=TensorProto.UINT8),
+    ]
+    out = f"{n}.y_q"
+    if layer.pool:
+        k, s, p = layer.pool
+        nodes.append(helper.make_node("MaxPool", [out], [f"{n}.pooled"], kernel_shape=[k, k], strides=[s, s],
+                                      pads=[p, p, p, p]))
+        out = f"{n}.pooled"
+    return out
+
+
+def export_onnx(graph: IntGraph, path: str | os.PathLike) -> None:
+    """Write the integer ONNX model of ``graph`` to ``path`` (atomically)."""
+    _io.write_bytes(path, to_onnx(graph).SerializeToString())
+
+
+def run_onnx(model: onnx.ModelProto | str | os.PathLike, x_q: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """Run an exported model in ONNX Runtime (CPU); int32 logits."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["logits"], {"x_q": x_q[i:i + batch_size]})[0]
+                           for i in range(0, len(x_q), batch_size)])
