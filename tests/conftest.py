@@ -37,3 +37,12 @@ def digits_teacher(tmp_path_factory) -> Path:
     assert main(["train-teacher", "--arch", "tiny", "--data", "digits", "--epochs", "15", "--batch-size", "64",
                  "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_student(digits_teacher, tmp_path_factory) -> Path:
+    """A finished W4A4 fold student run on digits (seconds)."""
+    out = tmp_path_factory.mktemp("digits-student") / "run"
+    assert main(["distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits", "4", "--method", "fold",
+                 "--teacher-epochs", "0", "--out", str(out), "--no-progress"]) == 0
+    return out

@@ -95,6 +95,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .jobs import export_run
+
+    out = export_run(args.model, args.format, args.out)
+    _report(args, {"format": args.format, "out": str(out)}, f"wrote {args.format} model to {out}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .graph import load
     from .jobs import MODEL_FILE
@@ -226,8 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", parents=[common], help="test accuracy of a distilled student")
     e.add_argument("run", help="distill run directory (or its model.npz)")
-    e.add_argument("--backend", default="numpy", help="numpy (integer executor, default) | torch")
+    e.add_argument("--backend", default="numpy",
+                   help="numpy (reference executor, default) | onnx (ONNX Runtime) | c (compiled C99) | torch")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", parents=[common], help="write the integer model as npz, ONNX or C99 source")
+    x.add_argument("model", help="a distill run directory or a model.npz")
+    x.add_argument("--format", required=True, help="npz | onnx | c")
+    x.add_argument("--out", required=True, help="output file (npz, onnx) or directory (c)")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", parents=[common], help="per-layer bits, mult, shift, accumulator bounds")
     i.add_argument("model", help="a model.npz file or a distill run directory")

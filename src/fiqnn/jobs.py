@@ -90,6 +90,50 @@ def compare_backends(student: Student, graph: IntGraph, split) -> dict[str, Any]
             "max_abs_diff": int(np.abs(t - n).max())}
 
 
+BACKENDS = ("numpy", "torch", "onnx", "c")
+
+
+def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str) -> np.ndarray:
+    """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, or compiled C."""
+    if backend == "numpy":
+        return run(graph, x_q)
+    if backend == "onnx":
+        from .export.onnx import run_onnx, to_onnx
+
+        return run_onnx(to_onnx(graph), x_q)
+    if backend == "c":
+        from .export.c99 import run_c
+
+        return run_c(graph, x_q)
+    raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx or c")
+
+
+def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
+    """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx or C."""
+    target, out = Path(target), Path(out)
+    graph = load(target / MODEL_FILE if target.is_dir() else target)
+    parent = out.parent if fmt != "c" else out
+    from ._run import check_writable
+
+    check_writable(parent)
+    try:
+        if fmt == "npz":
+            save(graph, out)
+        elif fmt == "onnx":
+            from .export.onnx import export_onnx
+
+            export_onnx(graph, out)
+        elif fmt == "c":
+            from .export.c99 import export_c
+
+            export_c(graph, out)
+        else:
+            raise FiqnnError(f"unknown format {fmt!r}; choose npz, onnx or c")
+    except OSError as e:
+        raise FiqnnError(f"cannot write {out}: {e.strerror or e}") from None
+    return out
+
+
 def load_student(run_dir: str | os.PathLike) -> Student:
     blob = load_torch(Path(run_dir) / STUDENT)
     try:
@@ -108,12 +152,13 @@ def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: st
         raise FiqnnError(f"{run_dir} is not a distill run directory (no {CONFIG})")
     teacher_dir = read_json(run_dir / CONFIG)["config"]["teacher"]
     _, data = teacher_data(teacher_dir)
+    if backend not in BACKENDS:
+        raise FiqnnError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
     if backend == "torch":
         logits = torch_logits(load_student(run_dir), data.test)
-    elif backend == "numpy":
-        logits = run(load(target if target.suffix == ".npz" else run_dir / MODEL_FILE), data.test.x_q)
     else:
-        raise FiqnnError(f"unknown backend {backend!r}; choose torch or numpy")
+        graph = load(target if target.suffix == ".npz" else run_dir / MODEL_FILE)
+        logits = run_backend(graph, data.test.x_q, backend)
     acc = float((logits.argmax(1) == data.test.y).mean() * 100)
     return {"backend": backend, "test_acc": acc, "images": len(data.test.y), "wall_s": time.perf_counter() - t0}
