@@ -46,3 +46,29 @@ def digits_student(digits_teacher, tmp_path_factory) -> Path:
     assert main(["distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits", "4", "--method", "fold",
                  "--teacher-epochs", "0", "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def digits(digits_teacher):
+    """(teacher, data) of the digits teacher run."""
+    from fiqnn.jobs import teacher_data
+    from fiqnn.teacher import load_teacher
+
+    return load_teacher(digits_teacher), teacher_data(digits_teacher)[1]
+
+
+@pytest.fixture(scope="session")
+def fold_student(digits):
+    """``fold_student(bits, scale)``: a fold (local-init only) W{bits}A{bits} student on digits, cached."""
+    from fiqnn.config import DistillConfig
+    from fiqnn.distill import distill
+
+    cache = {}
+
+    def make(bits: int = 4, scale: str = "per-layer"):
+        if (bits, scale) not in cache:
+            config = DistillConfig(w_bits=bits, a_bits=bits, scale=scale, method="fold", teacher_epochs=0)
+            cache[bits, scale] = distill(*digits, config, progress=False, log=lambda m: None)
+        return cache[bits, scale]
+
+    return make

@@ -19,27 +19,18 @@ from fiqnn.config import DistillConfig
 from fiqnn.convert import convert
 from fiqnn.distill import accuracy, distill
 from fiqnn.execute import run
-from fiqnn.jobs import compare_backends, load_student, teacher_data
+from fiqnn.jobs import compare_backends, load_student
 from fiqnn.layers import IntUnit
-from fiqnn.teacher import load_teacher
 
 FAST = dict(teacher_epochs=1, max_epochs_per_stage=1, finetune_epochs=1, steps_per_epoch=5, batch_size=32,
             calib_images=256)
 
 
-@pytest.fixture(scope="module")
-def digits(digits_teacher):
-    return load_teacher(digits_teacher), teacher_data(digits_teacher)[1]
-
-
 @pytest.mark.parametrize("bits", range(2, 9))
 @pytest.mark.parametrize("scale", ["per-layer", "per-channel"])
-def test_fold_student_bit_exact_on_whole_test_set(digits, bits, scale):
-    teacher, data = digits
-    student = distill(teacher, data, DistillConfig(w_bits=bits, a_bits=bits, scale=scale, method="fold",
-                                                   teacher_epochs=0), progress=False, log=lambda m: None)
-    graph = convert(student)
-    check = compare_backends(student, graph, data.test)
+def test_fold_student_bit_exact_on_whole_test_set(digits, fold_student, bits, scale):
+    student = fold_student(bits, scale)
+    check = compare_backends(student, convert(student), digits[1].test)
     assert check["images"] == 360 and check["bit_exact"], check
 
 
@@ -62,10 +53,8 @@ def test_teacher_is_not_mutated(digits):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
-def test_student_has_no_batchnorm(digits):
-    teacher, data = digits
-    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
-                      log=lambda m: None)
+def test_student_has_no_batchnorm(fold_student):
+    student = fold_student()
     kinds = {type(m).__name__ for m in student.modules()}
     assert not any("BatchNorm" in k for k in kinds)
     assert all(isinstance(u, IntUnit) for u in student.units)
@@ -77,10 +66,9 @@ def test_student_has_no_batchnorm(digits):
                 assert np.issubdtype(value.dtype, np.integer), (layer.name, key, value.dtype)
 
 
-def test_executor_hands_only_integer_arrays(digits):
-    teacher, data = digits
-    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
-                      log=lambda m: None)
+def test_executor_hands_only_integer_arrays(digits, fold_student):
+    data = digits[1]
+    student = fold_student()
     seen = []
     logits = run(convert(student), data.test.x_q, trace=lambda name, a: seen.append((name, a.dtype)))
     assert logits.dtype == np.int32 and seen
@@ -88,10 +76,9 @@ def test_executor_hands_only_integer_arrays(digits):
     assert {str(d) for _, d in seen} == {"uint8", "int32"}
 
 
-def test_eval_student_logits_are_integers(digits):
-    teacher, data = digits
-    student = distill(teacher, data, DistillConfig(method="fold", teacher_epochs=0), progress=False,
-                      log=lambda m: None)
+def test_eval_student_logits_are_integers(digits, fold_student):
+    data = digits[1]
+    student = fold_student()
     with torch.no_grad():
         out = student(torch.from_numpy(data.test.x_q[:50]))
     assert torch.equal(out, out.round())

@@ -12,23 +12,16 @@ import subprocess
 import numpy as np
 import pytest
 
-from fiqnn.config import DistillConfig
 from fiqnn.convert import convert
-from fiqnn.distill import distill
 from fiqnn.execute import run
 from fiqnn.export.c99 import CFLAGS, export_c, run_c
-from fiqnn.jobs import teacher_data
-from fiqnn.teacher import load_teacher
 
 ARM_LINUX_CC, QEMU, M4_CC = "arm-linux-gnueabihf-gcc", "qemu-arm", "arm-none-eabi-gcc"
 
 
 @pytest.fixture(scope="module")
-def graphs(digits_teacher):
-    teacher, data = load_teacher(digits_teacher), teacher_data(digits_teacher)[1]
-    return data, {bits: convert(distill(teacher, data, DistillConfig(w_bits=bits, a_bits=bits, method="fold",
-                                                                     teacher_epochs=0), progress=False,
-                                        log=lambda m: None)) for bits in (2, 4, 8)}
+def graphs(digits, fold_student):
+    return digits[1], {bits: convert(fold_student(bits)) for bits in (2, 4, 8)}
 
 
 @pytest.mark.skipif(shutil.which(ARM_LINUX_CC) is None or shutil.which(QEMU) is None,

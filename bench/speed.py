@@ -1,0 +1,102 @@
+"""Inference speed on this machine: images/s at batch 1 and batch 256.
+
+Rows: the float BN teacher in PyTorch; the same teacher exported to float ONNX in ONNX
+Runtime; and the integer student in the numpy executor, in ONNX Runtime (integer ONNX)
+and as compiled C (gcc -O2; the C harness runs one image at a time, so its batch-1 and
+batch-256 rows are one measurement: images/s over the whole run, process start included).
+
+    .venv/bin/python bench/speed.py --teacher runs/teacher --student runs/bench/ptl-w4a4
+
+Writes bench/results/speed.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "speed"
+
+
+def timed(fn, x: np.ndarray, batch: int, min_s: float = 3.0) -> float:
+    """images/s of ``fn`` over batches of ``batch`` images, repeated for at least ``min_s``."""
+    fn(x[:batch])  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_s:
+        start = (n * batch) % (len(x) - batch + 1)
+        fn(x[start:start + batch])
+        n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default="runs/teacher")
+    p.add_argument("--student", default="runs/bench/ptl-w4a4")
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import onnxruntime as ort
+
+    from fiqnn.data import load_data
+    from fiqnn.execute import run
+    from fiqnn.export.c99 import build_c, export_c
+    from fiqnn.export.onnx import to_onnx
+    from fiqnn.graph import load
+    from fiqnn.teacher import load_teacher
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    x_q = load_data("fashion-mnist").test.x_q
+    teacher = load_teacher(args.teacher)
+    graph = load(Path(args.student) / "model.npz")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.onnx.export(teacher, (torch.zeros(1, *x_q.shape[1:]),), f"{tmp}/float.onnx", dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=13)
+        float_sess = ort.InferenceSession(f"{tmp}/float.onnx", so, providers=["CPUExecutionProvider"])
+        int_sess = ort.InferenceSession(to_onnx(graph).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        exe = build_c(export_c(graph, f"{tmp}/c"))
+        x_q[:2000].tofile(f"{tmp}/in.u8")
+        t0 = time.perf_counter()
+        subprocess.run([str(exe), f"{tmp}/in.u8", f"{tmp}/out.i32"], check=True)
+        c_rate = 2000 / (time.perf_counter() - t0)
+
+        @torch.no_grad()
+        def torch_float(b):
+            return teacher(torch.from_numpy(b).float() / 255)
+
+        runners = {
+            "teacher float, PyTorch": torch_float,
+            "teacher float, ONNX Runtime": lambda b: float_sess.run(None, {"x": (b / np.float32(255))
+                                                                           .astype(np.float32)}),
+            "student integer, numpy executor": lambda b: run(graph, b),
+            "student integer, ONNX Runtime": lambda b: int_sess.run(None, {"x_q": b}),
+        }
+        rows = [{"backend": name, "batch": batch, "images_per_s": round(timed(fn, x_q, batch), 1)}
+                for name, fn in runners.items() for batch in (1, 256)]
+    rows += [{"backend": "student integer, compiled C (gcc -O2)", "batch": b, "images_per_s": round(c_rate, 1)}
+             for b in (1, 256)]
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "teacher": args.teacher,
+            "student": args.student, "info": graph.info, "command": " ".join(["python", *sys.argv])}
+    OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| backend | batch | images/s |", "|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:.1f} |" for r in rows]
+    lines += ["", f"Measured on {meta['machine']} with `{meta['command']}`; student {graph.info}."]
+    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
