@@ -135,3 +135,54 @@ def test_truncated_model_file(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelFileError, match="not found"):
         load(tmp_path / "nope.npz")
+
+
+# --- fuzzing: whatever the bytes, load() returns a graph or raises its own error ----------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fiqnn.errors import FiqnnError  # noqa: E402
+
+
+def _valid_bytes(tmp_path_factory=None) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        save(_graph(), Path(d) / "m.npz")
+        return (Path(d) / "m.npz").read_bytes()
+
+
+VALID = _valid_bytes()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_model_file_never_crashes(tmp_path, data):
+    raw = bytearray(VALID)
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        if kind == "flip" and raw:
+            raw[pos] ^= data.draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del raw[pos:]
+        else:
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    p = tmp_path / "fuzz.npz"
+    p.write_bytes(bytes(raw))
+    try:
+        g = load(p)
+    except FiqnnError:
+        return
+    assert isinstance(g, IntGraph)  # a harmless change (e.g. in zip padding) may still load
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=512))
+def test_random_bytes_never_crash(tmp_path, blob):
+    p = tmp_path / "junk.npz"
+    p.write_bytes(blob)
+    with pytest.raises(FiqnnError):
+        load(p)

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,5 +205,5 @@ def load(path: str | os.PathLike) -> IntGraph:
         raise ModelFileError(f"{path} not found") from None
     except FiqnnError:
         raise
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, KeyError, ValueError, TypeError, EOFError) as e:
         raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: {e})") from None
