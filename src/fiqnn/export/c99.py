@@ -118,11 +118,15 @@ def model_c(graph: IntGraph) -> str:
             c, h, w, o, ho, wo, kh, kw, *layer.stride, *layer.padding, *layer.dilation, layer.groups,
             int(packed))) + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {int(len(layer.mult) > 1)}, "
             f"{0 if layer.a_bits is None else act_range(layer.a_bits)[1]}, {k}, {s}, {p}, {ph_}, {pw_}}}")
-    parts.append(_KERNELS)
+    kernels, pool_kernel = _KERNELS.split("@@POOL@@")
+    parts.append(kernels + (pool_kernel if any(layer.pool for layer in graph.layers) else ""))
     parts.append(f"static const fiqnn_layer layers[{len(descs)}] = {{\n" + ",\n".join(descs) + "\n};\n\n")
     parts.append(f"static uint8_t arena[{max(arena['total'], 1)}];\n\n")
-    parts.append(_RUN.format(n=len(graph.layers), r0=0, r1=arena["region0"],
-                             pre=arena["region0"] + arena["region1"]))
+    pool_branch = (" else if (L->pool_k) {\n"
+                   f"            layer_u8s8(L, x, arena + {arena['region0'] + arena['region1']}, 0);\n"
+                   f"            max_pool_u8(L, arena + {arena['region0'] + arena['region1']}, out);\n"
+                   "        }") if arena["prepool"] else ""
+    parts.append(_RUN.format(n=len(graph.layers), r0=0, r1=arena["region0"], pool_branch=pool_branch))
     return "".join(parts)
 
 
@@ -184,7 +188,7 @@ static void layer_u8s8(const fiqnn_layer *L, const uint8_t *x, uint8_t *y, int32
     }
 }
 
-/* (E7) max-pool over codes; window cells outside the map are skipped. */
+@@POOL@@/* (E7) max-pool over codes; window cells outside the map are skipped. */
 static void max_pool_u8(const fiqnn_layer *L, const uint8_t *x, uint8_t *y)
 {
     int c, oy, ox, ky, kx;
@@ -222,10 +226,7 @@ _RUN = r"""int fiqnn_run(const uint8_t *input, int32_t *logits)
         uint8_t *out = region[i % 2];
         if (L->qmax == 0) {{
             layer_u8s8(L, x, 0, logits);
-        }} else if (L->pool_k) {{
-            layer_u8s8(L, x, arena + {pre}, 0);
-            max_pool_u8(L, arena + {pre}, out);
-        }} else {{
+        }}{pool_branch} else {{
             layer_u8s8(L, x, out, 0);
         }}
         x = out;

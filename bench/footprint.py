@@ -1,0 +1,62 @@
+"""Deployment footprint of the alexnet-s students: weight bytes, arena, Cortex-M4 flash and RAM.
+
+    .venv/bin/python bench/footprint.py runs/bench/ptl-w8a8 runs/bench/ptl-w4a4 runs/bench/ptl-w2a2
+
+For each distill run: the weight bytes as exported (4-bit weights packed two per byte),
+the same weights stored as int8, all parameters (weights + int32 bias + mult + shift),
+the static activation arena, and `arm-none-eabi-size` of model.c compiled for a
+Cortex-M4 (`arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os`): flash = text + data,
+RAM = data + bss. Writes bench/results/footprint.json and .md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "footprint"
+M4 = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror",
+      "-pedantic"]
+
+
+def main(runs: list[str]) -> int:
+    sys.path.insert(0, str(ROOT / "src"))
+    from fiqnn.export.c99 import export_c, footprint
+    from fiqnn.graph import load
+
+    rows = []
+    for run in runs:
+        graph = load(Path(run) / "model.npz")
+        row = {"run": run, **graph.info, **footprint(graph)}
+        if shutil.which(M4[0]):
+            with tempfile.TemporaryDirectory() as tmp:
+                src = export_c(graph, tmp)
+                subprocess.run([*M4, "-c", str(src / "model.c"), "-o", f"{tmp}/model.o"], check=True)
+                size = subprocess.run(["arm-none-eabi-size", f"{tmp}/model.o"], check=True, capture_output=True,
+                                      text=True).stdout.splitlines()[1].split()
+                text, data, bss = (int(v) for v in size[:3])
+                row.update(m4_flash=text + data, m4_ram=data + bss, m4_command=" ".join(M4) + " -c model.c")
+        rows.append(row)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["| model | weight bytes (packed) | as int8 | all parameters | arena | Cortex-M4 flash | "
+             "Cortex-M4 RAM |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| alexnet-s W{r['w_bits']}A{r['a_bits']} ({r['method']}) | {r['weight_bytes']:,} | "
+                     f"{r['weight_bytes_int8']:,} | {r['param_bytes']:,} | {r['arena_bytes']:,} | "
+                     f"{r.get('m4_flash', 'n/a'):,} | {r.get('m4_ram', 'n/a'):,} |")
+    lines += ["", "First and last layers keep 8-bit weights (`--first-last-bits 8`). Cortex-M4: "
+              f"`{' '.join(M4)} -c model.c`, then `arm-none-eabi-size`; flash = text + data, RAM = data + bss.",
+              f"Command: `.venv/bin/python bench/footprint.py {' '.join(runs)}`"]
+    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
