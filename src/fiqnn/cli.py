@@ -53,7 +53,8 @@ _DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
     "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "first_last_bits": "first_last_bits",
     "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
-    "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs", "lr": "lr",
+    "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
+    "lr": "lr", "teacher_lr": "teacher_lr",
     "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "seed": "seed",
 }
 
@@ -225,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-epochs-per-stage", type=int, help="cap on epochs per PTL stage (default 4)")
     s.add_argument("--finetune-epochs", type=int, help="epochs of the final fine-tune (default 2)")
     s.add_argument("--no-compensation", action="store_true", help="freeze the downstream teacher layers")
-    s.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    s.add_argument("--lr", type=float, help="Adam learning rate of the PTL stages (default 1e-3; the last stage "
+                                            "and the fine-tune use a tenth)")
+    s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
     s.add_argument("--batch-size", type=int, help="batch size (default 128)")
     s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")

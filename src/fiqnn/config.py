@@ -101,7 +101,8 @@ class DistillConfig(_Dict):
     patience: int = 2
     max_epochs_per_stage: int = 4
     finetune_epochs: int = 2
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam, PTL stages (the last stage and the fine-tune use lr / 10)
+    teacher_lr: float = 1e-4  # Adam, step-0 QAT of the BN teacher
     weight_decay: float = 1e-5
     batch_size: int = 128
     steps_per_epoch: int | None = None
@@ -129,3 +130,4 @@ class DistillConfig(_Dict):
             _check(getattr(self, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.teacher_lr > 0, f"teacher-lr must be positive, got {self.teacher_lr}")

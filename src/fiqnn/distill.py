@@ -277,7 +277,7 @@ def _teacher_qat(state: _State, config: DistillConfig, stream: _Stream, evaluate
         rows = train_with_patience(
             modules=[qnn], set_modes=qnn.train,
             loss_fn=lambda x_q, y: F.cross_entropy(qnn(x_q), y), evaluate=evaluate, stream=stream,
-            lr=config.lr * 0.1, weight_decay=config.weight_decay, max_epochs=config.teacher_epochs,
+            lr=config.teacher_lr, weight_decay=config.weight_decay, max_epochs=config.teacher_epochs,
             patience=config.teacher_epochs, desc="teacher QAT", progress=progress, log=log)
     state.frozen.load_state_dict(state.qnn.state_dict())
     state.frozen.eval()
