@@ -145,8 +145,8 @@ def layer_info(layer) -> dict:
 
 # The demo's short distillation schedule: one scheduler epoch = 100 batches; one epoch of
 # teacher QAT, one per PTL stage, one of fine-tuning (the full recipe is in bench/).
-DEMO_DISTILL = {"w_bits": 4, "a_bits": 4, "steps_per_epoch": 100, "teacher_epochs": 1, "max_epochs_per_stage": 1,
-                "finetune_epochs": 1}
+DEMO_DISTILL = {"w_bits": 4, "a_bits": 4, "lr": 1e-4, "steps_per_epoch": 100, "teacher_epochs": 1,
+                "max_epochs_per_stage": 1, "finetune_epochs": 1}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
