@@ -145,8 +145,8 @@ def layer_info(layer) -> dict:
 
 # The demo's short distillation schedule: one scheduler epoch = 100 batches; one epoch of
 # teacher QAT, one per PTL stage, one of fine-tuning (the full recipe is in bench/).
-DEMO_DISTILL = {"w_bits": 4, "a_bits": 4, "lr": 1e-4, "steps_per_epoch": 100, "teacher_epochs": 1,
-                "max_epochs_per_stage": 1, "finetune_epochs": 1}
+DEMO_DISTILL = {"w_bits": 4, "a_bits": 4, "steps_per_epoch": 100, "teacher_epochs": 1, "max_epochs_per_stage": 1,
+                "finetune_epochs": 1}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-epochs-per-stage", type=int, help="cap on epochs per PTL stage (default 4)")
     s.add_argument("--finetune-epochs", type=int, help="epochs of the final fine-tune (default 2)")
     s.add_argument("--no-compensation", action="store_true", help="freeze the downstream teacher layers")
-    s.add_argument("--lr", type=float, help="Adam learning rate of the PTL stages (default 1e-3; the last stage "
+    s.add_argument("--lr", type=float, help="Adam learning rate of the PTL stages (default 1e-4; the last stage "
                                             "and the fine-tune use a tenth)")
     s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
     s.add_argument("--batch-size", type=int, help="batch size (default 128)")

@@ -101,7 +101,7 @@ class DistillConfig(_Dict):
     patience: int = 2
     max_epochs_per_stage: int = 4
     finetune_epochs: int = 2
-    lr: float = 1e-3  # Adam, PTL stages (the last stage and the fine-tune use lr / 10)
+    lr: float = 1e-4  # Adam, PTL stages (the last stage and the fine-tune use lr / 10)
     teacher_lr: float = 1e-4  # Adam, step-0 QAT of the BN teacher
     weight_decay: float = 1e-5
     batch_size: int = 128
