@@ -27,7 +27,6 @@ With a run directory, every phase ends with an atomic checkpoint, and
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -134,10 +133,17 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
                         stream: _Stream, lr: float, weight_decay: float, max_epochs: int, patience: int,
                         desc: str, progress: bool, log: Log) -> list[dict[str, Any]]:
     """The PTL scheduler: train an epoch, validate, keep the best state; stop after
-    ``patience`` epochs without improvement (or ``max_epochs``) and restore the best."""
+    ``patience`` epochs without improvement (or ``max_epochs``) and restore the best.
+
+    The state before training (epoch 0) is a candidate too, so a phase never leaves the
+    network worse on validation than it found it (at 8 bits the local initialisation is
+    often already as good as training gets)."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    best_acc, best_state, bad, rows = -math.inf, None, 0, []
+    best_acc, bad = evaluate(), 0
+    best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+    rows: list[dict[str, Any]] = [{"epoch": 0, "loss": None, "val_acc": best_acc, "wall_s": 0.0}]
+    log(f"{desc} epoch 0 (before training): val acc {best_acc:.2f}%")
     for epoch in range(max_epochs):
         t0 = time.perf_counter()
         set_modes()
@@ -253,11 +259,12 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         rows = run_phase()
         val = accuracy(network(), data.val)
         wall = time.perf_counter() - t0
-        state.history.append({"phase": name, "epochs": len(rows), "val_acc": val, "wall_s": wall, "rows": rows})
+        epochs = sum(1 for r in rows if r["epoch"] > 0)  # rows start with the untrained epoch 0
+        state.history.append({"phase": name, "epochs": epochs, "val_acc": val, "wall_s": wall, "rows": rows})
         state.done = i + 1
         if checkpoint is not None:
             checkpoint(state.state_dict())
-        log(f"{name}: {len(rows)} epochs, val acc {val:.2f}%, {wall:.1f} s")
+        log(f"{name}: {epochs} epochs, val acc {val:.2f}%, {wall:.1f} s")
     state.student.eval()
     state.student.history = state.history
     return state.student
