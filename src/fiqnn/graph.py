@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -205,5 +206,8 @@ def load(path: str | os.PathLike) -> IntGraph:
         raise ModelFileError(f"{path} not found") from None
     except FiqnnError:
         raise
-    except (OSError, zipfile.BadZipFile, zlib.error, KeyError, ValueError, TypeError, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, KeyError, ValueError, TypeError, AttributeError, EOFError,
+            OverflowError, struct.error, NotImplementedError, RuntimeError) as e:
+        # Everything zipfile, json and numpy raise on malformed bytes (RuntimeError: an
+        # "encrypted" flag; NotImplementedError: an unsupported zip feature).
         raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: {e})") from None
