@@ -60,6 +60,11 @@ def main() -> int:
                        arm_s=round(time.perf_counter() - t0, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write(rows, args)  # after every student, so a long run leaves its finished rows
+    return 0
+
+
+def write(rows: list[dict], args: argparse.Namespace) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| student | test images | integer test acc | ONNX Runtime == numpy | C (x86-64 gcc) == numpy | "
@@ -71,8 +76,6 @@ def main() -> int:
     lines += ["", "`==`: identical int32 logits on every image. Command: "
               f"`.venv/bin/python bench/backends_agree.py {' '.join(args.runs)} --arm-images {args.arm_images}`"]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
