@@ -236,10 +236,10 @@ class Chain(nn.Module):
         super().__init__()
         self.units = nn.ModuleList(units)
 
-    def forward(self, x_q: torch.Tensor, upto: int | None = None) -> torch.Tensor:
-        """Run units ``[0, upto)`` (all by default) on codes ``x_q`` (any dtype)."""
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        """Run the units in order on codes ``x_q`` (any dtype)."""
         x = x_q.to(torch.float32)
-        for unit in self.units[:upto]:
+        for unit in self.units:
             x = unit(x)
         return x
 
