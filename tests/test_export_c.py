@@ -57,21 +57,32 @@ def test_source_has_no_float_no_malloc(graph_of, digits, tmp_path):
             assert word not in text, (name, word)
 
 
-def test_four_bit_packing_halves_weight_bytes(graph_of, digits):
-    g4, g8 = graph_of(4), graph_of(8)
-    inner4 = [packed_weights(layer).nbytes for layer in g4.layers[1:-1]]
-    inner8 = [packed_weights(layer).nbytes for layer in g8.layers[1:-1]]
-    assert all(a * 2 == b for a, b in zip(inner4, inner8))  # inner layers; first/last stay 8-bit
-    assert footprint(g4)["weight_bytes"] < footprint(g8)["weight_bytes"]
+def test_packing_halves_and_quarters_weight_bytes(graph_of, digits):
+    g2, g4, g8 = graph_of(2), graph_of(4), graph_of(8)
+    inner = {b: [packed_weights(layer).nbytes for layer in g.layers[1:-1]] for b, g in ((2, g2), (4, g4), (8, g8))}
+    assert all(2 * a4 == a8 and 4 * a2 == a8 for a2, a4, a8 in zip(inner[2], inner[4], inner[8]))  # first/last: int8
+    assert footprint(g2)["weight_bytes"] < footprint(g4)["weight_bytes"] < footprint(g8)["weight_bytes"]
 
 
-def test_packed_nibbles_round_trip():
+@pytest.mark.parametrize(("w_bits", "w"), [
+    (4, [[-7, -1, 0, 1, 7], [3, -3, 5, -5, 6]]),
+    (3, [[-3, 3, 0], [1, -2, 2]]),
+    (2, [[-1, 0, 1, 1, -1, 0, 1], [1, 1, -1, 0, 0, -1, 1]]),
+])
+def test_packed_codes_round_trip_row_by_row(w_bits, w):
     from tests.test_graph import _layer
 
-    w = np.array([[-7, -1, 0, 1, 7], [3, -3, 5, -5, 6]], np.int8)
-    b = packed_weights(_layer(w=w, w_bits=4))
-    nib = np.stack([b & 15, b >> 4], 1).reshape(-1)[:10].astype(np.int16)
-    assert ((nib ^ 8) - 8).tolist() == w.reshape(-1).tolist()
+    w = np.array(w, np.int8)
+    b = packed_weights(_layer(w=w, w_bits=w_bits))
+    bits = 2 if w_bits == 2 else 4
+    per = 8 // bits
+    row_bytes = -(-w.shape[1] // per)
+    assert b.nbytes == len(w) * row_bytes  # every output channel's row starts on a byte
+    for o, row in enumerate(w):
+        fields = [(int(byte) >> (bits * k)) & ((1 << bits) - 1) for byte in b[o * row_bytes:(o + 1) * row_bytes]
+                  for k in range(per)]
+        codes = [(f ^ (1 << (bits - 1))) - (1 << (bits - 1)) for f in fields]
+        assert codes[:len(row)] == row.tolist() and not any(codes[len(row):])
 
 
 def test_missing_compiler_is_a_clear_error(graph_of, digits, tmp_path):
