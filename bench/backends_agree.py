@@ -68,12 +68,14 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| student | test images | integer test acc | ONNX Runtime == numpy | C (x86-64 gcc) == numpy | "
-             "ARM32 qemu == numpy |", "|---|---|---|---|---|---|"]
+             "ARM32 qemu == numpy | numpy / ORT / C time |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         arm = f"{'yes' if r['arm_equal'] else 'NO'} ({r['arm_images']:,} images)" if "arm_equal" in r else "not run"
         lines.append(f"| W{r['w_bits']}A{r['a_bits']} ({r['run']}) | {r['images']:,} | {r['test_acc']:.2f}% | "
-                     f"{'yes' if r['onnx_equal'] else 'NO'} | {'yes' if r['c_equal'] else 'NO'} | {arm} |")
-    lines += ["", "`==`: identical int32 logits on every image. Command: "
+                     f"{'yes' if r['onnx_equal'] else 'NO'} | {'yes' if r['c_equal'] else 'NO'} | {arm} | "
+                     f"{r['numpy_s']:.0f} / {r['onnx_s']:.0f} / {r['c_s']:.0f} s |")
+    lines += ["", "`==`: identical int32 logits on every image. Times are for the whole test set on this "
+              "machine (C: export + gcc -O3 build + run, one image at a time). Command: "
               f"`.venv/bin/python bench/backends_agree.py {' '.join(args.runs)} --arm-images {args.arm_images}`"]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

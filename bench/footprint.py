@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/footprint.py runs/bench/ptl-w8a8 runs/bench/ptl-w4a4 runs/bench/ptl-w2a2
 
-For each distill run: the weight bytes as exported (4-bit weights packed two per byte),
+For each distill run: the weight bytes as exported (3- and 4-bit weights packed two per
+byte, 2-bit four per byte),
 the same weights stored as int8, all parameters (weights + int32 bias + mult + shift),
 the static activation arena, and `arm-none-eabi-size` of model.c compiled for a
 Cortex-M4 (`arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os`): flash = text + data,

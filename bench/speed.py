@@ -1,9 +1,12 @@
 """Inference speed on this machine: images/s at batch 1 and batch 256.
 
 Rows: the float BN teacher in PyTorch; the same teacher exported to float ONNX in ONNX
-Runtime; and the integer student in the numpy executor, in ONNX Runtime (integer ONNX)
-and as compiled C (gcc -O2; the C harness runs one image at a time, so its batch-1 and
-batch-256 rows are one measurement: images/s over the whole run, process start included).
+Runtime (all cores, and one thread); and the integer student in the numpy executor, in
+ONNX Runtime (integer ONNX) and as compiled C (gcc -O3 for the portable x86-64 baseline,
+and with -march=native). The C harness runs one image at a time, so its batch-1 and
+batch-256 rows are one measurement: images/s over 2,000 images, process start and file
+I/O included. GMAC/s = images/s x multiply-accumulates per image (the student's conv and
+fc layers; the teacher has the same layers).
 
     .venv/bin/python bench/speed.py --teacher runs/teacher --student runs/bench/ptl-w4a4
 
@@ -50,7 +53,7 @@ def main() -> int:
 
     from fiqnn.data import load_data
     from fiqnn.execute import run
-    from fiqnn.export.c99 import build_c, export_c
+    from fiqnn.export.c99 import CFLAGS, layer_shapes, build_c, export_c
     from fiqnn.export.onnx import to_onnx
     from fiqnn.graph import load
     from fiqnn.teacher import load_teacher
@@ -59,18 +62,22 @@ def main() -> int:
     x_q = load_data("fashion-mnist").test.x_q
     teacher = load_teacher(args.teacher)
     graph = load(Path(args.student) / "model.npz")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = os.cpu_count() or 1
+    so, so1 = ort.SessionOptions(), ort.SessionOptions()
+    so.intra_op_num_threads, so1.intra_op_num_threads = os.cpu_count() or 1, 1
+    macs = sum(layer.w_q.size * pre[1] * pre[2] for layer, (_, pre, _) in zip(graph.layers, layer_shapes(graph)))
     with tempfile.TemporaryDirectory() as tmp:
         torch.onnx.export(teacher, (torch.zeros(1, *x_q.shape[1:]),), f"{tmp}/float.onnx", dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=13)
         float_sess = ort.InferenceSession(f"{tmp}/float.onnx", so, providers=["CPUExecutionProvider"])
+        float_sess1 = ort.InferenceSession(f"{tmp}/float.onnx", so1, providers=["CPUExecutionProvider"])
         int_sess = ort.InferenceSession(to_onnx(graph).SerializeToString(), so, providers=["CPUExecutionProvider"])
-        exe = build_c(export_c(graph, f"{tmp}/c"))
         x_q[:2000].tofile(f"{tmp}/in.u8")
-        t0 = time.perf_counter()
-        subprocess.run([str(exe), f"{tmp}/in.u8", f"{tmp}/out.i32"], check=True)
-        c_rate = 2000 / (time.perf_counter() - t0)
+        c_rates = {}
+        for label, flags in (("gcc -O3", CFLAGS), ("gcc -O3 -march=native", [*CFLAGS, "-march=native"])):
+            exe = build_c(export_c(graph, f"{tmp}/c"), flags=flags)
+            t0 = time.perf_counter()
+            subprocess.run([str(exe), f"{tmp}/in.u8", f"{tmp}/out.i32"], check=True)
+            c_rates[f"student integer, compiled C ({label}, 1 thread)"] = 2000 / (time.perf_counter() - t0)
 
         @torch.no_grad()
         def torch_float(b):
@@ -80,19 +87,25 @@ def main() -> int:
             "teacher float, PyTorch": torch_float,
             "teacher float, ONNX Runtime": lambda b: float_sess.run(None, {"x": (b / np.float32(255))
                                                                            .astype(np.float32)}),
+            "teacher float, ONNX Runtime (1 thread)": lambda b: float_sess1.run(None, {"x": (b / np.float32(255))
+                                                                                       .astype(np.float32)}),
             "student integer, numpy executor": lambda b: run(graph, b),
             "student integer, ONNX Runtime": lambda b: int_sess.run(None, {"x_q": b}),
         }
         rows = [{"backend": name, "batch": batch, "images_per_s": round(timed(fn, x_q, batch), 1)}
                 for name, fn in runners.items() for batch in (1, 256)]
-    rows += [{"backend": "student integer, compiled C (gcc -O2)", "batch": b, "images_per_s": round(c_rate, 1)}
+    rows += [{"backend": name, "batch": b, "images_per_s": round(rate, 1)} for name, rate in c_rates.items()
              for b in (1, 256)]
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "teacher": args.teacher,
+    for r in rows:
+        r["gmac_per_s"] = round(r["images_per_s"] * macs / 1e9, 2)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+            "macs_per_image": int(macs), "torch_threads": torch.get_num_threads(), "teacher": args.teacher,
             "student": args.student, "info": graph.info, "command": " ".join(["python", *sys.argv])}
     OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| backend | batch | images/s |", "|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:.1f} |" for r in rows]
-    lines += ["", f"Measured on {meta['machine']} with `{meta['command']}`; student {graph.info}."]
+    lines = ["| backend | batch | images/s | GMAC/s |", "|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:,.1f} | {r['gmac_per_s']:.2f} |" for r in rows]
+    lines += ["", f"Measured on {meta['machine']} with `{meta['command']}`; {macs:,} multiply-accumulates per "
+              f"image; student {graph.info}."]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -105,12 +105,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .graph import load
+    from .graph import layer_summary, load
     from .jobs import MODEL_FILE
 
     path = Path(args.model)
     graph = load(path / MODEL_FILE if path.is_dir() else path)
-    rows = [layer_info(layer) for layer in graph.layers]
+    rows = [layer_summary(layer) for layer in graph.layers]
     if args.json:
         print(json.dumps({"in_shape": list(graph.in_shape), "num_classes": graph.num_classes,
                           "arith_version": graph.arith_version, "info": graph.info, "layers": rows}))
@@ -127,20 +127,6 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{r['a_bits'] or '-':>2} {r['mult']:>23} {r['shift']:>7} {r['acc_bound']:>25} "
               f"{r['headroom_bits']:>6.1f} b")
     return 0
-
-
-def layer_info(layer) -> dict:
-    from .arith import acc_bound, act_range
-
-    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
-
-    def span(a) -> str:
-        return str(int(a.min())) if a.min() == a.max() else f"{int(a.min())}..{int(a.max())}"
-
-    return {"name": layer.name, "kind": layer.kind, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits,
-            "w_bits": layer.w_bits, "a_bits": layer.a_bits, "mult": span(layer.mult), "shift": span(layer.shift),
-            "acc_bound": f"[{int(lo.min())}, {int(hi.max())}]", "headroom_bits": layer.headroom_bits(),
-            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in ("w_q", "bias_q", "mult", "shift")}}
 
 
 # The demo's short distillation schedule: one scheduler epoch = 100 batches; one epoch of
@@ -173,6 +159,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"BN-free integer student W4A4 (ptl): test accuracy {s['test_acc']:.2f}% on the integer executor, "
             f"bit-exact with the torch student on all {s['test_images']} test images: {s['bit_exact']}\n"
             f"runs: {teacher_dir}, {student_dir}  (try: fiqnn info {student_dir})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.quick:
+        results = bench.quick(args.out, progress=not args.no_progress)
+    else:
+        if args.teacher is None:
+            raise FiqnnError("bench needs --teacher (or --quick)")
+        try:
+            bits = [int(b) for b in args.bits.split(",")]
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise FiqnnError(f"--bits and --seeds take comma-separated integers, got {args.bits!r} and "
+                             f"{args.seeds!r}") from None
+        methods = args.methods.split(",") if args.methods else list(bench.METHODS)
+        scales = args.scales.split(",")
+        for m in methods:
+            if m not in bench.METHODS:
+                raise FiqnnError(f"unknown bench method {m!r}; choose from {', '.join(bench.METHODS)}")
+        from .config import DistillConfig
+
+        for b in bits:  # validates bits and scales before any work
+            for sc in scales:
+                DistillConfig(w_bits=b, a_bits=b, scale=sc)
+        budget = bench.Budget(steps_per_epoch=args.steps_per_epoch, teacher_epochs=args.teacher_epochs,
+                              max_epochs_per_stage=args.max_epochs_per_stage, patience=args.patience,
+                              finetune_epochs=args.finetune_epochs)
+        rows = bench.grid(methods, bits, scales, seeds, args.seed_methods.split(","))
+        low = args.low_bits_lr
+
+        results = bench.run_bench(args.teacher, args.out, rows, budget, progress=not args.no_progress,
+                                  lr_by_bits=lambda b: low if b <= 3 else None)
+    _report(args, results, bench.table(results) + f"\n(results in {args.out}/results.md)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    paths = report(args.run, args.out)
+    _report(args, paths, f"wrote {paths['markdown']} and {paths['html']}")
     return 0
 
 
@@ -215,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory to create (or to resume)")
     s.add_argument("--wbits", type=int, help="weight bits, 2..8")
     s.add_argument("--abits", type=int, help="activation bits, 2..8")
-    s.add_argument("--method", help="ptl (default) | fold | oneshot")
+    s.add_argument("--method", help="ptl (default) | fold | oneshot | scratch")
     s.add_argument("--scale", help="per-layer (default: one (mult, shift) per layer) | per-channel")
     s.add_argument("--first-last-bits", type=int, help="weight bits of the first and last layers (default 8)")
     s.add_argument("--teacher-quantizer", help="lsq (default) | dorefa: the BN teacher QNN's weight quantizer")
@@ -250,6 +280,35 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", parents=[common], help="per-layer bits, mult, shift, accumulator bounds")
     i.add_argument("model", help="a model.npz file or a distill run directory")
     i.set_defaults(func=cmd_info)
+
+    b = sub.add_parser("bench", parents=[common], help="ptl against the baselines and ablations, on one teacher",
+                       description="Run fold, qat-fold, scratch, oneshot, ptl, ptl-no-target and ptl-no-comp on "
+                                   "the same teacher, bits and budget; write results.json, results.md and plots "
+                                   "into --out. Rows already done are skipped, so it can be stopped and rerun.")
+    b.add_argument("--teacher", help="teacher run directory")
+    b.add_argument("--out", required=True, help="bench directory (results and one run directory per row)")
+    b.add_argument("--quick", action="store_true", help="a tiny budget on digits with the tiny model (CI)")
+    b.add_argument("--methods", help="comma-separated (default: all, in the order fold,qat-fold,scratch,"
+                                      "oneshot,ptl,ptl-no-target,ptl-no-comp)")
+    b.add_argument("--bits", default="4,2,8,3", help="comma-separated W = A bit widths, in run order "
+                                                     "(default 4,2,8,3)")
+    b.add_argument("--scales", default="per-layer,per-channel", help="comma-separated (default both)")
+    b.add_argument("--seeds", default="0,1", help="comma-separated; the first for every row (default 0,1)")
+    b.add_argument("--seed-methods", default="ptl,oneshot,qat-fold,fold",
+                   help="methods that also run the other seeds (default ptl,oneshot,qat-fold,fold)")
+    b.add_argument("--steps-per-epoch", type=int, default=100, help="batches per scheduler epoch (default 100)")
+    b.add_argument("--teacher-epochs", type=int, default=1, help="teacher QAT epochs (default 1)")
+    b.add_argument("--max-epochs-per-stage", type=int, default=1, help="default 1")
+    b.add_argument("--patience", type=int, default=1, help="default 1")
+    b.add_argument("--finetune-epochs", type=int, default=1, help="default 1")
+    b.add_argument("--low-bits-lr", type=float, default=1e-3,
+                   help="stage learning rate at 2 and 3 bits (default 1e-3; 4+ bits use the distill default)")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", parents=[common], help="markdown + HTML report of one distill run")
+    r.add_argument("run", help="a finished distill run directory")
+    r.add_argument("--out", help="where to write report.md / report.html (default: the run directory)")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", parents=[common], help="run the main job end to end on the default data")
     d.add_argument("--out", default="runs/demo", help="where the demo's runs go (default runs/demo)")

@@ -72,7 +72,7 @@ class TeacherConfig(_Dict):
                f"image size must be positive, got {self.image_size}")
 
 
-METHODS = ("ptl", "fold", "oneshot")
+METHODS = ("ptl", "fold", "oneshot", "scratch")
 SCALES = ("per-layer", "per-channel")
 TEACHER_QUANTIZERS = ("lsq", "dorefa")
 

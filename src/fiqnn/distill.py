@@ -18,7 +18,12 @@ Design choice (METHOD.md leaves it open): S_k is initialised at the start of its
 stage from the *compensated* T_k, calibrated on the codes the already-converted
 S_1..S_{k-1} produce, so each conversion starts from the network as it now is.
 ``method="fold"`` is step 1 alone, every layer from the frozen teacher QNN;
-``method="oneshot"`` converts every layer at once (as fold) and trains them all.
+``method="oneshot"`` converts every layer at once (as fold) and trains them all
+(``L x max_epochs_per_stage`` epochs, then the fine-tune); ``method="scratch"``
+trains the same BN-free student for the same epochs from a *random*
+initialisation (a freshly initialised copy of the teacher architecture, folded),
+at lr x 10, with the same CE + KD loss: the baseline that shows what the teacher's
+weights are worth.
 
 With a run directory, every phase ends with an atomic checkpoint, and
 ``resume=True`` continues after the last finished phase.
@@ -73,6 +78,28 @@ def build_teacher_qnn(teacher: nn.Sequential, config: DistillConfig, calib_x: to
         x = q(x)
         units.append(q)
     return Chain(units)
+
+
+def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
+    """A copy of ``teacher`` with every layer's parameters (and BN statistics) freshly
+    initialised by PyTorch's defaults, seeded."""
+    fresh = copy.deepcopy(teacher)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+    return fresh
+
+
+def teacher_qnn_from_state(teacher: nn.Sequential, config: DistillConfig, state: dict[str, Any],
+                           calib: torch.Tensor) -> Chain:
+    """The trained teacher QNN (after step 0) of a distill checkpoint ``state``."""
+    qnn = build_teacher_qnn(teacher, config, calib)
+    qnn.load_state_dict(state["frozen"])
+    return qnn.eval()
 
 
 def student_skeleton(qnn: Chain, names: list[str], config: DistillConfig, in_shape, num_classes) -> Student:
@@ -195,7 +222,7 @@ class _State:
         self.done, self.history = d["done"], d["history"]
 
 
-def _calibration(data: DataBundle, n: int) -> torch.Tensor:
+def calibration(data: DataBundle, n: int) -> torch.Tensor:
     x, got = [], 0
     for x_q, _ in batches(data.train, 256):
         x.append(x_q.float())
@@ -221,7 +248,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     """
     torch.manual_seed(config.seed)
     names = [n for n, _ in teacher_units(teacher)]
-    calib = _calibration(data, config.calib_images)
+    calib = calibration(data, config.calib_images)
     qnn = build_teacher_qnn(teacher, config, calib)
     state = _State(qnn, copy.deepcopy(qnn), student_skeleton(qnn, names, config, data.in_shape, data.num_classes))
     if resume_state is not None:
@@ -237,16 +264,20 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
     phases: list[Phase] = [("teacher-qat", lambda: _teacher_qat(state, config, stream, val_acc(state.qnn),
                                                                 progress, log), lambda: state.qnn)]
+    if config.method == "scratch":
+        random_qnn = build_teacher_qnn(reinitialised(teacher, config.seed), config, calib)
     if config.method == "ptl":
         phases += [(f"stage {k + 1}/{n} ({names[k]})",
                     lambda k=k: _ptl_stage(state, k, config, stream, calib, val_acc, progress, log),
                     lambda k=k: _hybrid(state, k + 1)) for k in range(n)]
     else:
-        phases.append(("fold", lambda: _fold_all(state, config, calib), lambda: state.student))
-        if config.method == "oneshot":
-            phases.append(("oneshot", lambda: _finetune(
-                state, config, stream, val_acc(state.student), progress, log, lr=config.lr,
-                epochs=n * config.max_epochs_per_stage, desc="oneshot"), lambda: state.student))
+        source = (lambda: random_qnn) if config.method == "scratch" else (lambda: state.frozen)
+        phases.append(("fold", lambda: _fold_all(state, config, calib, source()), lambda: state.student))
+        if config.method in ("oneshot", "scratch"):
+            phases.append((config.method, lambda: _finetune(
+                state, config, stream, val_acc(state.student), progress, log,
+                lr=config.lr * (10 if config.method == "scratch" else 1),
+                epochs=n * config.max_epochs_per_stage, desc=config.method), lambda: state.student))
     if config.method != "fold" and config.finetune_epochs:
         phases.append(("finetune", lambda: _finetune(
             state, config, stream, val_acc(state.student), progress, log, lr=config.lr * 0.1,
@@ -293,10 +324,11 @@ def _teacher_qat(state: _State, config: DistillConfig, stream: _Stream, evaluate
 
 
 @torch.no_grad()
-def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor) -> list[dict[str, Any]]:
-    """Step 1 for every layer at once, each from the frozen teacher on the teacher's own inputs."""
+def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor, source: Chain) -> list[dict[str, Any]]:
+    """Step 1 for every layer at once, each from ``source`` (the frozen teacher QNN, or a
+    random one for ``scratch``) on that network's own inputs."""
     x = calib
-    for k, t in enumerate(state.frozen.units):
+    for k, t in enumerate(source.units):
         s = local_init(t, x, state.student.units[k].in_bits, state.student.units[k].w_bits,
                        config.scale == "per-channel")
         state.student.units[k].load_state_dict(s.state_dict())

@@ -211,3 +211,16 @@ def load(path: str | os.PathLike) -> IntGraph:
         # Everything zipfile, json and numpy raise on malformed bytes (RuntimeError: an
         # "encrypted" flag; NotImplementedError: an unsupported zip feature).
         raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: {e})") from None
+
+
+def layer_summary(layer: IntLayer) -> dict:
+    """One layer's shape, bits, (mult, shift) range, (E6) accumulator bound and headroom, and array dtypes."""
+    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
+
+    def span(a) -> str:
+        return str(int(a.min())) if a.min() == a.max() else f"{int(a.min())}..{int(a.max())}"
+
+    return {"name": layer.name, "kind": layer.kind, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits,
+            "w_bits": layer.w_bits, "a_bits": layer.a_bits, "mult": span(layer.mult), "shift": span(layer.shift),
+            "acc_bound": f"[{int(lo.min())}, {int(hi.max())}]", "headroom_bits": layer.headroom_bits(),
+            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in ("w_q", "bias_q", "mult", "shift")}}

@@ -21,7 +21,7 @@ from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
 from .config import DistillConfig
 from .convert import convert
 from .data import DataBundle, batches, load_data
-from .distill import distill, save_student
+from .distill import accuracy, calibration, distill, save_student, teacher_qnn_from_state
 from .errors import CheckpointError, FiqnnError
 from .execute import run
 from .graph import IntGraph, load, save
@@ -49,10 +49,17 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume)
     state = run_dir.load_checkpoint() if run_dir.resumed else None
     run_dir.create("distill")
+    last = {"state": state}
+
+    def checkpoint(s: dict[str, Any]) -> None:
+        run_dir.save_checkpoint(s)
+        last["state"] = s
+
     t0 = time.perf_counter()
-    student = distill(teacher, data, config, checkpoint=run_dir.save_checkpoint, resume_state=state,
+    student = distill(teacher, data, config, checkpoint=checkpoint, resume_state=state,
                       progress=progress, log=run_dir.log)
     wall = time.perf_counter() - t0
+    qnn = teacher_qnn_from_state(teacher, config, last["state"], calibration(data, config.calib_images))
     save_student(student, run_dir.path / STUDENT, config)
 
     teacher_metrics = read_json(Path(teacher_dir) / METRICS) if (Path(teacher_dir) / METRICS).exists() else {}
@@ -62,7 +69,8 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     check = compare_backends(student, graph, data.test)
     metrics = {"status": "done", "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
                "scale": config.scale, "seed": config.seed, "arch": tcfg["arch"], "data": tcfg["data"],
-               "teacher_acc": teacher_metrics.get("test_acc"), "test_acc": check["numpy_acc"],
+               "teacher_acc": teacher_metrics.get("test_acc"), "teacher_qnn_acc": accuracy(qnn, data.test),
+               "test_acc": check["numpy_acc"],
                "torch_acc": check["torch_acc"], "bit_exact": check["bit_exact"],
                "max_abs_logit_diff": check["max_abs_diff"], "test_images": check["images"],
                "epochs": sum(h["epochs"] for h in student.history), "wall_s": wall, "history": student.history}

@@ -1,0 +1,244 @@
+"""``fiqnn bench``: PTL against the simpler routes to a BN-free integer network.
+
+Every row is one distill run from the same teacher, data, bit widths and budget,
+evaluated on the integer executor over the whole test split:
+
+=================  ==========================================================
+teacher-float      the float BN teacher itself (its test accuracy)
+teacher-qnn        the BN teacher with W/A-bit fake quantizers after QAT
+                   (the paper's teacher; measured in the ``ptl`` run)
+fold               BN folded and post-training quantized: local init only,
+                   from the float teacher (no QAT: ``teacher_epochs=0``)
+qat-fold           QAT with BN kept for ptl's whole epoch budget, then BN
+                   folded (the route most toolkits take)
+scratch            the BN-free student trained from a random init, same
+                   epochs and loss as oneshot (``method="scratch"``)
+oneshot            every layer converted at once from the local init, then
+                   all trained with CE + KD
+ptl                progressive tandem learning
+ptl-no-target      ablation: ``lambda_target=0``
+ptl-no-comp        ablation: downstream teacher layers frozen
+=================  ==========================================================
+
+Rows run in the order given and the results file is rewritten after each one;
+a row already in it is skipped and an interrupted row resumes from its last
+finished phase, so ``fiqnn bench`` can be stopped and restarted at will.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import _io
+from ._run import METRICS, read_json
+from .config import DistillConfig
+from .errors import FiqnnError
+
+METHODS = ("fold", "qat-fold", "scratch", "oneshot", "ptl", "ptl-no-target", "ptl-no-comp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The training budget every method gets (scheduler epochs of ``steps_per_epoch`` batches)."""
+
+    steps_per_epoch: int | None = 100
+    teacher_epochs: int = 1
+    max_epochs_per_stage: int = 1
+    patience: int = 1
+    finetune_epochs: int = 1
+
+    def ptl_epochs(self, layers: int) -> int:
+        """The most epochs a ptl run can train: teacher QAT + every stage + fine-tune."""
+        return self.teacher_epochs + layers * self.max_epochs_per_stage + self.finetune_epochs
+
+
+def recipe(method: str, bits: int, scale: str, seed: int, budget: Budget, layers: int,
+           lr: float | None = None) -> DistillConfig:
+    """The DistillConfig of one bench row."""
+    if method not in METHODS:
+        raise FiqnnError(f"unknown bench method {method!r}; choose from {', '.join(METHODS)}")
+    base = {**dataclasses.asdict(budget), "w_bits": bits, "a_bits": bits, "scale": scale, "seed": seed}
+    if lr is not None:
+        base["lr"] = lr
+    change = {"fold": {"method": "fold", "teacher_epochs": 0},
+              "qat-fold": {"method": "fold", "teacher_epochs": budget.ptl_epochs(layers)},
+              "scratch": {"method": "scratch"}, "oneshot": {"method": "oneshot"}, "ptl": {"method": "ptl"},
+              "ptl-no-target": {"method": "ptl", "lambda_target": 0.0},
+              "ptl-no-comp": {"method": "ptl", "compensation": False}}[method]
+    return DistillConfig(**{**base, **change})
+
+
+def command_line(teacher: str, config: DistillConfig, out: str) -> str:
+    """The ``fiqnn distill`` command that reproduces a row."""
+    from .cli import _DISTILL_FLAGS
+
+    default = DistillConfig()
+    parts = ["fiqnn distill", f"--teacher {teacher}", f"--out {out}"]
+    for flag, field in _DISTILL_FLAGS.items():
+        v = getattr(config, field)
+        if field in ("w_bits", "a_bits") or v != getattr(default, field):
+            parts.append(f"--{flag.replace('_', '-')} {v}")
+    if not config.compensation:
+        parts.append("--no-compensation")
+    return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    method: str
+    bits: int
+    scale: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-w{self.bits}a{self.bits}-{self.scale}-s{self.seed}"
+
+
+def grid(methods: Iterable[str], bits: Iterable[int], scales: Iterable[str], seeds: Iterable[int],
+         seed_methods: Iterable[str]) -> list[Row]:
+    """Rows in priority order: per scale, per bit width, every method at the first seed;
+    then the extra seeds for ``seed_methods``."""
+    methods, seeds, seed_methods = list(methods), list(seeds), set(seed_methods)
+    rows = [Row(m, b, s, seeds[0]) for s in scales for b in bits for m in methods]
+    rows += [Row(m, b, s, seed) for seed in seeds[1:] for s in scales for b in bits for m in methods
+             if m in seed_methods]
+    return rows
+
+
+def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list[Row], budget: Budget, *,
+              lr_by_bits: Callable[[int], float | None] = lambda bits: None, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``rows`` (skipping those already in ``out/results.json``) and write the results,
+    the table (``results.md``) and the plots (``plots/``) after every row."""
+    from .jobs import distill_run, teacher_data
+    from .layers import teacher_units
+    from .teacher import load_teacher
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = len(teacher_units(load_teacher(teacher_dir)))
+    tcfg, _ = teacher_data(teacher_dir)
+    tmetrics = read_json(Path(teacher_dir) / METRICS)
+    path = out / "results.json"
+    results = read_json(path) if path.exists() else {}
+    results.update(teacher={"dir": str(teacher_dir), "arch": tcfg["arch"], "data": tcfg["data"],
+                            "test_acc": tmetrics["test_acc"], "epochs": tmetrics.get("epochs"),
+                            "wall_s": tmetrics.get("train_wall_s")},
+                   budget=dataclasses.asdict(budget))
+    done = {r["key"] for r in results.get("rows", [])}
+    results.setdefault("rows", [])
+    for i, row in enumerate(rows):
+        if row.key in done:
+            continue
+        config = recipe(row.method, row.bits, row.scale, row.seed, budget, layers, lr_by_bits(row.bits))
+        run_dir = out / "runs" / row.key
+        log(f"[{i + 1}/{len(rows)}] {row.key}")
+        t0 = time.perf_counter()
+        m = distill_run(teacher_dir, config, run_dir, resume=True, progress=progress)
+        results["rows"].append({
+            "key": row.key, "method": row.method, "bits": row.bits, "scale": row.scale, "seed": row.seed,
+            "test_acc": m["test_acc"], "teacher_qnn_acc": m["teacher_qnn_acc"], "bit_exact": m["bit_exact"],
+            "test_images": m["test_images"], "epochs": m["epochs"], "wall_s": round(time.perf_counter() - t0, 1),
+            "run": str(run_dir), "command": command_line(str(teacher_dir), config, str(run_dir))})
+        write_results(out, results)
+        log(f"{row.key}: integer test accuracy {m['test_acc']:.2f}%")
+    write_results(out, results)
+    return results
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per (method, bits, scale): mean, spread (max - min) and count over seeds;
+    teacher-qnn comes from the ptl rows' teacher QNN."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results.get("rows", []):
+        groups.setdefault((r["method"], r["bits"], r["scale"]), []).append(r)
+        if r["method"] == "ptl":
+            groups.setdefault(("teacher-qnn", r["bits"], r["scale"]), []).append(
+                {**r, "test_acc": r["teacher_qnn_acc"], "epochs": None, "wall_s": None})
+    lines = []
+    for (method, bits, scale), rs in groups.items():
+        accs = [r["test_acc"] for r in rs]
+        lines.append({"method": method, "bits": bits, "scale": scale, "mean": sum(accs) / len(accs),
+                      "spread": max(accs) - min(accs), "seeds": sorted(r["seed"] for r in rs),
+                      "bit_exact": all(r["bit_exact"] for r in rs), "epochs": rs[0]["epochs"],
+                      "wall_s": rs[0]["wall_s"]})
+    return lines
+
+
+ORDER = ("teacher-qnn", *METHODS)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table: one column per bit width, one row per (method, scale)."""
+    t = results["teacher"]
+    lines_ = summary(results)
+    bits = sorted({s["bits"] for s in lines_}, reverse=True)
+    scales = [s for s in ("per-layer", "per-channel") if any(x["scale"] == s for x in lines_)]
+    cell = {(s["method"], s["bits"], s["scale"]): s for s in lines_}
+    head = "| method | scale | " + " | ".join(f"W{b}A{b}" for b in bits) + " |"
+    out = [head, "|---|---|" + "---|" * len(bits),
+           "| teacher-float | - | " + " | ".join(f"{t['test_acc']:.2f}" for _ in bits) + " |"]
+    for scale in scales:
+        for method in ORDER:
+            cells = []
+            for b in bits:
+                s = cell.get((method, b, scale))
+                if s is None:
+                    cells.append("not run")
+                    continue
+                txt = f"{s['mean']:.2f}"
+                if len(s["seeds"]) > 1:
+                    txt += f" ± {s['spread'] / 2:.2f} ({len(s['seeds'])} seeds)"
+                if not s["bit_exact"]:
+                    txt += " NOT bit-exact"
+                cells.append(txt)
+            if any(c != "not run" for c in cells):
+                out.append(f"| {method} | {scale} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """results.json, results.md (table + every row's command, epochs, wall time) and plots."""
+    _io.write_json(out / "results.json", results)
+    t, b = results["teacher"], results["budget"]
+    md = [f"# PTL vs baselines: {t['arch']} on {t['data']}", "",
+          "Integer test accuracy (%) on the whole test split, measured by the numpy integer executor; "
+          "`a ± b (n seeds)` is the mean and half the spread (max - min) over seeds. teacher-qnn: the BN teacher "
+          "with fake quantizers after QAT, measured in the ptl run. Every student was checked bit-exact against "
+          "the eval-mode torch student on every test image unless marked.", "",
+          table(results), "",
+          f"Budget (every method): {b['steps_per_epoch']} batches per scheduler epoch, teacher QAT "
+          f"{b['teacher_epochs']} epoch(s), at most {b['max_epochs_per_stage']} per PTL stage (patience "
+          f"{b['patience']}), fine-tune {b['finetune_epochs']}; oneshot and scratch train for the stages' epochs "
+          f"plus the fine-tune; qat-fold trains the BN QNN for ptl's whole budget; fold trains nothing.", "",
+          "![accuracy vs bits](plots/accuracy_vs_bits.png)", "",
+          "| row | test acc | epochs | wall | command |", "|---|---|---|---|---|"]
+    md += [f"| {r['key']} | {r['test_acc']:.2f} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | `{r['command']}` |"
+           for r in results["rows"]]
+    _io.write_text(out / "results.md", "\n".join(md) + "\n")
+    if results["rows"]:
+        from .plots import accuracy_vs_bits
+
+        accuracy_vs_bits(summary(results), t["test_acc"], out / "plots" / "accuracy_vs_bits.png",
+                         title=f"{t['arch']} on {t['data']}")
+
+
+def quick(out: str | os.PathLike, *, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``fiqnn bench --quick``: the same machinery at a tiny budget (digits, tiny model), for CI."""
+    from .config import TeacherConfig
+    from .teacher import train_teacher
+
+    out = Path(out)
+    teacher_dir = out / "teacher"
+    train_teacher(TeacherConfig(arch="tiny", data="digits", epochs=15, batch_size=64, lr=0.05), teacher_dir,
+                  resume=True, progress=progress)
+    rows = grid(METHODS, (4, 2), ("per-layer",), (0,), ())
+    return run_bench(teacher_dir, out, rows, Budget(steps_per_epoch=8), lr_by_bits=lambda b: 1e-3,
+                     progress=progress, log=log)
+
