@@ -53,7 +53,7 @@ def main() -> int:
 
     from fiqnn.data import load_data
     from fiqnn.execute import run
-    from fiqnn.export.c99 import CFLAGS, layer_shapes, build_c, export_c
+    from fiqnn.export.c99 import CFLAGS, build_c, export_c, layer_shapes
     from fiqnn.export.onnx import to_onnx
     from fiqnn.graph import load
     from fiqnn.teacher import load_teacher

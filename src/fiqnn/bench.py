@@ -51,6 +51,7 @@ class Budget:
     max_epochs_per_stage: int = 1
     patience: int = 1
     finetune_epochs: int = 1
+    calib_images: int = 1024
 
     def ptl_epochs(self, layers: int) -> int:
         """The most epochs a ptl run can train: teacher QAT + every stage + fine-tune."""
@@ -239,6 +240,6 @@ def quick(out: str | os.PathLike, *, progress: bool = False, log: Callable[[str]
     train_teacher(TeacherConfig(arch="tiny", data="digits", epochs=15, batch_size=64, lr=0.05), teacher_dir,
                   resume=True, progress=progress)
     rows = grid(METHODS, (4, 2), ("per-layer",), (0,), ())
-    return run_bench(teacher_dir, out, rows, Budget(steps_per_epoch=8), lr_by_bits=lambda b: 1e-3,
+    return run_bench(teacher_dir, out, rows, Budget(steps_per_epoch=6, calib_images=256), lr_by_bits=lambda b: 1e-3,
                      progress=progress, log=log)
 

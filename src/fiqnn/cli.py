@@ -165,8 +165,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
     if args.quick:
-        results = bench.quick(args.out, progress=not args.no_progress)
+        results = bench.quick(args.out, progress=not args.no_progress, log=log)
     else:
         if args.teacher is None:
             raise FiqnnError("bench needs --teacher (or --quick)")
@@ -193,7 +196,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         low = args.low_bits_lr
 
         results = bench.run_bench(args.teacher, args.out, rows, budget, progress=not args.no_progress,
-                                  lr_by_bits=lambda b: low if b <= 3 else None)
+                                  lr_by_bits=lambda b: low if b <= 3 else None, log=log)
     _report(args, results, bench.table(results) + f"\n(results in {args.out}/results.md)")
     return 0
 

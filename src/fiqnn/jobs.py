@@ -59,7 +59,7 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     student = distill(teacher, data, config, checkpoint=checkpoint, resume_state=state,
                       progress=progress, log=run_dir.log)
     wall = time.perf_counter() - t0
-    qnn = teacher_qnn_from_state(teacher, config, last["state"], calibration(data, config.calib_images))
+    qnn = teacher_qnn_from_state(teacher, config, last["state"], calibration(data, 64))  # steps: from the state
     save_student(student, run_dir.path / STUDENT, config)
 
     teacher_metrics = read_json(Path(teacher_dir) / METRICS) if (Path(teacher_dir) / METRICS).exists() else {}

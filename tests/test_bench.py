@@ -1,0 +1,92 @@
+"""fiqnn bench: recipes, the resumable grid, the results files and plots, and --quick end to end."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import pytest
+
+from fiqnn import bench
+from fiqnn.config import DistillConfig
+
+
+def test_recipes_map_methods_to_configs():
+    budget = bench.Budget(steps_per_epoch=50, teacher_epochs=2, max_epochs_per_stage=3, finetune_epochs=1)
+    r = {m: bench.recipe(m, 3, "per-channel", 1, budget, layers=4) for m in bench.METHODS}
+    assert r["fold"].method == "fold" and r["fold"].teacher_epochs == 0
+    assert r["qat-fold"].method == "fold" and r["qat-fold"].teacher_epochs == 2 + 4 * 3 + 1
+    assert r["scratch"].method == "scratch" and r["oneshot"].method == "oneshot"
+    assert r["ptl-no-target"].lambda_target == 0 and r["ptl-no-target"].compensation
+    assert not r["ptl-no-comp"].compensation and r["ptl-no-comp"].lambda_target == 1
+    assert all(c.w_bits == c.a_bits == 3 and c.scale == "per-channel" and c.seed == 1 and c.steps_per_epoch == 50
+               for c in r.values())
+    with pytest.raises(Exception, match="unknown bench method 'qat'"):
+        bench.recipe("qat", 4, "per-layer", 0, budget, layers=4)
+
+
+@pytest.mark.parametrize("method", bench.METHODS)
+def test_row_command_reproduces_its_config(method):
+    from fiqnn.cli import _DISTILL_FLAGS, build_parser
+
+    config = bench.recipe(method, 2, "per-layer", 1, bench.Budget(), layers=7, lr=1e-3)
+    args = build_parser().parse_args(shlex.split(bench.command_line("T", config, "OUT"))[1:])
+    given = {field: getattr(args, flag) for flag, field in _DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    if args.no_compensation:
+        given["compensation"] = False
+    assert DistillConfig(**given) == config
+
+
+def test_grid_puts_first_seed_first():
+    rows = bench.grid(["fold", "ptl"], [4, 2], ["per-layer"], [0, 1], ["ptl"])
+    assert [r.key for r in rows] == ["fold-w4a4-per-layer-s0", "ptl-w4a4-per-layer-s0", "fold-w2a2-per-layer-s0",
+                                     "ptl-w2a2-per-layer-s0", "ptl-w4a4-per-layer-s1", "ptl-w2a2-per-layer-s1"]
+
+
+def test_table_reports_mean_and_spread_over_seeds():
+    row = dict(method="ptl", bits=4, scale="per-layer", bit_exact=True, epochs=9, wall_s=60.0)
+    results = {"teacher": {"test_acc": 93.0}, "rows": [
+        {**row, "seed": 0, "test_acc": 90.0, "teacher_qnn_acc": 92.0},
+        {**row, "seed": 1, "test_acc": 91.0, "teacher_qnn_acc": 92.5}]}
+    table = bench.table(results)
+    assert "| ptl | per-layer | 90.50 ± 0.50 (2 seeds) |" in table
+    assert "| teacher-qnn | per-layer | 92.25 ± 0.25 (2 seeds) |" in table
+    assert "| teacher-float | - | 93.00 |" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--out", "X"], "bench needs --teacher"),
+    (["bench", "--out", "X", "--teacher", "T", "--bits", "4,x"], "comma-separated integers"),
+    (["bench", "--out", "X", "--teacher", "T", "--methods", "ptl,magic"], "unknown bench method 'magic'"),
+    (["bench", "--out", "X", "--teacher", "T", "--bits", "9"], "w-bits must be an integer in 2..8"),
+    (["bench", "--out", "X", "--teacher", "T", "--scales", "per-pixel"], "unknown scale 'per-pixel'"),
+])
+def test_bad_bench_arguments_exit_2(cli, tmp_path, argv, message):
+    code, _, err = cli(*[a.replace("X", str(tmp_path / "b")) for a in argv])
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_quick_bench_end_to_end(cli, tmp_path):
+    out = tmp_path / "quick"
+    t0 = time.perf_counter()
+    code, stdout, _ = cli("bench", "--quick", "--out", str(out), "--json", "--no-progress")
+    wall = time.perf_counter() - t0
+    assert code == 0 and wall < 180
+    results = json.loads(stdout)
+    assert results == json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in results["rows"]] == [f"{m}-w{b}a{b}-per-layer-s0" for b in (4, 2) for m in bench.METHODS]
+    for r in results["rows"]:
+        assert r["bit_exact"] and r["test_images"] == 360 and 0 <= r["test_acc"] <= 100
+        metrics = json.loads((out / "runs" / r["key"] / "metrics.json").read_text())
+        assert metrics["test_acc"] == r["test_acc"] and metrics["teacher_qnn_acc"] == r["teacher_qnn_acc"]
+        assert r["command"].startswith("fiqnn distill ") and f"--out {out}/runs/{r['key']}" in r["command"]
+    md = (out / "results.md").read_text()
+    ptl4 = next(r for r in results["rows"] if r["key"] == "ptl-w4a4-per-layer-s0")
+    assert f"| ptl | per-layer | {ptl4['test_acc']:.2f} |" in md
+    assert (out / "plots" / "accuracy_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    t0 = time.perf_counter()  # every row is done: a rerun only rewrites the results
+    code, stdout, _ = cli("bench", "--quick", "--out", str(out), "--json", "--no-progress")
+    assert code == 0 and json.loads(stdout)["rows"] == results["rows"] and time.perf_counter() - t0 < 30
