@@ -100,7 +100,8 @@ def code_histograms(graph, x_q: np.ndarray, path: str | os.PathLike) -> Path:
         else:
             axes[1][j].axis("off")
         for ax in (axes[0][j], axes[1][j]):
-            ax.tick_params(labelsize=6)
+            ax.tick_params(which="both", labelsize=6)
+    fig.subplots_adjust(hspace=0.45)
     axes[0][0].set_ylabel("weight codes")
     axes[1][0].set_ylabel("activation codes")
     return _save(plt, fig, path)
