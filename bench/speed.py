@@ -53,7 +53,8 @@ def main() -> int:
 
     from fiqnn.data import load_data
     from fiqnn.execute import run
-    from fiqnn.export.c99 import CFLAGS, build_c, export_c, layer_shapes
+    from fiqnn.export.c99 import CFLAGS, build_c, export_c
+    from fiqnn.export.c99 import macs as count_macs
     from fiqnn.export.onnx import to_onnx
     from fiqnn.graph import load
     from fiqnn.teacher import load_teacher
@@ -64,7 +65,7 @@ def main() -> int:
     graph = load(Path(args.student) / "model.npz")
     so, so1 = ort.SessionOptions(), ort.SessionOptions()
     so.intra_op_num_threads, so1.intra_op_num_threads = os.cpu_count() or 1, 1
-    macs = sum(layer.w_q.size * pre[1] * pre[2] for layer, (_, pre, _) in zip(graph.layers, layer_shapes(graph)))
+    macs = count_macs(graph)
     with tempfile.TemporaryDirectory() as tmp:
         torch.onnx.export(teacher, (torch.zeros(1, *x_q.shape[1:]),), f"{tmp}/float.onnx", dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=13)

@@ -125,7 +125,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:8} {r['kind']:4} {'x'.join(map(str, r['shape'])):>18} {r['in_bits']:>3} {r['w_bits']:>2} "
               f"{r['a_bits'] or '-':>2} {r['mult']:>23} {r['shift']:>7} {r['acc_bound']:>25} "
-              f"{r['headroom_bits']:>6.1f} b")
+              + (f"{r['headroom_bits']:>6.1f} b" if r["kind"] in ("conv", "fc") else f"{'-':>8}"))
     return 0
 
 

@@ -1,8 +1,9 @@
 """The bit-exact reference executor: an IntGraph run in NumPy, integer dtypes only.
 
 Per layer (docs/arithmetic.md): zero-pad the uint8 codes, gather patches
-(im2col), accumulate (E2), requantize (E4) to uint8 codes, max-pool (E7). The
-last layer returns the int32 accumulators: the logits.
+(im2col), accumulate (E2), requantize (E4) to uint8 codes, max-pool (E7);
+residual adds (E9) and average pools (E10) in int64. The last layer returns the
+int32 accumulators: the logits.
 
 Speed, and why it is still exact: NumPy has no BLAS for integer matrices, so
 :func:`matmul_exact` multiplies the integer patch and weight matrices through
@@ -24,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
-from .graph import IntGraph, IntLayer
+from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -84,12 +85,36 @@ def max_pool(x_q: np.ndarray, pool: tuple[int, int, int]) -> np.ndarray:
 
 
 def run_layer(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
-    """One layer: uint8 codes in; uint8 codes out (int32 logits for the last layer)."""
+    """One layer: uint8 codes in; uint8 codes out (int32 accumulators when it has no a_bits)."""
     acc = linear_acc(x_q, layer)
     if layer.a_bits is None:
         return acc.astype(np.int32)  # the (E6) proof makes this cast lossless
     y_q = requantize_layer(acc, layer)
     return max_pool(y_q, layer.pool) if layer.pool else y_q
+
+
+def add(inputs: list[np.ndarray], node: IntAdd) -> np.ndarray:
+    """(E9) sum of each input (uint8 codes or int32 accumulators) times its multiplier, in
+    int64 (|sum| < 2^62 proven when the graph is built), then (E3) and the clamp."""
+    total = sum(v.astype(np.int64) * np.int64(m) for v, m in zip(inputs, node.mult))
+    return np.clip(rshift_round(total, np.int64(node.shift[0])), 0, act_range(node.a_bits)[1]).astype(np.uint8)
+
+
+def avg_pool(x_q: np.ndarray, node: IntAvgPool) -> np.ndarray:
+    """(E10) window sums of codes (zero padding counts), times mult, (E3), clamp."""
+    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+    x = np.pad(x_q.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    sums = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].sum(axis=(4, 5))
+    codes = rshift_round(sums * np.int64(node.mult[0]), np.int64(node.shift[0]))
+    return np.clip(codes, 0, act_range(node.a_bits)[1]).astype(np.uint8)
+
+
+def run_node(inputs: list[np.ndarray], node: Node) -> np.ndarray:
+    if isinstance(node, IntAdd):
+        return add(inputs, node)
+    if isinstance(node, IntAvgPool):
+        return avg_pool(inputs[0], node)
+    return run_layer(inputs[0], node)
 
 
 def run(graph: IntGraph, x_q: np.ndarray, *, batch_size: int = 250, trace: Trace | None = None) -> np.ndarray:
@@ -107,10 +132,11 @@ def run(graph: IntGraph, x_q: np.ndarray, *, batch_size: int = 250, trace: Trace
                          f"got {x_q.dtype} {x_q.shape}")
     out = np.empty((len(x_q), graph.num_classes), dtype=np.int32)
     for start in range(0, len(x_q), batch_size):
-        y = x_q[start:start + batch_size]
-        for layer in graph.layers:
-            y = run_layer(y, layer)
+        env = {"input": x_q[start:start + batch_size]}
+        for node in graph.layers:
+            y = run_node([env[src] for src in graph.sources(node)], node)
+            env[node.name] = y
             if trace is not None:
-                trace(layer.name, y)
-        out[start:start + batch_size] = y
+                trace(node.name, y)
+        out[start:start + batch_size] = y.reshape(len(y), -1)
     return out

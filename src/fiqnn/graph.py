@@ -1,10 +1,16 @@
 """IntGraph: an integer network, nothing but integer arrays and (mult, shift) pairs.
 
-An :class:`IntGraph` is a chain of :class:`IntLayer` (conv or fully connected,
-each followed by requantization (E4) and an optional max-pool (E7); the last
-one's accumulators are the logits). Building one checks every array's dtype,
-shape and range and proves, layer by layer, that no int32 accumulator can
-overflow (E6); a graph that fails is refused with the layer named.
+An :class:`IntGraph` is a list of nodes in topological order: :class:`IntLayer`
+(conv or fully connected, then requantization (E4) and an optional max-pool
+(E7)), :class:`IntAdd` (a residual add with one multiplier per input, (E9)) and
+:class:`IntAvgPool` ((E10)). A node reads the previous node's output unless it
+names its ``inputs`` (``"input"`` is the network input). A conv/fc node without
+``a_bits`` outputs its int32 accumulators: the last node's are the logits, and
+any other's may only feed an add (a residual branch without a ReLU before the
+sum). Building a graph checks every array's dtype, shape and range, the shapes
+and bit widths along every edge, and proves node by node that no int32
+accumulator (E6) and no int64 sum (E9) can overflow; a graph that fails is
+refused with the node named.
 
 File format (``save``/``load``): a ``.npz`` zip archive whose ``meta.json``
 member holds the structure, ``ARITH_VERSION`` and a SHA-256 of every array, and
@@ -52,6 +58,10 @@ class OverflowProofError(FiqnnError):
 _ARRAYS = {"w_q": np.int8, "bias_q": np.int32, "mult": np.int32, "shift": np.int32}
 
 
+def _arrays_of(kind: str) -> tuple[str, ...]:
+    return tuple(_ARRAYS) if kind in ("conv", "fc") else ("mult", "shift")
+
+
 @dataclass(frozen=True, eq=False)
 class IntLayer:
     """One integer layer: ``acc = conv/fc(x_q, w_q) + bias_q`` (E2), then (E4) and (E7)."""
@@ -70,11 +80,14 @@ class IntLayer:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding)
+    inputs: tuple[str, ...] = ()  # () = the previous node's output
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ModelFileError:
             return ModelFileError(f"layer {self.name}: {msg}")
 
+        if len(self.inputs) > 1:
+            raise bad(f"a {self.kind} layer takes one input, got {list(self.inputs)}")
         if self.kind not in ("conv", "fc"):
             raise bad(f"unknown kind {self.kind!r}")
         for key, dtype in _ARRAYS.items():
@@ -115,20 +128,99 @@ class IntLayer:
         peak = max(int(hi.max()), -int(lo.min()), 1)
         return float(np.log2(2**31 / peak))
 
+    def acc_bound(self) -> int:
+        """max |acc| over all inputs, (E6)."""
+        lo, hi = acc_bound(self.w_q, act_range(self.in_bits)[1], self.bias_q)
+        return max(int(hi.max()), -int(lo.min()))
+
     def meta(self) -> dict:
         return {"name": self.name, "kind": self.kind, "in_bits": self.in_bits, "w_bits": self.w_bits,
                 "a_bits": self.a_bits, "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups,
-                "pool": list(self.pool) if self.pool else None}
+                "pool": list(self.pool) if self.pool else None, "inputs": list(self.inputs)}
+
+
+def _check_requant(name: str, mult: np.ndarray, shift: np.ndarray, n_mult: int, a_bits) -> None:
+    for key, a in (("mult", mult), ("shift", shift)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.int32:
+            raise ModelFileError(f"node {name}: {key} must be an int32 array")
+    if mult.shape != (n_mult,) or shift.shape != (1,):
+        raise ModelFileError(f"node {name}: mult/shift shapes {mult.shape}/{shift.shape}, expected ({n_mult},)/(1,)")
+    if mult.min() < 1 or not SHIFT_MIN <= int(shift[0]) <= SHIFT_MAX:
+        raise ModelFileError(f"node {name}: mult must be positive and shift in [{SHIFT_MIN}, {SHIFT_MAX}]")
+    if not (isinstance(a_bits, int) and 2 <= a_bits <= 8):
+        raise ModelFileError(f"node {name}: a_bits must be in 2..8, got {a_bits!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class IntAdd:
+    """(E9) Residual add: ``y = clamp(rshift_round(sum_i v_i * mult[i], shift), 0, 2^A - 1)``,
+    each input ``v_i`` uint8 codes or int32 accumulators, the sum in int64."""
+
+    name: str
+    inputs: tuple[str, ...]  # two or more earlier nodes (or "input")
+    mult: np.ndarray  # int32 (len(inputs),)
+    shift: np.ndarray  # int32 (1,)
+    a_bits: int
+    kind: str = "add"
+
+    def __post_init__(self) -> None:
+        if self.kind != "add" or len(self.inputs) < 2:
+            raise ModelFileError(f"node {self.name}: an add takes two or more inputs, got {list(self.inputs)}")
+        _check_requant(self.name, self.mult, self.shift, len(self.inputs), self.a_bits)
+
+    def meta(self) -> dict:
+        return {"name": self.name, "kind": "add", "inputs": list(self.inputs), "a_bits": self.a_bits}
+
+
+@dataclass(frozen=True, eq=False)
+class IntAvgPool:
+    """(E10) Average pool: window sums of codes (zero padding counts), then
+    ``clamp(rshift_round(sum * mult, shift), 0, 2^A - 1)``; mult / 2^shift ~ 1 / (kh * kw)
+    times the ratio of input to output scale."""
+
+    name: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    mult: np.ndarray  # int32 (1,)
+    shift: np.ndarray  # int32 (1,)
+    in_bits: int
+    a_bits: int
+    inputs: tuple[str, ...] = ()
+    kind: str = "avgpool"
+
+    def __post_init__(self) -> None:
+        if self.kind != "avgpool" or len(self.inputs) > 1:
+            raise ModelFileError(f"node {self.name}: an avgpool takes one input")
+        if min(*self.kernel, *self.stride) < 1 or min(self.padding) < 0 or any(
+                2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ModelFileError(f"node {self.name}: bad window {self.kernel} / {self.stride} / {self.padding}")
+        _check_requant(self.name, self.mult, self.shift, 1, self.a_bits)
+        if not (isinstance(self.in_bits, int) and 2 <= self.in_bits <= 8):
+            raise ModelFileError(f"node {self.name}: in_bits must be in 2..8, got {self.in_bits!r}")
+        if act_range(self.in_bits)[1] * self.kernel[0] * self.kernel[1] * int(self.mult[0]) >= 2**62:
+            raise OverflowProofError(f"node {self.name}: window sum * mult could leave the (E3) range")
+
+    def meta(self) -> dict:
+        return {"name": self.name, "kind": "avgpool", "kernel": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding), "in_bits": self.in_bits, "a_bits": self.a_bits,
+                "inputs": list(self.inputs)}
+
+
+Node = IntLayer | IntAdd | IntAvgPool
 
 
 @dataclass(frozen=True, eq=False)
 class IntGraph:
-    """A whole integer network: uint8 input of ``in_shape`` (C, H, W) -> int32 logits."""
+    """A whole integer network: uint8 input of ``in_shape`` (C, H, W) -> int32 logits.
+
+    ``layers`` are the nodes in topological order (the name is historical: most are layers).
+    """
 
     in_shape: tuple[int, int, int]
     num_classes: int
-    layers: tuple[IntLayer, ...]
+    layers: tuple[Node, ...]
     arith_version: int = ARITH_VERSION
     info: dict = field(default_factory=dict)  # free-form provenance (method, bits, ...); JSON values only
 
@@ -136,18 +228,95 @@ class IntGraph:
         if self.arith_version != ARITH_VERSION:
             raise ModelFileError(f"model uses ARITH_VERSION {self.arith_version}, this fiqnn implements "
                                  f"{ARITH_VERSION}; re-export the model with this version")
-        if not self.layers or self.layers[-1].a_bits is not None:
-            raise ModelFileError("the last layer must produce logits (a_bits None)")
-        if any(layer.a_bits is None for layer in self.layers[:-1]):
-            raise ModelFileError("only the last layer may produce logits")
-        if self.layers[-1].out_channels != self.num_classes:
-            raise ModelFileError(f"last layer has {self.layers[-1].out_channels} outputs, not {self.num_classes}")
-        if self.layers[0].in_bits != 8:
-            raise ModelFileError("the first layer must take 8-bit input codes")
-        for prev, layer in zip(self.layers, self.layers[1:]):
-            if layer.in_bits != prev.a_bits:
-                raise ModelFileError(f"layer {layer.name} takes {layer.in_bits}-bit codes but {prev.name} "
-                                     f"makes {prev.a_bits}-bit ones")
+        last = self.layers[-1] if self.layers else None
+        if not isinstance(last, IntLayer) or last.a_bits is not None:
+            raise ModelFileError("the last node must be a conv or fc layer producing logits (a_bits None)")
+        if last.out_channels != self.num_classes:
+            raise ModelFileError(f"last layer has {last.out_channels} outputs, not {self.num_classes}")
+        shapes = node_shapes(self)  # checks names, edges, shapes and bits
+        if shapes[last.name][1:] != (1, 1):
+            raise ModelFileError(f"the logits layer {last.name} must have a 1x1 output, got {shapes[last.name]}")
+        used = {src for node in self.layers for src in self.sources(node)}
+        for node in self.layers[:-1]:
+            if node.name not in used:
+                raise ModelFileError(f"node {node.name} is never used")
+
+    def sources(self, node: Node) -> tuple[str, ...]:
+        """The names a node reads: its ``inputs``, or the previous node (``"input"`` for the first)."""
+        if node.inputs:
+            return node.inputs
+        i = next(i for i, n in enumerate(self.layers) if n is node)
+        return (self.layers[i - 1].name,) if i else ("input",)
+
+    def int_layers(self) -> list[IntLayer]:
+        """The conv and fc layers (the nodes with weights)."""
+        return [n for n in self.layers if isinstance(n, IntLayer)]
+
+
+def out_bits(node: Node | None) -> int | None:
+    """Bits of a node's output codes; None for int32 accumulators; 8 for the network input."""
+    return 8 if node is None else node.a_bits
+
+
+def node_shapes(graph: IntGraph) -> dict[str, tuple[int, int, int]]:
+    """The (C, H, W) output shape of every node (fc: (O, 1, 1)), checking every edge:
+    names defined before use, matching channels, shapes and bits; (E9) proven for adds."""
+    shapes: dict[str, tuple[int, int, int]] = {"input": tuple(graph.in_shape)}
+    nodes: dict[str, Node | None] = {"input": None}
+    for node in graph.layers:
+        def bad(msg: str, name: str = node.name) -> ModelFileError:
+            return ModelFileError(f"node {name}: {msg}")
+
+        if node.name in nodes:
+            raise bad("the name is used twice (or is 'input')")
+        srcs = graph.sources(node)
+        for src in srcs:
+            if src not in nodes:
+                raise bad(f"reads {src!r}, which is not an earlier node")
+        ins = [shapes[src] for src in srcs]
+        if isinstance(node, IntAdd):
+            if any(shape != ins[0] for shape in ins):
+                raise bad(f"adds tensors of different shapes {ins}")
+            total = 0
+            for src, m in zip(srcs, node.mult):
+                b = out_bits(nodes[src])
+                total += int(m) * (act_range(b)[1] if b is not None else nodes[src].acc_bound())
+            if total >= 2**62:
+                raise OverflowProofError(f"node {node.name}: its int64 sum could reach {total} >= 2^62 (E9)")
+            out = ins[0]
+        else:
+            b = out_bits(nodes[srcs[0]])
+            if b is None:
+                raise bad(f"reads the int32 accumulators of {srcs[0]}; only an add may")
+            if b != node.in_bits:
+                raise bad(f"takes {node.in_bits}-bit codes but {srcs[0]} makes {b}-bit ones")
+            c, h, w = ins[0]
+            if isinstance(node, IntAvgPool):
+                (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+                out = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+            elif node.kind == "fc":
+                if node.w_q.shape[1] != c * h * w:
+                    raise bad(f"has {node.w_q.shape[1]} inputs but {srcs[0]} gives {c}x{h}x{w}")
+                out = (node.out_channels, 1, 1)
+            else:
+                kh, kw = node.w_q.shape[2:]
+                if node.w_q.shape[1] * node.groups != c or node.out_channels % node.groups:
+                    raise bad(f"weights {node.w_q.shape} with {node.groups} groups do not fit {c} input channels")
+                (sh, sw), (ph, pw), (dh, dw) = node.stride, node.padding, node.dilation
+                out = (node.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                       (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+                if node.pool:
+                    k, s_, p_ = node.pool
+                    out = (out[0], (out[1] + 2 * p_ - k) // s_ + 1, (out[2] + 2 * p_ - k) // s_ + 1)
+            if min(out) < 1:
+                raise bad(f"its output would be empty ({out}) for input {ins[0]}")
+        shapes[node.name], nodes[node.name] = out, node
+        if isinstance(node, IntLayer) and node.a_bits is None and node is not graph.layers[-1]:
+            consumers = [n for n in graph.layers if node.name in graph.sources(n)]
+            if any(not isinstance(n, IntAdd) for n in consumers):
+                raise bad("its int32 accumulators may only feed an add")
+    del shapes["input"]
+    return shapes
 
 
 def save(graph: IntGraph, path: str | os.PathLike) -> None:
@@ -158,7 +327,7 @@ def save(graph: IntGraph, path: str | os.PathLike) -> None:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for layer in graph.layers:
             meta["layers"].append(layer.meta())
-            for key in _ARRAYS:
+            for key in _arrays_of(layer.kind):
                 member = f"{layer.name}.{key}.npy"
                 arr_buf = io.BytesIO()
                 np.lib.format.write_array(arr_buf, np.ascontiguousarray(getattr(layer, key)), allow_pickle=False)
@@ -189,17 +358,26 @@ def load(path: str | os.PathLike) -> IntGraph:
             layers = []
             for m in meta["layers"]:
                 arrays = {}
-                for key in _ARRAYS:
+                for key in _arrays_of(m["kind"]):
                     member = f"{m['name']}.{key}.npy"
                     data = z.read(member)
                     if hashlib.sha256(data).hexdigest() != meta["sha256"].get(member):
                         raise ModelFileError(f"{path}: array {member} does not match its checksum (tampered "
                                              "or corrupt)")
                     arrays[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-                layers.append(IntLayer(
-                    name=m["name"], kind=m["kind"], in_bits=m["in_bits"], w_bits=m["w_bits"], a_bits=m["a_bits"],
-                    stride=tuple(m["stride"]), padding=tuple(m["padding"]), dilation=tuple(m["dilation"]),
-                    groups=m["groups"], pool=tuple(m["pool"]) if m["pool"] else None, **arrays))
+                inputs = tuple(m.get("inputs", ()))  # files from before residual graphs have none
+                if m["kind"] == "add":
+                    layers.append(IntAdd(name=m["name"], inputs=inputs, a_bits=m["a_bits"], **arrays))
+                elif m["kind"] == "avgpool":
+                    layers.append(IntAvgPool(name=m["name"], kernel=tuple(m["kernel"]), stride=tuple(m["stride"]),
+                                             padding=tuple(m["padding"]), in_bits=m["in_bits"],
+                                             a_bits=m["a_bits"], inputs=inputs, **arrays))
+                else:
+                    layers.append(IntLayer(
+                        name=m["name"], kind=m["kind"], in_bits=m["in_bits"], w_bits=m["w_bits"],
+                        a_bits=m["a_bits"], stride=tuple(m["stride"]), padding=tuple(m["padding"]),
+                        dilation=tuple(m["dilation"]), groups=m["groups"],
+                        pool=tuple(m["pool"]) if m["pool"] else None, inputs=inputs, **arrays))
             return IntGraph(tuple(meta["in_shape"]), meta["num_classes"], tuple(layers), version,
                             meta.get("info", {}))
     except FileNotFoundError:
@@ -213,14 +391,19 @@ def load(path: str | os.PathLike) -> IntGraph:
         raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: {e})") from None
 
 
-def layer_summary(layer: IntLayer) -> dict:
-    """One layer's shape, bits, (mult, shift) range, (E6) accumulator bound and headroom, and array dtypes."""
-    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
-
+def layer_summary(layer: Node) -> dict:
+    """One node's shape, bits, (mult, shift) range, (E6) accumulator bound and headroom, and array dtypes."""
     def span(a) -> str:
         return str(int(a.min())) if a.min() == a.max() else f"{int(a.min())}..{int(a.max())}"
 
-    return {"name": layer.name, "kind": layer.kind, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits,
-            "w_bits": layer.w_bits, "a_bits": layer.a_bits, "mult": span(layer.mult), "shift": span(layer.shift),
+    row = {"name": layer.name, "kind": layer.kind, "a_bits": layer.a_bits, "mult": span(layer.mult),
+           "shift": span(layer.shift), "inputs": list(layer.inputs)}
+    if not isinstance(layer, IntLayer):
+        window = "x".join(map(str, layer.kernel)) if isinstance(layer, IntAvgPool) else f"{len(layer.inputs)} inputs"
+        return {**row, "shape": [window], "in_bits": getattr(layer, "in_bits", "-"), "w_bits": "-",
+                "acc_bound": "-", "headroom_bits": float("nan"), "pool": None,
+                "dtypes": {k: str(getattr(layer, k).dtype) for k in ("mult", "shift")}}
+    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
+    return {**row, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits, "w_bits": layer.w_bits,
             "acc_bound": f"[{int(lo.min())}, {int(hi.max())}]", "headroom_bits": layer.headroom_bits(),
-            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in ("w_q", "bias_q", "mult", "shift")}}
+            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in _ARRAYS}}

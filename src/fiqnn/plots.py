@@ -86,9 +86,10 @@ def code_histograms(graph, x_q: np.ndarray, path: str | os.PathLike) -> Path:
 
     acts: dict[str, list[np.ndarray]] = {}
     run(graph, x_q, trace=lambda name, a: acts.setdefault(name, []).append(a))
-    n = len(graph.layers)
+    layers = graph.int_layers()
+    n = len(layers)
     plt, fig, axes = _figure(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
-    for j, layer in enumerate(graph.layers):
+    for j, layer in enumerate(layers):
         w = layer.w_q.reshape(-1).astype(int)
         axes[0][j].hist(w, bins=np.arange(w.min(), w.max() + 2) - 0.5, color="C1")
         axes[0][j].set_title(f"{layer.name} W{layer.w_bits}", fontsize=8)

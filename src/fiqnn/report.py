@@ -65,7 +65,8 @@ def blocks(run_dir: Path, out: Path, images: int = 256) -> list[Block]:
     rows = [layer_summary(layer) for layer in graph.layers]
     b.append(("table", ["layer", "kind", "weights", "in", "W", "A", "mult", "shift", "acc bound", "headroom"],
               [[r["name"], r["kind"], "x".join(map(str, r["shape"])), str(r["in_bits"]), str(r["w_bits"]),
-                str(r["a_bits"] or "-"), r["mult"], r["shift"], r["acc_bound"], f"{r['headroom_bits']:.1f} bits"]
+                str(r["a_bits"] or "-"), r["mult"], r["shift"], r["acc_bound"],
+                f"{r['headroom_bits']:.1f} bits" if r["kind"] in ("conv", "fc") else "-"]
                for r in rows]))
     b.append(("h", 2, "Config"))
     b.append(("table", ["setting", "value"], [[k, str(v)] for k, v in config.items()]))

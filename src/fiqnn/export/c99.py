@@ -30,7 +30,7 @@ import numpy as np
 from .. import _io
 from ..arith import act_range
 from ..errors import FiqnnError
-from ..graph import IntGraph, IntLayer
+from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
 
 HERE = Path(__file__).resolve().parent
 CFLAGS = ["-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -40,25 +40,28 @@ class CompilerError(FiqnnError):
     """No C compiler, or the generated source failed to build."""
 
 
-def layer_shapes(graph: IntGraph) -> list[tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]]:
-    """Per layer: input (C, H, W), pre-pool output (O, Ho, Wo), output after pooling."""
-    out, (c, h, w) = [], graph.in_shape
-    for layer in graph.layers:
-        if layer.kind == "fc":
-            pre = (layer.out_channels, 1, 1)
-            post = pre
-        else:
+def layer_shapes(graph: IntGraph) -> dict[str, tuple[tuple[int, int, int], tuple[int, int, int],
+                                                    tuple[int, int, int]]]:
+    """Per conv/fc layer name: input (C, H, W), pre-pool output (O, Ho, Wo), output after pooling."""
+    shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
+    out = {}
+    for layer in graph.int_layers():
+        c, h, w = shapes[graph.sources(layer)[0]]
+        post = shapes[layer.name]
+        pre = post
+        if layer.pool:
             kh, kw = layer.w_q.shape[2:]
-            ho = (h + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
-            wo = (w + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
-            pre = (layer.out_channels, ho, wo)
-            post = pre
-            if layer.pool:
-                k, s, p = layer.pool
-                post = (layer.out_channels, (ho + 2 * p - k) // s + 1, (wo + 2 * p - k) // s + 1)
-        out.append(((c, h, w), pre, post))
-        c, h, w = post
+            pre = (layer.out_channels,
+                   (h + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1,
+                   (w + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1)
+        out[layer.name] = ((c, h, w), pre, post)
     return out
+
+
+def macs(graph: IntGraph) -> int:
+    """Multiply-accumulates of one image through the conv and fc layers."""
+    return sum(layer.w_q.size * pre[1] * pre[2] for layer, (_, pre, _) in
+               zip(graph.int_layers(), layer_shapes(graph).values()))
 
 
 def code_bits(w_bits: int) -> int:
@@ -82,7 +85,7 @@ def packed_weights(layer: IntLayer, codes: np.ndarray | None = None) -> np.ndarr
 
 
 def kernel_codes(graph: IntGraph) -> list[np.ndarray]:
-    """Each layer's weight codes in the order the C kernels read them.
+    """Each conv/fc layer's weight codes in the order the C kernels read them.
 
     Activations between layers are stored channels-last (H-W-C), so that the inputs a
     conv output reads form contiguous runs: conv weights become (O, kh, kw, C/groups)
@@ -91,7 +94,7 @@ def kernel_codes(graph: IntGraph) -> list[np.ndarray]:
     than one channel the image is transposed into the arena first.
     """
     out = []
-    for layer, ((c, h, w), _, _) in zip(graph.layers, layer_shapes(graph)):
+    for layer, ((c, h, w), _, _) in zip(graph.int_layers(), layer_shapes(graph).values()):
         if layer.kind == "conv":
             out.append(np.ascontiguousarray(layer.w_q.transpose(0, 2, 3, 1)))
         else:
@@ -100,30 +103,59 @@ def kernel_codes(graph: IntGraph) -> list[np.ndarray]:
     return out
 
 
-def arena_layout(graph: IntGraph) -> dict[str, int]:
-    """Bytes of the static arena: two ping-pong output regions (region1 also holds the
-    transposed input image when it has several channels), a pre-pool region, and a row
-    of unpacked weights for layers stored packed."""
-    shapes = layer_shapes(graph)
-    sizes = [int(np.prod(post)) for _, _, post in shapes[:-1]]
-    even = max([s for i, s in enumerate(sizes) if i % 2 == 0], default=0)
-    odd = max([s for i, s in enumerate(sizes) if i % 2 == 1], default=0)
+def _align(n: int) -> int:
+    return -(-n // 4) * 4
+
+
+def plan(graph: IntGraph) -> dict:
+    """Where every tensor lives in the static arena.
+
+    Each node's output (uint8 codes, or int32 accumulators feeding an add) is live from
+    the node that makes it to its last reader; a pooled layer's pre-pool codes live only
+    inside that layer; a multi-channel input image gets an H-W-C copy. Offsets are
+    first-fit over those lifetimes, 4-byte aligned; one row of unpacked weights sits at
+    the end. Returns ``{"offset": {tensor: bytes}, "weight_row": (offset, size), "total": bytes}``.
+    """
+    shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
+    pre = {name: p for name, (_, p, _) in layer_shapes(graph).items()}
+    index = {node.name: i for i, node in enumerate(graph.layers)}
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(graph.layers):
+        for src in graph.sources(node):
+            last_use[src] = i
+    tensors = []  # (name, first, last, bytes)
     if graph.in_shape[0] > 1:
-        odd = max(odd, int(np.prod(graph.in_shape)))
-    prepool = max([int(np.prod(pre)) for (_, pre, _), layer in zip(shapes, graph.layers) if layer.pool], default=0)
-    wrow = max([-(-int(np.prod(layer.w_q.shape[1:])) // 4) * 4 for layer in graph.layers if layer.w_bits <= 4],
-               default=0)
-    return {"region0": even, "region1": odd, "prepool": prepool, "weight_row": wrow,
-            "total": even + odd + prepool + wrow}
+        tensors.append(("input", -1, last_use["input"], int(np.prod(graph.in_shape))))
+    for node in graph.layers[:-1]:
+        i = index[node.name]
+        size = int(np.prod(shapes[node.name])) * (4 if node.a_bits is None else 1)
+        tensors.append((node.name, i, last_use[node.name], size))
+        if isinstance(node, IntLayer) and node.pool:
+            tensors.append((f"{node.name}.prepool", i, i, int(np.prod(pre[node.name]))))
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    offset = {}
+    for name, first, last, size in tensors:
+        clash = sorted((o, sz) for o, sz, f, la in placed if not (la < first or f > last))
+        at = 0
+        for o, sz in clash:
+            if at + size <= o:
+                break
+            at = max(at, _align(o + sz))
+        offset[name] = at
+        placed.append((at, size, first, last))
+    end = max([o + sz for o, sz, _, _ in placed], default=0)
+    wrow = max([layer.w_q[0].size for layer in graph.int_layers() if layer.w_bits <= 4], default=0)
+    return {"offset": offset, "weight_row": (_align(end), wrow), "total": _align(end) + wrow}
 
 
 def footprint(graph: IntGraph) -> dict[str, int]:
     """Weight bytes as stored (packed), as int8, and the arena size."""
-    return {"weight_bytes": int(sum(packed_weights(layer).nbytes for layer in graph.layers)),
-            "weight_bytes_int8": int(sum(layer.w_q.size for layer in graph.layers)),
-            "param_bytes": int(sum(packed_weights(layer).nbytes + 4 * layer.bias_q.size + 4 * layer.mult.size
-                                   + layer.shift.size for layer in graph.layers)),
-            "arena_bytes": arena_layout(graph)["total"]}
+    layers = graph.int_layers()
+    return {"weight_bytes": int(sum(packed_weights(layer).nbytes for layer in layers)),
+            "weight_bytes_int8": int(sum(layer.w_q.size for layer in layers)),
+            "param_bytes": int(sum(packed_weights(layer).nbytes + 4 * layer.bias_q.size for layer in layers)
+                               + sum(4 * node.mult.size + node.shift.size for node in graph.layers)),
+            "arena_bytes": plan(graph)["total"]}
 
 
 def _array(ctype: str, name: str, values: np.ndarray) -> str:
@@ -133,47 +165,95 @@ def _array(ctype: str, name: str, values: np.ndarray) -> str:
 
 
 def model_c(graph: IntGraph) -> str:
-    shapes, arena = layer_shapes(graph), arena_layout(graph)
+    shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
+    lshapes, arena = layer_shapes(graph), plan(graph)
+    off = arena["offset"]
     parts = ['/* Generated by fiqnn from an IntGraph: integer-only inference, bit-exact with the numpy\n'
-             ' * reference executor. See docs/arithmetic.md for the equations (E2)-(E7). */\n'
+             ' * reference executor. See docs/arithmetic.md for the equations (E2)-(E10). */\n'
              '#include "model.h"\n#include "fiqnn_arith.h"\n\n'
              f'#if FIQNN_ARITH_VERSION != {graph.arith_version}\n#error "arithmetic version mismatch"\n#endif\n\n']
-    descs = []
-    for i, (layer, codes, ((c, h, w), (o, ho, wo), (_, ph_, pw_))) in enumerate(
-            zip(graph.layers, kernel_codes(graph), shapes)):
-        n = f"l{i}"
+    descs, index = [], {}
+    for i, (layer, codes) in enumerate(zip(graph.int_layers(), kernel_codes(graph))):
+        (c, h, w), (o, ho, wo), (_, ph_, pw_) = lshapes[layer.name]
+        n, index[layer.name] = f"l{i}", i
         bits = code_bits(layer.w_bits)
         parts.append(f"/* layer {layer.name}: {layer.kind}, W{layer.w_bits} stored in {bits} bits, "
-                     f"in {layer.in_bits}-bit, {'logits' if layer.a_bits is None else f'out {layer.a_bits}-bit'}"
-                     " */\n")
+                     f"in {layer.in_bits}-bit, "
+                     f"{'int32 accumulators' if layer.a_bits is None else f'out {layer.a_bits}-bit'} */\n")
         parts.append(_array("int8_t" if bits == 8 else "uint8_t", f"{n}_w", packed_weights(layer, codes)))
         parts.append(_array("int32_t", f"{n}_bias", layer.bias_q))
         parts.append(_array("int32_t", f"{n}_mult", layer.mult))
         parts.append(_array("uint8_t", f"{n}_shift", layer.shift))
         kh, kw = layer.w_q.shape[2:] if layer.kind == "conv" else (1, 1)
-        k, s, p = layer.pool or (0, 1, 0)
+        k, s_, p = layer.pool or (0, 1, 0)
         if layer.kind == "fc":
             c, h, w = c * h * w, 1, 1
         descs.append("    {" + ", ".join(str(v) for v in (
             c, h, w, o, ho, wo, kh, kw, *layer.stride, *layer.padding, *layer.dilation, layer.groups,
             bits)) + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {int(len(layer.mult) > 1)}, "
-            f"{0 if layer.a_bits is None else act_range(layer.a_bits)[1]}, {k}, {s}, {p}, {ph_}, {pw_}}}")
-    kernels, pool_kernel = _KERNELS.split("@@POOL@@")
-    parts.append(kernels + (pool_kernel if any(layer.pool for layer in graph.layers) else ""))
-    parts.append(f"static const fiqnn_layer layers[{len(descs)}] = {{\n" + ",\n".join(descs) + "\n};\n\n")
-    parts.append(f"static uint8_t arena[{max(arena['total'], 1)}];\n\n")
-    prepool = arena["region0"] + arena["region1"]
-    pool_branch = (" else if (L->pool_k) {\n"
-                   f"            conv_hwc(L, x, arena + {prepool}, 0, wrow);\n"
-                   f"            max_pool_hwc(L, arena + {prepool}, out);\n"
-                   "        }") if arena["prepool"] else ""
+            f"{0 if layer.a_bits is None else act_range(layer.a_bits)[1]}, {k}, {s_}, {p}, {ph_}, {pw_}}}")
+    kinds = {type(node) for node in graph.layers}
+    parts.append(_KERNELS)
+    if any(layer.pool for layer in graph.int_layers()):
+        parts.append(_MAXPOOL)
+    if IntAdd in kinds:
+        parts.append(_ADD)
+    if IntAvgPool in kinds:
+        parts.append(_AVGPOOL)
     c, h, w = graph.in_shape
-    transpose = ("    transpose_chw(input, region[1]);\n    x = region[1];\n" if c > 1 else "")
-    parts.append(_RUN.format(n=len(graph.layers), r1=arena["region0"], pool_branch=pool_branch,
-                             transpose=transpose,
-                             wrow=f"(int8_t *)(arena + {prepool + arena['prepool']})" if arena["weight_row"] else "0"))
     if c > 1:
-        parts.insert(-2, _TRANSPOSE.format(c=c, hw=h * w))
+        parts.append(_TRANSPOSE.format(c=c, hw=h * w))
+    parts.append(f"static const fiqnn_layer layers[{len(descs)}] = {{\n" + ",\n".join(descs) + "\n};\n\n")
+    parts.append(f"static int32_t arena[{max(arena['total'] // 4, 1)}];  /* {arena['total']} bytes */\n\n")
+
+    def u8(name: str) -> str:
+        return "input" if name == "input" and c == 1 else f"(A + {off[name]})"
+
+    def i32(name: str) -> str:
+        return f"(const int32_t *)(const void *)(A + {off[name]})"
+
+    wrow_off, wrow_size = arena["weight_row"]
+    body = ["int fiqnn_run(const uint8_t *input, int32_t *logits)", "{",
+            "    uint8_t *const A = (uint8_t *)arena;  /* int32 tensors sit at 4-byte aligned offsets */",
+            f"    int8_t *const wrow = {f'(int8_t *)(A + {wrow_off})' if wrow_size else '0'};",
+            "    if (input == 0 || logits == 0) return -1;", "    (void)A;", "    (void)wrow;"]
+    if c > 1:
+        body.append(f"    transpose_chw(input, A + {off['input']});")
+    for node in graph.layers:
+        src = graph.sources(node)
+        body.append(f"    /* {node.name} <- {', '.join(src)} */")
+        if isinstance(node, IntLayer):
+            L = f"&layers[{index[node.name]}]"
+            if node is graph.layers[-1]:
+                body.append(f"    conv_hwc({L}, {u8(src[0])}, 0, logits, wrow);")
+            elif node.a_bits is None:
+                body.append(f"    conv_hwc({L}, {u8(src[0])}, 0, (int32_t *)(void *)(A + {off[node.name]}), wrow);")
+            elif node.pool:
+                body.append(f"    conv_hwc({L}, {u8(src[0])}, A + {off[node.name + '.prepool']}, 0, wrow);")
+                body.append(f"    max_pool_hwc({L}, A + {off[node.name + '.prepool']}, A + {off[node.name]});")
+            else:
+                body.append(f"    conv_hwc({L}, {u8(src[0])}, A + {off[node.name]}, 0, wrow);")
+        elif isinstance(node, IntAdd):
+            body.append("    {")
+            body.append(f"        fiqnn_term t[{len(src)}];")
+            for j, (name, m) in enumerate(zip(src, node.mult)):
+                acc = name != "input" and graph.layers[[n.name for n in graph.layers].index(name)].a_bits is None
+                body.append(f"        t[{j}].u8 = {'0' if acc else u8(name)};")
+                body.append(f"        t[{j}].i32 = {i32(name) if acc else '0'};")
+                body.append(f"        t[{j}].mult = {int(m)};")
+            body.append(f"        add_terms(t, {len(src)}, {int(np.prod(shapes[node.name]))}L, {int(node.shift[0])}, "
+                        f"{act_range(node.a_bits)[1]}, A + {off[node.name]});")
+            body.append("    }")
+        else:
+            (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+            ci, hi, wi = shapes[src[0]]
+            _, ho, wo = shapes[node.name]
+            fields = (ci, hi, wi, kh, kw, sh, sw, ph, pw, ho, wo, int(node.mult[0]), int(node.shift[0]),
+                      act_range(node.a_bits)[1])
+            body.append(f"    {{ static const fiqnn_avgpool P = {{{', '.join(map(str, fields))}}};")
+            body.append(f"      avg_pool_hwc(&P, {u8(src[0])}, A + {off[node.name]}); }}")
+    body += ["    return 0;", "}", ""]
+    parts.append("\n".join(body))
     return "".join(parts)
 
 
@@ -220,8 +300,9 @@ static int32_t dot_u8s8(const uint8_t *x, const int8_t *w, int n)
     return acc;
 }
 
-/* (E2) then (E4): conv or fc over H-W-C uint8 codes; writes H-W-C codes, or int32 logits
- * in C-H-W order if qmax == 0. Rows of weights are contiguous runs over (kx, channel). */
+/* (E2) then (E4): conv or fc over H-W-C uint8 codes; writes H-W-C codes, or, if qmax == 0,
+ * the H-W-C int32 accumulators (the logits, or a residual branch for an add).
+ * Rows of weights are contiguous runs over (kx, channel). */
 static void conv_hwc(const fiqnn_layer *L, const uint8_t *x, uint8_t *y, int32_t *logits, int8_t *wrow)
 {
     int cg = L->c / L->groups, og = L->o / L->groups, n = L->kh * L->kw * cg;
@@ -252,7 +333,7 @@ static void conv_hwc(const fiqnn_layer *L, const uint8_t *x, uint8_t *y, int32_t
                     }
                 }
                 if (L->qmax == 0)
-                    logits[((long)oc * L->ho + oy) * L->wo + ox] = acc;
+                    logits[((long)oy * L->wo + ox) * L->o + oc] = acc;
                 else
                     y[((long)oy * L->wo + ox) * L->o + oc] = fiqnn_requantize(acc, mult, shift, L->qmax);
             }
@@ -260,7 +341,9 @@ static void conv_hwc(const fiqnn_layer *L, const uint8_t *x, uint8_t *y, int32_t
     }
 }
 
-@@POOL@@/* (E7) max-pool over H-W-C codes; window cells outside the map are skipped. */
+"""
+
+_MAXPOOL = r"""/* (E7) max-pool over H-W-C codes; window cells outside the map are skipped. */
 static void max_pool_hwc(const fiqnn_layer *L, const uint8_t *x, uint8_t *y)
 {
     int c, oy, ox, ky, kx;
@@ -297,27 +380,60 @@ static void transpose_chw(const uint8_t *in, uint8_t *out)
 
 """
 
-_RUN = r"""int fiqnn_run(const uint8_t *input, int32_t *logits)
-{{
-    uint8_t *region[2];
-    const uint8_t *x = input;
-    int8_t *wrow = {wrow};
-    int i;
-    region[0] = arena;
-    region[1] = arena + {r1};
-    if (input == 0 || logits == 0) return -1;
-{transpose}    for (i = 0; i < {n}; i++) {{
-        const fiqnn_layer *L = &layers[i];
-        uint8_t *out = region[i % 2];
-        if (L->qmax == 0) {{
-            conv_hwc(L, x, 0, logits, wrow);
-        }}{pool_branch} else {{
-            conv_hwc(L, x, out, 0, wrow);
-        }}
-        x = out;
-    }}
-    return 0;
-}}
+_ADD = r"""/* One input of an add: uint8 codes or int32 accumulators, and its multiplier. */
+typedef struct {
+    const uint8_t *u8;
+    const int32_t *i32;
+    int32_t mult;
+} fiqnn_term;
+
+/* (E9) y = clamp(rshift_round(sum_j v_j * mult_j, shift), 0, qmax) over n elements, in int64
+ * (|sum| < 2^62 is proven when the graph is built). */
+static void add_terms(const fiqnn_term *t, int k, long n, int shift, int32_t qmax, uint8_t *y)
+{
+    long i;
+    int j;
+    for (i = 0; i < n; i++) {
+        int64_t sum = 0, r;
+        for (j = 0; j < k; j++)
+            sum += (int64_t)(t[j].u8 ? (int32_t)t[j].u8[i] : t[j].i32[i]) * t[j].mult;
+        r = fiqnn_rshift_round(sum, shift);
+        y[i] = (uint8_t)(r < 0 ? 0 : (r > qmax ? qmax : r));
+    }
+}
+
+"""
+
+_AVGPOOL = r"""typedef struct {
+    int c, h, w, kh, kw, sh, sw, ph, pw, ho, wo;
+    int32_t mult;
+    int shift;
+    int32_t qmax;
+} fiqnn_avgpool;
+
+/* (E10) window sums of H-W-C codes (cells outside the map count as code 0), then
+ * clamp(rshift_round(sum * mult, shift), 0, qmax). */
+static void avg_pool_hwc(const fiqnn_avgpool *P, const uint8_t *x, uint8_t *y)
+{
+    int c, oy, ox, ky, kx;
+    for (oy = 0; oy < P->ho; oy++)
+        for (ox = 0; ox < P->wo; ox++)
+            for (c = 0; c < P->c; c++) {
+                int64_t sum = 0, r;
+                for (ky = 0; ky < P->kh; ky++) {
+                    int iy = oy * P->sh - P->ph + ky;
+                    if (iy < 0 || iy >= P->h) continue;
+                    for (kx = 0; kx < P->kw; kx++) {
+                        int ix = ox * P->sw - P->pw + kx;
+                        if (ix < 0 || ix >= P->w) continue;
+                        sum += x[((long)iy * P->w + ix) * P->c + c];
+                    }
+                }
+                r = fiqnn_rshift_round(sum * P->mult, P->shift);
+                y[((long)oy * P->wo + ox) * P->c + c] = (uint8_t)(r < 0 ? 0 : (r > P->qmax ? P->qmax : r));
+            }
+}
+
 """
 
 _MAIN = r"""/* Harness: read N images (raw uint8, C-H-W each) from argv[1], write N x FIQNN_NUM_CLASSES

@@ -1,6 +1,6 @@
 """IntGraph -> ONNX with integer tensors only, runnable in ONNX Runtime.
 
-One layer, in ONNX ops (docs/arithmetic.md equation in brackets):
+One conv/fc layer, in ONNX ops (docs/arithmetic.md equation in brackets):
 
     acc  = ConvInteger(x_q, w_q + 128, 0, 128)      or MatMulInteger for fc    (E2) int32
     acc  = Add(acc, bias_q)                                                    (E2) int32
@@ -12,7 +12,10 @@ One layer, in ONNX ops (docs/arithmetic.md equation in brackets):
 Weights travel as uint8 ``w_q + 128`` with a weight zero point of 128, which
 ConvInteger and MatMulInteger subtract exactly (ONNX Runtime's CPU kernels take
 uint8 weights). The last layer stops after the bias: its int32 accumulators are
-the logits. ConvInteger/MatMulInteger accumulate in int32; with uint8 operands
+the logits. A residual add (E9) is Cast<int64> + Mul per input and a chain of Add,
+then the same Add-half / Max / BitShift / Min / Cast; an average pool (E10) takes its
+window sums with a depthwise ConvInteger whose kernel is all ones (zero padding
+counts, as in (E10)). ConvInteger/MatMulInteger accumulate in int32; with uint8 operands
 every internal sum is at most 255 * 255 * K, below 2^31 for K < 33,025 inputs per
 output (alexnet-bn's largest K is 9,216), and the result equals (E2), whose own
 range (E6) proved.
@@ -28,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import _io
 from ..arith import act_range
-from ..graph import IntGraph, IntLayer
+from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
 
 OPSET = 13
 
@@ -45,9 +48,19 @@ def to_onnx(graph: IntGraph) -> onnx.ModelProto:
     const("zero_u8", np.array(0, np.uint8))
     const("zp_w", np.array(128, np.uint8))
     const("zero_i64", np.array(0, np.int64))
-    x = "x_q"
-    for layer in graph.layers:
-        x = _layer(layer, x, nodes, const)
+    names = {"input": "x_q"}  # IntGraph node -> its ONNX output tensor
+    for node in graph.layers:
+        ins = [names[src] for src in graph.sources(node)]
+        if isinstance(node, IntAdd):
+            names[node.name] = _add(node, ins, nodes, const)
+        elif isinstance(node, IntAvgPool):
+            names[node.name] = _avg_pool(node, ins[0], nodes, const, channels=node_shapes(graph)[node.name][0])
+        else:
+            names[node.name] = _layer(node, ins[0], nodes, const)
+    x = names[graph.layers[-1].name]
+    if graph.layers[-1].kind == "conv":
+        nodes.append(helper.make_node("Flatten", [x], ["logits_flat"], axis=1))
+        x = "logits_flat"
     nodes.append(helper.make_node("Identity", [x], ["logits"]))
     c, h, w = graph.in_shape
     g = helper.make_graph(
@@ -80,28 +93,62 @@ def _layer(layer: IntLayer, x: str, nodes: list, const) -> str:
                                   [f"{n}.acc"]))
     if layer.a_bits is None:
         return f"{n}.acc"
-    shift = layer.shift.astype(np.int64)
-    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0).astype(np.int64)
-    nodes += [
-        helper.make_node("Cast", [f"{n}.acc"], [f"{n}.acc64"], to=TensorProto.INT64),
-        helper.make_node("Mul", [f"{n}.acc64", const(f"{n}.mult", layer.mult.astype(np.int64).reshape(chan))],
-                         [f"{n}.prod"]),
-        helper.make_node("Add", [f"{n}.prod", const(f"{n}.half", half.reshape(chan))], [f"{n}.rounded"]),
-        helper.make_node("Max", [f"{n}.rounded", "zero_i64"], [f"{n}.pos"]),
-        helper.make_node("Cast", [f"{n}.pos"], [f"{n}.pos_u64"], to=TensorProto.UINT64),
-        helper.make_node("BitShift", [f"{n}.pos_u64", const(f"{n}.shift", shift.astype(np.uint64).reshape(chan))],
-                         [f"{n}.shifted"], direction="RIGHT"),
-        helper.make_node("Min", [f"{n}.shifted", const(f"{n}.qmax", np.array(act_range(layer.a_bits)[1],
-                                                                            np.uint64))], [f"{n}.clamped"]),
-        helper.make_node("Cast", [f"{n}.clamped"], [f"{n}.y_q"], to=TensorProto.UINT8),
-    ]
-    out = f"{n}.y_q"
+    nodes.append(helper.make_node("Cast", [f"{n}.acc"], [f"{n}.acc64"], to=TensorProto.INT64))
+    nodes.append(helper.make_node("Mul", [f"{n}.acc64", const(f"{n}.mult", layer.mult.astype(np.int64).reshape(
+        chan))], [f"{n}.prod"]))
+    out = _shift_clamp(n, f"{n}.prod", layer.shift, layer.a_bits, chan, nodes, const)
     if layer.pool:
         k, s, p = layer.pool
         nodes.append(helper.make_node("MaxPool", [out], [f"{n}.pooled"], kernel_shape=[k, k], strides=[s, s],
                                       pads=[p, p, p, p]))
         out = f"{n}.pooled"
     return out
+
+
+def _shift_clamp(n: str, prod: str, shift: np.ndarray, a_bits: int, chan: tuple, nodes: list, const) -> str:
+    """(E3) and the clamp of (E4) on an int64 tensor: uint8 codes."""
+    shift = shift.astype(np.int64)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0).astype(np.int64)
+    nodes += [
+        helper.make_node("Add", [prod, const(f"{n}.half", half.reshape(chan))], [f"{n}.rounded"]),
+        helper.make_node("Max", [f"{n}.rounded", "zero_i64"], [f"{n}.pos"]),
+        helper.make_node("Cast", [f"{n}.pos"], [f"{n}.pos_u64"], to=TensorProto.UINT64),
+        helper.make_node("BitShift", [f"{n}.pos_u64", const(f"{n}.shift", shift.astype(np.uint64).reshape(chan))],
+                         [f"{n}.shifted"], direction="RIGHT"),
+        helper.make_node("Min", [f"{n}.shifted", const(f"{n}.qmax", np.array(act_range(a_bits)[1], np.uint64))],
+                         [f"{n}.clamped"]),
+        helper.make_node("Cast", [f"{n}.clamped"], [f"{n}.y_q"], to=TensorProto.UINT8),
+    ]
+    return f"{n}.y_q"
+
+
+def _add(node: IntAdd, ins: list[str], nodes: list, const) -> str:
+    """(E9): Cast<int64> and Mul per input, a chain of Add (ONNX Sum has no integer kernel)."""
+    n, terms = node.name, []
+    for i, (x, m) in enumerate(zip(ins, node.mult)):
+        nodes.append(helper.make_node("Cast", [x], [f"{n}.in{i}"], to=TensorProto.INT64))
+        nodes.append(helper.make_node("Mul", [f"{n}.in{i}", const(f"{n}.mult{i}", np.array(int(m), np.int64))],
+                                      [f"{n}.term{i}"]))
+        terms.append(f"{n}.term{i}")
+    total = terms[0]
+    for i, t in enumerate(terms[1:], 1):
+        nodes.append(helper.make_node("Add", [total, t], [f"{n}.sum{i}"]))
+        total = f"{n}.sum{i}"
+    return _shift_clamp(n, total, node.shift, node.a_bits, (1,), nodes, const)
+
+
+def _avg_pool(node: IntAvgPool, x: str, nodes: list, const, channels: int) -> str:
+    """(E10): window sums as a depthwise ConvInteger with a kernel of ones, then (E3)/(E4)."""
+    n = node.name
+    ones = np.ones((channels, 1, *node.kernel), np.uint8)
+    nodes.append(helper.make_node(
+        "ConvInteger", [x, const(f"{n}.ones", ones), "zero_u8", "zero_u8"], [f"{n}.sum"], group=channels,
+        strides=list(node.stride), kernel_shape=list(node.kernel),
+        pads=[node.padding[0], node.padding[1], node.padding[0], node.padding[1]]))
+    nodes.append(helper.make_node("Cast", [f"{n}.sum"], [f"{n}.sum64"], to=TensorProto.INT64))
+    nodes.append(helper.make_node("Mul", [f"{n}.sum64", const(f"{n}.mult", np.array(int(node.mult[0]), np.int64))],
+                                  [f"{n}.prod"]))
+    return _shift_clamp(n, f"{n}.prod", node.shift, node.a_bits, (1,), nodes, const)
 
 
 def export_onnx(graph: IntGraph, path: str | os.PathLike) -> None:
