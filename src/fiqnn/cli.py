@@ -54,7 +54,7 @@ _DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
     "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
-    "lr": "lr", "teacher_lr": "teacher_lr",
+    "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
     "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "seed": "seed",
 }
 
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, help="Adam learning rate of the PTL stages (default 1e-4; the last stage "
                                             "and the fine-tune use a tenth)")
     s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
+    s.add_argument("--scratch-lr", type=float, help="Adam learning rate of --method scratch (default 1e-2)")
     s.add_argument("--batch-size", type=int, help="batch size (default 128)")
     s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -103,6 +103,7 @@ class DistillConfig(_Dict):
     finetune_epochs: int = 2
     lr: float = 1e-4  # Adam, PTL stages (the last stage and the fine-tune use lr / 10)
     teacher_lr: float = 1e-4  # Adam, step-0 QAT of the BN teacher
+    scratch_lr: float = 1e-2  # Adam, method "scratch" (random init: one weight code step is 1/Q of the latent range)
     weight_decay: float = 1e-5
     batch_size: int = 128
     steps_per_epoch: int | None = None
@@ -131,3 +132,4 @@ class DistillConfig(_Dict):
         _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.teacher_lr > 0, f"teacher-lr must be positive, got {self.teacher_lr}")
+        _check(self.scratch_lr > 0, f"scratch-lr must be positive, got {self.scratch_lr}")

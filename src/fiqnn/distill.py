@@ -22,8 +22,11 @@ S_1..S_{k-1} produce, so each conversion starts from the network as it now is.
 (``L x max_epochs_per_stage`` epochs, then the fine-tune); ``method="scratch"``
 trains the same BN-free student for the same epochs from a *random*
 initialisation (a freshly initialised copy of the teacher architecture, folded),
-at lr x 10, with the same CE + KD loss: the baseline that shows what the teacher's
-weights are worth.
+with the same CE + KD loss at ``scratch_lr`` (a random start has to move weights by
+whole code steps, 1/Q of the latent range, which lr 1e-4..1e-3 does not do in a short
+budget), for all its epochs (keeping the best; no early stop, since a random start
+often does not improve in its first epoch): the baseline that shows what the
+teacher's weights are worth.
 
 With a run directory, every phase ends with an atomic checkpoint, and
 ``resume=True`` continues after the last finished phase.
@@ -274,10 +277,12 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         source = (lambda: random_qnn) if config.method == "scratch" else (lambda: state.frozen)
         phases.append(("fold", lambda: _fold_all(state, config, calib, source()), lambda: state.student))
         if config.method in ("oneshot", "scratch"):
+            scratch = config.method == "scratch"
             phases.append((config.method, lambda: _finetune(
                 state, config, stream, val_acc(state.student), progress, log,
-                lr=config.lr * (10 if config.method == "scratch" else 1),
-                epochs=n * config.max_epochs_per_stage, desc=config.method), lambda: state.student))
+                lr=config.scratch_lr if scratch else config.lr, epochs=n * config.max_epochs_per_stage,
+                desc=config.method, patience=n * config.max_epochs_per_stage if scratch else None),
+                lambda: state.student))
     if config.method != "fold" and config.finetune_epochs:
         phases.append(("finetune", lambda: _finetune(
             state, config, stream, val_acc(state.student), progress, log, lr=config.lr * 0.1,
@@ -389,7 +394,7 @@ def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, ca
 
 
 def _finetune(state: _State, config: DistillConfig, stream: _Stream, evaluate, progress: bool, log: Log, *,
-              lr: float, epochs: int, desc: str) -> list[dict[str, Any]]:
+              lr: float, epochs: int, desc: str, patience: int | None = None) -> list[dict[str, Any]]:
     """Step 3 (and the one-shot baseline): train the whole student with CE + KD."""
     student, frozen = state.student, state.frozen
     _freeze(student, False)
@@ -405,7 +410,7 @@ def _finetune(state: _State, config: DistillConfig, stream: _Stream, evaluate, p
 
     rows = train_with_patience(modules=[student], set_modes=student.train, loss_fn=loss_fn, evaluate=evaluate,
                                stream=stream, lr=lr, weight_decay=config.weight_decay, max_epochs=epochs,
-                               patience=config.patience, desc=desc, progress=progress, log=log)
+                               patience=patience or config.patience, desc=desc, progress=progress, log=log)
     _freeze(student)
     return rows
 
