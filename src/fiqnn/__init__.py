@@ -12,6 +12,7 @@ from .data import load_data as load_data
 from .distill import distill as distill
 from .errors import FiqnnError as FiqnnError
 from .execute import run as run
+from .fximport import import_model as import_model
 from .graph import IntGraph as IntGraph
 from .graph import load as load
 from .graph import save as save
@@ -32,6 +33,7 @@ __all__ = [
     "build_model",
     "convert",
     "distill",
+    "import_model",
     "load",
     "load_data",
     "load_teacher",

@@ -83,6 +83,19 @@ def build_teacher_qnn(teacher: nn.Sequential, config: DistillConfig, calib_x: to
     return Chain(units)
 
 
+def check_distillable(teacher: nn.Module) -> None:
+    """Refuse, before any work, a teacher that PTL cannot distill yet: fiqnn distills chains
+    of conv/fc units (the models of :mod:`fiqnn.models` built as ``nn.Sequential``);
+    residual and other DAG networks import (:func:`fiqnn.import_model`) and their integer
+    graphs run in every backend, but PTL over their blocks is not implemented yet."""
+    from .errors import ConfigError
+
+    if not isinstance(teacher, nn.Sequential) or not teacher_units(teacher):
+        raise ConfigError(f"cannot distill {type(teacher).__name__} yet: PTL is implemented for chains of "
+                          "conv/fc units (alexnet-s, alexnet-bn, tiny); residual networks are not supported by "
+                          "distill so far")
+
+
 def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
     """A copy of ``teacher`` with every layer's parameters (and BN statistics) freshly
     initialised by PyTorch's defaults, seeded."""
@@ -249,6 +262,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         progress: show progress bars.
         log: where progress lines go.
     """
+    check_distillable(teacher)
     torch.manual_seed(config.seed)
     names = [n for n, _ in teacher_units(teacher)]
     calib = calibration(data, config.calib_images)

@@ -21,7 +21,7 @@ from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
 from .config import DistillConfig
 from .convert import convert
 from .data import DataBundle, batches, load_data
-from .distill import accuracy, calibration, distill, save_student, teacher_qnn_from_state
+from .distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
 from .errors import CheckpointError, FiqnnError
 from .execute import run
 from .graph import IntGraph, load, save
@@ -45,6 +45,7 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     """``fiqnn distill``: distill the teacher of ``teacher_dir`` into run directory ``out``,
     convert it, and check the integer model against the torch student on the whole test split."""
     teacher = load_teacher(teacher_dir)
+    check_distillable(teacher)
     tcfg, data = teacher_data(teacher_dir)
     run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume)
     state = run_dir.load_checkpoint() if run_dir.resumed else None

@@ -1,0 +1,240 @@
+"""Bring your own BN CNN: a user's ``nn.Module`` -> a plan of fiqnn units, via torch.fx.
+
+:func:`import_model` traces the module symbolically and groups its graph into the
+units fiqnn converts, in topological order:
+
+=========  ===============================================================================
+conv       Conv2d (any stride, padding, dilation, groups: depthwise included)
+           [-> BatchNorm2d] [-> ReLU | ReLU6] [-> MaxPool2d, only after a ReLU]
+fc         [Flatten ->] Linear [-> BatchNorm1d] [-> ReLU | ReLU6]
+add        ``a + b`` (operator, torch.add, Tensor.add) [-> ReLU | ReLU6]: a residual add
+avgpool    AvgPool2d, AdaptiveAvgPool2d to 1x1 (a global average), F.avg_pool2d,
+           F.adaptive_avg_pool2d, ``x.mean((2, 3))``
+=========  ===============================================================================
+
+Dropout and Identity vanish (inference semantics); Flatten, ``torch.flatten`` and
+``x.view(x.size(0), -1)`` / ``reshape`` mark where an fc unit flattens its input.
+Anything else (a sigmoid gate, LayerNorm, a concatenation, an activation that is not
+ReLU/ReLU6, a max-pool with no ReLU before it, ...) is refused before any training
+starts, with one line naming the graph node and its op.
+
+A conv or fc unit without an activation has int32 accumulators as its output (like the
+classifier): besides the network output, those may only feed an add (a residual branch
+whose ReLU comes after the sum), exactly as :class:`fiqnn.graph.IntGraph` requires. An
+add must be followed by a ReLU or ReLU6: activations are unsigned codes.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import FiqnnError
+
+
+class UnsupportedModelError(FiqnnError):
+    """The module uses an op fiqnn cannot turn into integer arithmetic."""
+
+
+@dataclass
+class Unit:
+    """One fiqnn unit of an imported model."""
+
+    name: str
+    kind: str  # "conv" | "fc" | "add" | "avgpool"
+    inputs: list[str]  # unit names, or "input"
+    layer: nn.Module | None = None  # Conv2d or Linear
+    bn: nn.Module | None = None
+    act: str | None = None  # "relu" | "relu6" | None (int32 accumulators out)
+    pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding) after the act
+    window: tuple | None = None  # avgpool: (kernel, stride, padding), or "global"
+    fx_nodes: list[str] = field(default_factory=list)  # the traced nodes this unit covers
+
+
+_RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_FLATTEN_FUNCS = {torch.flatten}
+_AVG_FUNCS = {F.avg_pool2d, F.adaptive_avg_pool2d}
+SUPPORTED = ("Conv2d, Linear, BatchNorm1d/2d, ReLU/ReLU6, MaxPool2d (after a ReLU), AvgPool2d, "
+             "AdaptiveAvgPool2d(1), Flatten, Dropout, Identity, residual +")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} module {node.target!r}"
+    if node.op == "call_function":
+        return f"function {getattr(node.target, '__name__', node.target)}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    return node.op
+
+
+def import_model(model: nn.Module) -> list[Unit]:
+    """The units of ``model`` (see module doc), or :class:`UnsupportedModelError` naming the
+    first node that has no integer form."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many types for untraceable Python
+        raise UnsupportedModelError(f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}); fiqnn needs a traceable "
+                                    "module") from None
+    modules = dict(gm.named_modules())
+    users = {node: list(node.users) for node in gm.graph.nodes}
+
+    def refuse(node: fx.Node, why: str = "") -> UnsupportedModelError:
+        return UnsupportedModelError(f"node {node.name!r} ({_describe(node, modules)}) {why or 'is not supported'}"
+                                     f"; fiqnn converts {SUPPORTED}")
+
+    units: list[Unit] = []
+    alias: dict[fx.Node, str] = {}  # traced node -> the unit (or "input") whose output it is
+    owner: dict[str, Unit] = {}
+    flattened: set[str] = set()  # names whose consumer must be an fc (they passed a flatten)
+
+    def source(node: fx.Node, arg) -> str:
+        if not isinstance(arg, fx.Node) or arg not in alias:
+            raise refuse(node, "takes an input fiqnn cannot follow")
+        return alias[arg]
+
+    def fuse_target(node: fx.Node, arg) -> Unit | None:
+        """The unit ``node`` may fuse into: the one whose output only ``node`` reads."""
+        name = source(node, arg)
+        unit = owner.get(name)
+        if unit is None or len(users[arg]) != 1:
+            return None
+        return unit
+
+    for node in gm.graph.nodes:
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if node.op == "placeholder":
+            if alias:
+                raise refuse(node, "is a second input; fiqnn models take one image tensor")
+            alias[node] = "input"
+        elif node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, fx.Node) or alias.get(out) not in owner:
+                raise refuse(node, "must be one tensor made by a conv, fc, add or avgpool unit")
+            last = owner[alias[out]]
+            if last.kind not in ("conv", "fc") or last.act is not None:
+                raise UnsupportedModelError(f"the output must be the logits of a conv or linear layer with no "
+                                            f"activation after it; {last.name} ({last.kind}) is not")
+        elif node.op == "get_attr":
+            raise refuse(node, "reads a parameter outside a layer")
+        elif isinstance(mod, (nn.Dropout, nn.Identity)) or node.target in (F.dropout,):
+            alias[node] = source(node, node.args[0])
+        elif isinstance(mod, nn.Flatten) or node.target in _FLATTEN_FUNCS or (
+                node.op == "call_method" and node.target in ("view", "reshape", "flatten")):
+            if node.op == "call_method" and node.target in ("view", "reshape"):
+                rest = node.args[1:]
+                if not ((len(rest) == 2 and rest[1] == -1) or (len(rest) == 1 and rest[0] in ((-1,), -1))):
+                    raise refuse(node, "reshapes other than flattening to (N, -1) are not supported")
+            alias[node] = source(node, node.args[0])
+            flattened.add(alias[node])
+        elif node.op == "call_method" and node.target == "size":
+            continue  # only as part of x.view(x.size(0), -1)
+        elif isinstance(mod, nn.Conv2d):
+            if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                raise refuse(node, "uses padding other than explicit zero padding")
+            src = source(node, node.args[0])
+            if src in flattened:
+                raise refuse(node, "convolves a flattened tensor")
+            unit = Unit(node.name, "conv", [src], layer=mod, fx_nodes=[node.name])
+            units.append(unit)
+            owner[unit.name], alias[node] = unit, unit.name
+        elif isinstance(mod, nn.Linear):
+            unit = Unit(node.name, "fc", [source(node, node.args[0])], layer=mod, fx_nodes=[node.name])
+            units.append(unit)
+            owner[unit.name], alias[node] = unit, unit.name
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            unit = fuse_target(node, node.args[0])
+            if unit is None or unit.kind not in ("conv", "fc") or unit.bn is not None or unit.act is not None:
+                raise refuse(node, "is a BatchNorm that does not directly follow a conv or linear layer")
+            unit.bn = mod
+            unit.fx_nodes.append(node.name)
+            alias[node] = unit.name
+        elif isinstance(mod, (nn.ReLU, nn.ReLU6)) or node.target in _RELU_FUNCS or (
+                node.op == "call_method" and node.target == "relu"):
+            kind = "relu6" if isinstance(mod, nn.ReLU6) or node.target is F.relu6 else "relu"
+            unit = fuse_target(node, node.args[0])
+            if unit is None or unit.kind not in ("conv", "fc", "add") or unit.act is not None or unit.pool:
+                raise refuse(node, "is an activation that does not directly follow a conv, linear or add")
+            unit.act = kind
+            unit.fx_nodes.append(node.name)
+            alias[node] = unit.name
+        elif isinstance(mod, nn.MaxPool2d) or node.target is F.max_pool2d:
+            unit = fuse_target(node, node.args[0])
+            if mod is not None:
+                k, s, p, d, ceil = mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode
+            else:
+                kw = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, **node.kwargs}
+                k, s, p, d, ceil = (node.args + (None,) * 5)[1], kw["stride"], kw["padding"], kw["dilation"], \
+                    kw["ceil_mode"]
+            k, s, p, d = _pair(k), _pair(s if s is not None else k), _pair(p), _pair(d)
+            if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or d != (1, 1) or ceil:
+                raise refuse(node, "is a max-pool with a non-square window, dilation or ceil_mode")
+            if unit is None or unit.kind != "conv" or unit.act is None or unit.pool:
+                raise refuse(node, "is a max-pool that does not directly follow a conv -> ReLU")
+            unit.pool = (k[0], s[0], p[0])
+            unit.fx_nodes.append(node.name)
+            alias[node] = unit.name
+        elif node.target in _ADD_FUNCS or (node.op == "call_method" and node.target in ("add", "add_")):
+            args = [a for a in node.args if isinstance(a, fx.Node)]
+            if len(args) != 2 or len(node.args) != 2 or node.kwargs:
+                raise refuse(node, "is an add of something other than two tensors")
+            unit = Unit(node.name, "add", [source(node, a) for a in args], fx_nodes=[node.name])
+            units.append(unit)
+            owner[unit.name], alias[node] = unit, unit.name
+        elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) or node.target in _AVG_FUNCS or (
+                node.op == "call_method" and node.target == "mean"):
+            window = _avg_window(node, mod, refuse)
+            src = source(node, node.args[0])
+            unit = Unit(node.name, "avgpool", [src], window=window, fx_nodes=[node.name])
+            units.append(unit)
+            owner[unit.name], alias[node] = unit, unit.name
+            if node.op == "call_method":  # x.mean((2, 3)) also drops the spatial axes
+                flattened.add(unit.name)
+        else:
+            raise refuse(node)
+
+    for unit in units:  # accumulators (no activation) may only feed adds, as in IntGraph
+        if unit.kind in ("conv", "fc") and unit.act is None and unit is not units[-1]:
+            readers = [u for u in units if unit.name in u.inputs]
+            if any(u.kind != "add" for u in readers):
+                raise UnsupportedModelError(
+                    f"{unit.name} ({unit.kind} without an activation) feeds {readers[0].name} ({readers[0].kind}); "
+                    "outside the logits, a layer without ReLU may only feed a residual add")
+        if unit.kind == "add" and len(set(unit.inputs)) != 2:
+            raise UnsupportedModelError(f"{unit.name} adds a tensor to itself")
+        if unit.kind == "add" and unit.act is None:
+            raise UnsupportedModelError(
+                f"{unit.name} (residual add) has no ReLU/ReLU6 after it; fiqnn's activations are unsigned codes, "
+                "so a sum must pass a ReLU (a MobileNetV2 linear bottleneck needs a ReLU6 after its add)")
+    return units
+
+
+def _avg_window(node: fx.Node, mod: nn.Module | None, refuse) -> tuple | str:
+    if isinstance(mod, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
+        size = mod.output_size if mod is not None else node.args[1]
+        if _pair(size) != (1, 1):
+            raise refuse(node, "is an adaptive average pool to a size other than 1x1")
+        return "global"
+    if node.op == "call_method":  # mean
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if tuple(dims) not in ((2, 3), (-2, -1)) or node.kwargs.get("keepdim"):
+            raise refuse(node, "is a mean over axes other than (2, 3)")
+        return "global"
+    if mod is not None:
+        k, s, p, ceil, cip = mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad
+    else:
+        kw = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, **node.kwargs}
+        k, s, p, ceil, cip = node.args[1], kw["stride"], kw["padding"], kw["ceil_mode"], kw["count_include_pad"]
+    if ceil or not cip or getattr(mod, "divisor_override", None):
+        raise refuse(node, "is an average pool with ceil_mode, count_include_pad=False or a divisor override")
+    return (_pair(k), _pair(s if s is not None else k), _pair(p))
