@@ -108,6 +108,7 @@ class QnnUnit(_Cached):
         self.bn = copy.deepcopy(getattr(unit, "bn", None))
         self.drop = copy.deepcopy(getattr(unit, "drop", None))
         self.register_buffer("in_scale", torch.tensor(float(in_scale)))
+        self.relu6 = isinstance(getattr(unit, "act", None), nn.ReLU6)
         self.w_bits, self.a_bits = w_bits, a_bits
         wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
         self.wq = wq(w_bits, self.layer.weight) if w_bits else None
@@ -136,7 +137,7 @@ class QnnUnit(_Cached):
     def core(self, x_q: torch.Tensor) -> torch.Tensor:
         """Output codes before pooling (or float logits for the last layer)."""
         y = self.pre_act(x_q)
-        return y if self.aq is None else self.aq(F.relu(y))
+        return y if self.aq is None else self.aq(F.hardtanh(y, 0.0, 6.0) if self.relu6 else F.relu(y))
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
@@ -158,9 +159,10 @@ class IntUnit(_Cached):
     """
 
     def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
-                 a_bits: int | None, per_channel: bool = False):
+                 a_bits: int | None, per_channel: bool = False, raw: bool = False):
         super().__init__()
         self.geometry = geometry
+        self.raw = raw  # a residual branch: int32 accumulators out (train mode too), scaled by the add
         self.in_bits, self.w_bits, self.a_bits, self.per_channel = in_bits, w_bits, a_bits, per_channel
         self.q = weight_range(w_bits)[1]
         self.weight = nn.Parameter(torch.zeros(weight_shape))
@@ -209,6 +211,8 @@ class IntUnit(_Cached):
         alpha = self.alpha.reshape(shape)
         bias_q = round_half_up(self.bias / self.alpha)
         acc = self.geometry.linear(x_q, self._fake_w_q(), bias_q)
+        if self.raw:
+            return acc
         if self.a_bits is None:
             return acc * alpha  # float logits for the loss
         return torch.clamp(round_half_up(acc * alpha), 0, act_range(self.a_bits)[1])

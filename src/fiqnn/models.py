@@ -218,18 +218,20 @@ class MobileNetV2S(nn.Module):
     """A small MobileNetV2-style network: stem conv-BN-ReLU6, inverted residual blocks
     (expansion 4), a 1x1 conv-BN-ReLU6, global average pool, linear."""
 
-    def __init__(self, num_classes: int = 10, in_shape: tuple[int, int, int] = (3, 32, 32)):
+    def __init__(self, num_classes: int = 10, in_shape: tuple[int, int, int] = (3, 32, 32),
+                 blocks: tuple = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (64, 2), (64, 1)),
+                 stem: int = 16, head: int = 128, expand: int = 4):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn(in_shape[0], 16, 3), nn.ReLU6(inplace=True))
-        blocks, c = [], 16
-        for c_out, stride in [(16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (64, 2), (64, 1)]:
-            blocks.append(InvertedResidual(c, c_out, stride, 4))
+        self.stem = nn.Sequential(*_conv_bn(in_shape[0], stem, 3), nn.ReLU6(inplace=True))
+        layers, c = [], stem
+        for c_out, stride in blocks:
+            layers.append(InvertedResidual(c, c_out, stride, expand))
             c = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(*_conv_bn(c, 128, 1), nn.ReLU6(inplace=True))
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Sequential(*_conv_bn(c, head, 1), nn.ReLU6(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(128, num_classes)
+        self.fc = nn.Linear(head, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.head(self.blocks(self.stem(x))))))

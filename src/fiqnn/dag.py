@@ -1,0 +1,251 @@
+"""Residual and other DAG networks: teacher QNN, local initialisation and conversion.
+
+The units come from :func:`fiqnn.import_model`. A :class:`GraphNet` runs units wired
+by name (the DAG counterpart of :class:`fiqnn.layers.Chain`): the teacher QNN
+(:class:`~fiqnn.layers.QnnUnit`, :class:`QnnAdd`, :class:`QnnAvgPool`, BN kept) and
+the BN-free student (:class:`~fiqnn.layers.IntUnit`, :class:`IntAddUnit`,
+:class:`IntAvgPoolUnit`), both in the code domain. A conv/fc unit without an
+activation inside the network is a residual branch: in the teacher it outputs the
+real-valued BN output, in the student its int32 accumulators (``IntUnit(raw=True)``),
+and the add scales each input by its own factor, (E9).
+
+:func:`fold` is step 1 of METHOD.md for a DAG (every unit from the frozen teacher on
+the teacher's own inputs); :func:`convert` turns the student into an IntGraph.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arith import act_range, quantize_multiplier
+from .config import DistillConfig
+from .fold import local_init
+from .fximport import Unit
+from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
+from .layers import IntUnit, QnnUnit, _Cached, _version_key
+from .quantizers import LsqAct, round_half_up
+
+
+class GraphNet(nn.Module):
+    """Units run in topological order, each on the outputs of the units it names."""
+
+    def __init__(self, units: list[tuple[str, nn.Module, list[str]]]):
+        super().__init__()
+        self.units = nn.ModuleDict(OrderedDict((n, m) for n, m, _ in units))
+        self.inputs = {n: list(ins) for n, _, ins in units}
+
+    def outputs(self, x_q: torch.Tensor) -> dict[str, torch.Tensor]:
+        env = {"input": x_q.to(torch.float32)}
+        for name, unit in self.units.items():
+            env[name] = unit(*[env[s] for s in self.inputs[name]])
+        return env
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x_q)[list(self.units)[-1]]
+
+
+def _act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
+    return F.hardtanh(x, 0.0, 6.0) if relu6 else F.relu(x)
+
+
+class QnnAdd(nn.Module):
+    """Teacher residual add: real sum of the inputs (codes x their step, or real values),
+    ReLU/ReLU6, then A-bit activation codes."""
+
+    def __init__(self, in_scales: list[float | None], a_bits: int, relu6: bool = False):
+        super().__init__()
+        self.register_buffer("in_scales", torch.tensor([s if s is not None else 0.0 for s in in_scales]))
+        self.relu6, self.a_bits = relu6, a_bits
+        self.aq = LsqAct(a_bits)
+
+    def pre_act(self, *xs: torch.Tensor) -> torch.Tensor:
+        return sum(x * s if s > 0 else x for x, s in zip(xs, self.in_scales.tolist()))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.aq(_act(self.pre_act(*xs), self.relu6))
+
+
+class QnnAvgPool(nn.Module):
+    """Teacher average pool of codes (zero padding counts), then A-bit activation codes."""
+
+    def __init__(self, window: tuple, in_scale: float, a_bits: int):
+        super().__init__()
+        self.window, self.a_bits = window, a_bits
+        self.register_buffer("in_scale", torch.tensor(float(in_scale)))
+        self.aq = LsqAct(a_bits)
+
+    def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.window
+        return F.avg_pool2d(x_q * self.in_scale, k, s, p, count_include_pad=True)
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return self.aq(self.pre_act(x_q))
+
+
+class IntAddUnit(_Cached):
+    """Student residual add, (E9): ``clamp(round(sum_i v_i * beta_i), 0, 2^A - 1)``; eval mode
+    computes the integers exactly (one mult per input, one shared shift)."""
+
+    def __init__(self, n_inputs: int, a_bits: int):
+        super().__init__()
+        self.a_bits = a_bits
+        self.log_beta = nn.Parameter(torch.zeros(n_inputs))
+        self._int_cache: tuple | None = None
+
+    @torch.no_grad()
+    def integer_params(self) -> dict[str, torch.Tensor]:
+        key = _version_key(self.log_beta)
+        if self._int_cache is None or self._int_cache[0] != key:
+            beta = self.log_beta.double().exp()
+            _, shift = quantize_multiplier(float(beta.max()))
+            mult = torch.floor(beta * 2.0**shift + 0.5).clamp(1, 2**31 - 1).to(torch.int64)
+            self._int_cache = (key, {"mult": mult, "shift": torch.tensor([shift], dtype=torch.int64)})
+        return self._int_cache[1]
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        qmax = act_range(self.a_bits)[1]
+        if self.training:
+            beta = self.log_beta.exp()
+            return torch.clamp(round_half_up(sum(x * b for x, b in zip(xs, beta))), 0, qmax)
+        p = self.integer_params()
+        total = sum(x.to(torch.int64) * int(m) for x, m in zip(xs, p["mult"]))  # |total| < 2^62 (E9)
+        shift = int(p["shift"][0])
+        return ((total + ((1 << shift) >> 1)) >> shift).clamp(0, qmax).to(torch.float32)
+
+
+class IntAvgPoolUnit(_Cached):
+    """Student average pool, (E10): ``clamp(round(window_sum * beta), 0, 2^A - 1)``."""
+
+    def __init__(self, window: tuple, in_bits: int, a_bits: int):
+        super().__init__()
+        self.window, self.in_bits, self.a_bits = window, in_bits, a_bits
+        self.log_beta = nn.Parameter(torch.zeros(()))
+        self._int_cache: tuple | None = None
+
+    @torch.no_grad()
+    def integer_params(self) -> dict[str, torch.Tensor]:
+        key = _version_key(self.log_beta)
+        if self._int_cache is None or self._int_cache[0] != key:
+            mult, shift = quantize_multiplier(float(self.log_beta.double().exp()))
+            self._int_cache = (key, {"mult": torch.tensor([mult]), "shift": torch.tensor([shift])})
+        return self._int_cache[1]
+
+    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.window
+        return F.avg_pool2d(x, k, s, p, count_include_pad=True, divisor_override=1)
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        qmax = act_range(self.a_bits)[1]
+        if self.training:
+            return torch.clamp(round_half_up(self.window_sum(x_q) * self.log_beta.exp()), 0, qmax)
+        p = self.integer_params()
+        total = self.window_sum(x_q.double()).to(torch.int64) * int(p["mult"][0])  # sums exact in float64
+        shift = int(p["shift"][0])
+        return ((total + ((1 << shift) >> 1)) >> shift).clamp(0, qmax).to(torch.float32)
+
+
+def _bits(i: int, n: int, first_input: bool, config: DistillConfig, act: bool) -> tuple[int, int, int | None]:
+    in_bits = 8 if first_input else config.a_bits
+    w_bits = config.first_last_bits if i in (0, n - 1) else config.w_bits
+    return in_bits, w_bits, (config.a_bits if act else None)
+
+
+@torch.no_grad()
+def build_teacher_qnn(units: list[Unit], config: DistillConfig, calib_x: torch.Tensor) -> GraphNet:
+    """The teacher QNN of an imported model: every activation step calibrated for minimum MSE
+    on ``calib_x`` (uint8 codes as floats). The model's modules are copied, never mutated."""
+    n = sum(u.kind in ("conv", "fc") for u in units)
+    env, scale, built, i = {"input": calib_x.float()}, {"input": 1.0 / 255.0}, [], 0
+    for u in units:
+        xs = [env[s] for s in u.inputs]
+        relu6 = u.act == "relu6"
+        if u.kind in ("conv", "fc"):
+            parts = [(u.kind, u.layer)] + ([("bn", u.bn)] if u.bn is not None else [])
+            if u.act:
+                parts.append(("act", nn.ReLU6() if relu6 else nn.ReLU()))
+            if u.pool:
+                parts.append(("pool", nn.MaxPool2d(*u.pool)))
+            in_bits, w_bits, a_bits = _bits(i, n, u.inputs == ["input"], config, u.act is not None)
+            if in_bits != 8 and scale[u.inputs[0]] is None:
+                raise ValueError(f"{u.name} reads int32 accumulators")
+            q = QnnUnit(nn.Sequential(OrderedDict(parts)), scale[u.inputs[0]], w_bits, a_bits,
+                        config.teacher_quantizer).eval()
+            i += 1
+        elif u.kind == "add":
+            q = QnnAdd([scale[s] for s in u.inputs], config.a_bits, relu6).eval()
+        else:
+            window = u.window
+            if window == "global":
+                h, w = xs[0].shape[2:]
+                window = ((h, w), (1, 1), (0, 0))
+            q = QnnAvgPool(window, scale[u.inputs[0]], config.a_bits).eval()
+        if getattr(q, "aq", None) is not None:
+            pre = q.pre_act(*xs)
+            q.aq.init_step(_act(pre, relu6) if u.kind != "avgpool" else pre)
+            scale[u.name] = float(q.aq.step)
+        else:
+            scale[u.name] = None  # real values (a residual branch, or the logits)
+        env[u.name] = q(*xs)
+        built.append((u.name, q, u.inputs))
+    return GraphNet(built)
+
+
+@torch.no_grad()
+def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor) -> GraphNet:
+    """Step 1 for a DAG: every student unit from its teacher unit, on the teacher's own inputs.
+
+    Residual branches get one scale per layer even with ``per-channel`` (the add's (E9)
+    multiplier is one per input)."""
+    env = qnn.eval().outputs(calib_x)
+    last = list(qnn.units)[-1]
+    students: dict[str, nn.Module] = {}
+    built = []
+    for name, t in qnn.units.items():
+        srcs = qnn.inputs[name]
+        if isinstance(t, QnnUnit):
+            raw = t.a_bits is None and name != last
+            in_bits = 8 if srcs == ["input"] else config.a_bits
+            s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel" and not raw)
+            s.raw = raw
+        elif isinstance(t, QnnAdd):
+            s = IntAddUnit(len(srcs), t.a_bits)
+            out = float(t.aq.step)
+            betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
+                     for src, sc in zip(srcs, t.in_scales.tolist())]
+            s.log_beta.copy_(torch.tensor(betas).log())
+        else:
+            (kh, kw), _, _ = t.window
+            s = IntAvgPoolUnit(t.window, 8 if srcs == ["input"] else config.a_bits, t.a_bits)
+            s.log_beta.copy_(torch.tensor(float(t.in_scale) / (kh * kw * float(t.aq.step))).log())
+        students[name] = s
+        built.append((name, s, srcs))
+    return GraphNet(built).eval()
+
+
+def convert(student: GraphNet, in_shape: tuple[int, int, int], num_classes: int, info: dict | None = None) -> IntGraph:
+    """The IntGraph of a DAG student (every node names its inputs)."""
+    nodes = []
+    student.eval()
+    for name, u in student.units.items():
+        inputs = tuple(student.inputs[name])
+        p = u.integer_params()
+        mult, shift = (p["mult"].numpy().astype(np.int32), p["shift"].numpy().astype(np.int32))
+        if isinstance(u, IntUnit):
+            g = u.geometry
+            nodes.append(IntLayer(
+                name=name, kind=g.kind, w_q=p["w_q"].numpy().astype(np.int8),
+                bias_q=p["bias_q"].numpy().astype(np.int32), mult=mult, shift=shift, in_bits=u.in_bits,
+                w_bits=u.w_bits, a_bits=u.a_bits, stride=tuple(g.stride), padding=tuple(g.padding),
+                dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs))
+        elif isinstance(u, IntAddUnit):
+            nodes.append(IntAdd(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=u.a_bits))
+        else:
+            k, s, pd = u.window
+            nodes.append(IntAvgPool(name=name, kernel=tuple(k), stride=tuple(s), padding=tuple(pd), mult=mult,
+                                    shift=shift, in_bits=u.in_bits, a_bits=u.a_bits, inputs=inputs))
+    return IntGraph(tuple(in_shape), num_classes, tuple(nodes), info=dict(info or {}))
