@@ -4,6 +4,7 @@ numpy executor, ONNX Runtime and compiled C agree bit for bit on a synthetic bat
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -74,3 +75,36 @@ def test_family_codes_are_not_degenerate(family):
         if isinstance(node, IntAdd) or (node.a_bits is not None and node.kind == "conv"):
             assert len(np.unique(outs[node.name])) > 3, node.name
     assert len({tuple(row) for row in logits}) > 1  # random weights: global pools vary little, but vary
+
+
+def test_ptl_stages_are_residual_blocks():
+    model = build_model("resnet20", 5, SHAPE).eval()
+    qnn = dag.build_teacher_qnn(import_model(model), DistillConfig(), torch.rand(8, *SHAPE) * 255)
+    groups = dag.stages(qnn)
+    assert len(groups) == 1 + 9 + 2  # stem, nine blocks, pool, fc
+    assert groups[0] == ["stem_0"] and groups[-2:] == [["pool"], ["fc"]]
+    for g in groups[1:-2]:
+        assert g[-1].startswith("add") and g[0].endswith("conv1")
+    assert sum(len(g) for g in groups[1:-2]) == 9 * 3 + 2  # two blocks with a 1x1 conv shortcut
+
+
+def test_resnet_distills_end_to_end(cli, tmp_path):
+    """train-teacher -> distill (PTL over blocks) -> bit-exact model -> eval on torch and C -> report."""
+    teacher, run = tmp_path / "teacher", tmp_path / "ptl"
+    assert cli("train-teacher", "--arch", "resnet8", "--data", "digits", "--epochs", "3", "--batch-size", "64",
+               "--out", str(teacher), "--no-progress")[0] == 0
+    code, out, err = cli("distill", "--teacher", str(teacher), "--wbits", "4", "--abits", "4", "--steps-per-epoch",
+                         "3", "--max-epochs-per-stage", "1", "--finetune-epochs", "1", "--out", str(run), "--json",
+                         "--no-progress")
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["bit_exact"] and m["test_images"] == 360
+    phases = [h["phase"] for h in m["history"]]
+    assert phases[0] == "teacher-qat" and phases[-1] == "finetune" and len(phases) == 2 + 6
+    assert any("add" in p for p in phases)
+    for backend in ("torch", "c"):
+        if backend == "c" and not shutil.which("cc"):
+            continue
+        code, out, _ = cli("eval", str(run), "--backend", backend, "--json")
+        assert code == 0 and json.loads(out)["test_acc"] == pytest.approx(m["test_acc"])
+    assert cli("report", str(run))[0] == 0 and (run / "report.html").exists()

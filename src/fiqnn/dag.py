@@ -15,6 +15,7 @@ the teacher's own inputs); :func:`convert` turns the student into an IntGraph.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +28,7 @@ from .config import DistillConfig
 from .fold import local_init
 from .fximport import Unit
 from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
-from .layers import IntUnit, QnnUnit, _Cached, _version_key
+from .layers import Geometry, IntUnit, QnnUnit, _Cached, _version_key
 from .quantizers import LsqAct, round_half_up
 
 
@@ -47,6 +48,40 @@ class GraphNet(nn.Module):
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.outputs(x_q)[list(self.units)[-1]]
+
+    def spec(self) -> dict:
+        """A student's structure in plain JSON values (it loads without the teacher)."""
+        units = []
+        for name, u in self.units.items():
+            d = {"name": name, "inputs": self.inputs[name]}
+            if isinstance(u, IntUnit):
+                d.update(type="int", geometry=dataclasses.asdict(u.geometry), weight_shape=list(u.weight.shape),
+                         in_bits=u.in_bits, w_bits=u.w_bits, a_bits=u.a_bits, per_channel=u.per_channel, raw=u.raw)
+            elif isinstance(u, IntAddUnit):
+                d.update(type="add", n_inputs=len(u.log_beta), a_bits=u.a_bits)
+            else:
+                d.update(type="avgpool", window=[list(x) for x in u.window], in_bits=u.in_bits, a_bits=u.a_bits)
+            units.append(d)
+        return {"graph": True, "in_shape": list(self.in_shape), "num_classes": self.num_classes, "units": units}
+
+    @staticmethod
+    def from_spec(spec: dict) -> GraphNet:
+        built = []
+        for d in spec["units"]:
+            if d["type"] == "int":
+                g = d["geometry"]
+                geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
+                                    tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
+                u = IntUnit(geometry, tuple(d["weight_shape"]), d["in_bits"], d["w_bits"], d["a_bits"],
+                            d["per_channel"], d["raw"])
+            elif d["type"] == "add":
+                u = IntAddUnit(d["n_inputs"], d["a_bits"])
+            else:
+                u = IntAvgPoolUnit(tuple(tuple(x) for x in d["window"]), d["in_bits"], d["a_bits"])
+            built.append((d["name"], u, d["inputs"]))
+        net = GraphNet(built)
+        net.in_shape, net.num_classes = tuple(spec["in_shape"]), spec["num_classes"]
+        return net
 
 
 def _act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
@@ -196,6 +231,31 @@ def build_teacher_qnn(units: list[Unit], config: DistillConfig, calib_x: torch.T
 
 
 @torch.no_grad()
+def init_unit(name: str, t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], students: dict[str, nn.Module],
+              config: DistillConfig, last: bool) -> nn.Module:
+    """Local initialisation of one student unit from teacher unit ``t``, whose inputs on the
+    calibration images are ``env[src]``; ``students`` holds the already initialised units
+    (an add reads the scale of the residual branch feeding it)."""
+    if isinstance(t, QnnUnit):
+        raw = t.a_bits is None and not last
+        in_bits = 8 if srcs == ["input"] else config.a_bits
+        s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel" and not raw)
+        s.raw = raw
+        return s
+    out = float(t.aq.step)
+    if isinstance(t, QnnAdd):
+        s = IntAddUnit(len(srcs), t.a_bits)
+        betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
+                 for src, sc in zip(srcs, t.in_scales.tolist())]
+        s.log_beta.copy_(torch.tensor(betas).log())
+        return s
+    (kh, kw), _, _ = t.window
+    s = IntAvgPoolUnit(t.window, 8 if srcs == ["input"] else config.a_bits, t.a_bits)
+    s.log_beta.copy_(torch.tensor(float(t.in_scale) / (kh * kw * out)).log())
+    return s
+
+
+@torch.no_grad()
 def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor) -> GraphNet:
     """Step 1 for a DAG: every student unit from its teacher unit, on the teacher's own inputs.
 
@@ -204,27 +264,33 @@ def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor) -> GraphNe
     env = qnn.eval().outputs(calib_x)
     last = list(qnn.units)[-1]
     students: dict[str, nn.Module] = {}
-    built = []
     for name, t in qnn.units.items():
-        srcs = qnn.inputs[name]
-        if isinstance(t, QnnUnit):
-            raw = t.a_bits is None and name != last
-            in_bits = 8 if srcs == ["input"] else config.a_bits
-            s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel" and not raw)
-            s.raw = raw
-        elif isinstance(t, QnnAdd):
-            s = IntAddUnit(len(srcs), t.a_bits)
-            out = float(t.aq.step)
-            betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
-                     for src, sc in zip(srcs, t.in_scales.tolist())]
-            s.log_beta.copy_(torch.tensor(betas).log())
-        else:
-            (kh, kw), _, _ = t.window
-            s = IntAvgPoolUnit(t.window, 8 if srcs == ["input"] else config.a_bits, t.a_bits)
-            s.log_beta.copy_(torch.tensor(float(t.in_scale) / (kh * kw * float(t.aq.step))).log())
-        students[name] = s
-        built.append((name, s, srcs))
-    return GraphNet(built).eval()
+        students[name] = init_unit(name, t, qnn.inputs[name], env, students, config, name == last)
+    return GraphNet([(n, m, qnn.inputs[n]) for n, m in students.items()]).eval()
+
+
+def stages(qnn: GraphNet) -> list[list[str]]:
+    """PTL stages of a DAG: runs of units between cut points. A unit is a cut point when it
+    outputs codes and no edge jumps over it, so a residual block (its branch, shortcut and
+    add) is one stage and its output, the add's codes, is the stage's target; in a chain
+    every unit is its own stage (METHOD.md's layer-by-layer conversion)."""
+    names = list(qnn.units)
+    index = {n: i for i, n in enumerate(names)} | {"input": -1}
+    edges = [(index[src], index[n]) for n in names for src in qnn.inputs[n]]
+    out, start = [], 0
+    for i, n in enumerate(names):
+        unit = qnn.units[n]
+        codes = getattr(unit, "a_bits", None) is not None
+        if i == len(names) - 1 or (codes and all(a == i for a, b in edges if a <= i < b)):
+            out.append(names[start:i + 1])
+            start = i + 1
+    return out
+
+
+def hybrid(student: GraphNet, qnn: GraphNet, groups: list[list[str]], k: int) -> GraphNet:
+    """Stages 1..k from the student, the rest from the teacher QNN (shared modules)."""
+    converted = {n for g in groups[:k] for n in g}
+    return GraphNet([(n, student.units[n] if n in converted else qnn.units[n], qnn.inputs[n]) for n in qnn.units])
 
 
 def convert(student: GraphNet, in_shape: tuple[int, int, int], num_classes: int, info: dict | None = None) -> IntGraph:
@@ -249,3 +315,77 @@ def convert(student: GraphNet, in_shape: tuple[int, int, int], num_classes: int,
             nodes.append(IntAvgPool(name=name, kernel=tuple(k), stride=tuple(s), padding=tuple(pd), mult=mult,
                                     shift=shift, in_bits=u.in_bits, a_bits=u.a_bits, inputs=inputs))
     return IntGraph(tuple(in_shape), num_classes, tuple(nodes), info=dict(info or {}))
+
+
+def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, stream, calib: torch.Tensor,
+              val_acc, progress: bool, log) -> list[dict]:
+    """Stage k+1 of PTL over blocks: convert the units of ``groups[k]`` (initialised from the
+    compensated teacher on the codes the converted stages produce), train them with the
+    downstream teacher units on CE + lambda_target * MSE(stage output codes, frozen teacher's)
+    + KD; the patience rule picks the best epoch."""
+    from .distill import _freeze, kd_loss, train_with_patience
+
+    student, qnn, frozen = state.student, state.qnn, state.frozen
+    group, names = groups[k], list(qnn.units)
+    last_name = names[-1]
+    with torch.no_grad():  # local init on the hybrid's own codes
+        before = hybrid(student, qnn, groups, k).eval()
+        env = before.outputs(calib)
+        done: dict[str, nn.Module] = {n: student.units[n] for g in groups[:k] for n in g}
+        for n in group:
+            init = init_unit(n, qnn.units[n], qnn.inputs[n], env, done, config, n == last_name)
+            student.units[n].load_state_dict(init.state_dict())
+            if isinstance(init, IntUnit):
+                student.units[n].raw = init.raw
+            done[n] = student.units[n]
+    net = hybrid(student, qnn, groups, k + 1)
+    prefix = [student.units[n] for g in groups[:k] for n in g]
+    stage = [student.units[n] for n in group]
+    rest = [qnn.units[n] for g in groups[k + 1:] for n in g]
+    for m in prefix:
+        _freeze(m)
+    for m in stage:
+        _freeze(m, False)
+    for m in rest:
+        _freeze(m, not config.compensation)
+    out_name, final = group[-1], k == len(groups) - 1
+    out_unit = qnn.units[out_name]
+    qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else float(act_range(out_unit.a_bits)[1])
+
+    def set_modes() -> None:
+        for m in prefix:
+            m.eval()
+        for m in stage:
+            m.train()
+        for m in rest:
+            m.train(config.compensation)
+
+    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_env = frozen.outputs(x_q)
+        env = net.outputs(x_q)
+        logits = env[last_name]
+        loss = F.cross_entropy(logits, y)
+        if config.lambda_target:
+            loss = loss + config.lambda_target * F.mse_loss(env[out_name] / qmax, t_env[out_name] / qmax)
+        if config.lambda_kd:
+            loss = loss + config.lambda_kd * kd_loss(logits, t_env[last_name], config.kd_temperature)
+        return loss
+
+    rows = train_with_patience(
+        modules=[*stage, *rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,
+        lr=config.lr * (0.1 if final else 1.0), weight_decay=config.weight_decay,
+        max_epochs=config.max_epochs_per_stage, patience=config.patience, desc=f"stage {k + 1}", progress=progress,
+        log=log)
+    for m in stage:
+        _freeze(m)
+        m.eval()
+    return rows
+
+
+@torch.no_grad()
+def fold_into(student: GraphNet, source: GraphNet, config: DistillConfig, calib: torch.Tensor) -> list[dict]:
+    """Step 1 for every unit at once (the fold / oneshot / scratch start), into ``student``."""
+    for name, unit in fold(source, config, calib).units.items():
+        student.units[name].load_state_dict(unit.state_dict())
+    return []

@@ -83,17 +83,19 @@ def build_teacher_qnn(teacher: nn.Sequential, config: DistillConfig, calib_x: to
     return Chain(units)
 
 
-def check_distillable(teacher: nn.Module) -> None:
-    """Refuse, before any work, a teacher that PTL cannot distill yet: fiqnn distills chains
-    of conv/fc units (the models of :mod:`fiqnn.models` built as ``nn.Sequential``);
-    residual and other DAG networks import (:func:`fiqnn.import_model`) and their integer
-    graphs run in every backend, but PTL over their blocks is not implemented yet."""
-    from .errors import ConfigError
+def is_chain(teacher: nn.Module) -> bool:
+    """A model of :mod:`fiqnn.models` built as a chain of named units (distilled unit by unit)."""
+    return isinstance(teacher, nn.Sequential) and bool(teacher_units(teacher))
 
-    if not isinstance(teacher, nn.Sequential) or not teacher_units(teacher):
-        raise ConfigError(f"cannot distill {type(teacher).__name__} yet: PTL is implemented for chains of "
-                          "conv/fc units (alexnet-s, alexnet-bn, tiny); residual networks are not supported by "
-                          "distill so far")
+
+def check_distillable(teacher: nn.Module) -> None:
+    """Refuse, before any work, a teacher with an op that has no integer form (naming the
+    node): chains of units distill layer by layer, other networks through torch.fx
+    (:func:`fiqnn.import_model`) with PTL over blocks."""
+    if not is_chain(teacher):
+        from .fximport import import_model
+
+        import_model(teacher)
 
 
 def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
@@ -113,7 +115,13 @@ def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
 def teacher_qnn_from_state(teacher: nn.Sequential, config: DistillConfig, state: dict[str, Any],
                            calib: torch.Tensor) -> Chain:
     """The trained teacher QNN (after step 0) of a distill checkpoint ``state``."""
-    qnn = build_teacher_qnn(teacher, config, calib)
+    if is_chain(teacher):
+        qnn = build_teacher_qnn(teacher, config, calib)
+    else:
+        from .dag import build_teacher_qnn as build_dag_qnn
+        from .fximport import import_model
+
+        qnn = build_dag_qnn(import_model(teacher), config, calib)
     qnn.load_state_dict(state["frozen"])
     return qnn.eval()
 
@@ -264,15 +272,53 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     """
     check_distillable(teacher)
     torch.manual_seed(config.seed)
-    names = [n for n, _ in teacher_units(teacher)]
     calib = calibration(data, config.calib_images)
-    qnn = build_teacher_qnn(teacher, config, calib)
-    state = _State(qnn, copy.deepcopy(qnn), student_skeleton(qnn, names, config, data.in_shape, data.num_classes))
+    if is_chain(teacher):
+        names = [n for n, _ in teacher_units(teacher)]
+        qnn = build_teacher_qnn(teacher, config, calib)
+        state = _State(qnn, copy.deepcopy(qnn), student_skeleton(qnn, names, config, data.in_shape,
+                                                                  data.num_classes))
+        n = len(qnn.units)
+        stage_names = names
+
+        def run_stage(k: int) -> list[dict[str, Any]]:
+            return _ptl_stage(state, k, config, stream, calib, val_acc, progress, log)
+
+        def hybrid(k: int) -> nn.Module:
+            return _hybrid(state, k)
+
+        def fold_from(source: nn.Module) -> list[dict[str, Any]]:
+            return _fold_all(state, config, calib, source)
+
+        def random_qnn() -> nn.Module:
+            return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib)
+    else:  # a residual / DAG network: PTL over blocks (fiqnn.dag)
+        from . import dag
+        from .fximport import import_model
+
+        qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
+        student = dag.fold(qnn, config, calib)  # the skeleton (and fold's result)
+        student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
+        state = _State(qnn, copy.deepcopy(qnn), student)
+        groups = dag.stages(qnn)
+        n = len(groups)
+        stage_names = [f"{g[0]}..{g[-1]}" if len(g) > 1 else g[0] for g in groups]
+
+        def run_stage(k: int) -> list[dict[str, Any]]:
+            return dag.ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log)
+
+        def hybrid(k: int) -> nn.Module:
+            return dag.hybrid(state.student, state.qnn, groups, k)
+
+        def fold_from(source: nn.Module) -> list[dict[str, Any]]:
+            return dag.fold_into(state.student, source, config, calib)
+
+        def random_qnn() -> nn.Module:
+            return dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib)
     if resume_state is not None:
         state.load_state_dict(resume_state)
         log(f"resuming after phase {state.done}")
     stream = _Stream(data, config)
-    n = len(qnn.units)
 
     def val_acc(chain: nn.Module) -> Callable[[], float]:
         return lambda: accuracy(chain, data.val)
@@ -281,15 +327,12 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
     phases: list[Phase] = [("teacher-qat", lambda: _teacher_qat(state, config, stream, val_acc(state.qnn),
                                                                 progress, log), lambda: state.qnn)]
-    if config.method == "scratch":
-        random_qnn = build_teacher_qnn(reinitialised(teacher, config.seed), config, calib)
     if config.method == "ptl":
-        phases += [(f"stage {k + 1}/{n} ({names[k]})",
-                    lambda k=k: _ptl_stage(state, k, config, stream, calib, val_acc, progress, log),
-                    lambda k=k: _hybrid(state, k + 1)) for k in range(n)]
+        phases += [(f"stage {k + 1}/{n} ({stage_names[k]})", lambda k=k: run_stage(k), lambda k=k: hybrid(k + 1))
+                   for k in range(n)]
     else:
-        source = (lambda: random_qnn) if config.method == "scratch" else (lambda: state.frozen)
-        phases.append(("fold", lambda: _fold_all(state, config, calib, source()), lambda: state.student))
+        source = random_qnn if config.method == "scratch" else (lambda: state.frozen)
+        phases.append(("fold", lambda: fold_from(source()), lambda: state.student))
         if config.method in ("oneshot", "scratch"):
             scratch = config.method == "scratch"
             phases.append((config.method, lambda: _finetune(

@@ -64,8 +64,14 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     save_student(student, run_dir.path / STUDENT, config)
 
     teacher_metrics = read_json(Path(teacher_dir) / METRICS) if (Path(teacher_dir) / METRICS).exists() else {}
-    graph = convert(student, info={"method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
-                                   "scale": config.scale, "arch": tcfg["arch"], "data": tcfg["data"]})
+    info = {"method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits, "scale": config.scale,
+            "arch": tcfg["arch"], "data": tcfg["data"]}
+    if isinstance(student, Student):
+        graph = convert(student, info=info)
+    else:  # a residual / DAG student
+        from . import dag
+
+        graph = dag.convert(student, student.in_shape, student.num_classes, info=info)
     save(graph, run_dir.path / MODEL_FILE)
     check = compare_backends(student, graph, data.test)
     metrics = {"status": "done", "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
@@ -146,7 +152,12 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> P
 def load_student(run_dir: str | os.PathLike) -> Student:
     blob = load_torch(Path(run_dir) / STUDENT)
     try:
-        student = Student.from_spec(blob["spec"])
+        if blob["spec"].get("graph"):
+            from .dag import GraphNet
+
+            student = GraphNet.from_spec(blob["spec"])
+        else:
+            student = Student.from_spec(blob["spec"])
         student.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{Path(run_dir) / STUDENT} is not a fiqnn student ({e})") from None

@@ -158,6 +158,11 @@ def resnet20(num_classes: int = 10, in_shape: tuple[int, int, int] = (3, 32, 32)
     return ResNet([*_conv_bn(in_shape[0], 16, 3), nn.ReLU(inplace=True)], [16, 32, 64], 3, num_classes, 16)
 
 
+def resnet8(num_classes: int = 10, in_shape: tuple[int, int, int] = (3, 32, 32)) -> ResNet:
+    """ResNet-8, the smallest of the CIFAR family: resnet20 with one basic block per stage."""
+    return ResNet([*_conv_bn(in_shape[0], 16, 3), nn.ReLU(inplace=True)], [16, 32, 64], 1, num_classes, 16)
+
+
 def resnet18(num_classes: int = 1000, in_shape: tuple[int, int, int] = (3, 224, 224)) -> ResNet:
     """torchvision's ResNet-18 layout: 7x7/2 conv 64, 3x3/2 max-pool, four stages of two
     basic blocks (64..512), global average pool, linear."""
@@ -239,6 +244,7 @@ class MobileNetV2S(nn.Module):
 
 MODELS.update({
     "vgg11-bn": vgg11_bn,
+    "resnet8": resnet8,
     "resnet20": resnet20,
     "resnet18": resnet18,
     "mobilenetv2-s": MobileNetV2S,
