@@ -94,8 +94,8 @@ def test_resnet_distills_end_to_end(cli, tmp_path):
     assert cli("train-teacher", "--arch", "resnet8", "--data", "digits", "--epochs", "3", "--batch-size", "64",
                "--out", str(teacher), "--no-progress")[0] == 0
     code, out, err = cli("distill", "--teacher", str(teacher), "--wbits", "4", "--abits", "4", "--steps-per-epoch",
-                         "3", "--max-epochs-per-stage", "1", "--finetune-epochs", "1", "--out", str(run), "--json",
-                         "--no-progress")
+                         "3", "--max-epochs-per-stage", "1", "--finetune-epochs", "1", "--batch-size", "32",
+                         "--calib-images", "128", "--out", str(run), "--json", "--no-progress")
     assert code == 0, err
     m = json.loads(out)
     assert m["bit_exact"] and m["test_images"] == 360

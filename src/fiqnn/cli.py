@@ -55,7 +55,7 @@ _DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
     "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
-    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "seed": "seed",
+    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images", "seed": "seed",
 }
 
 
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scratch-lr", type=float, help="Adam learning rate of --method scratch (default 1e-2)")
     s.add_argument("--batch-size", type=int, help="batch size (default 128)")
     s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")
+    s.add_argument("--calib-images", type=int, help="training images that calibrate activation steps and the "
+                                                    "local initialisation (default 1024)")
     s.add_argument("--seed", type=int, help="random seed (default 0)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished phase")
     s.set_defaults(func=cmd_distill)
