@@ -174,3 +174,11 @@ def test_sigkill_then_resume_distill(digits_teacher, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "done" and m["bit_exact"]
     assert [h["phase"] for h in m["history"]][:2] == ["teacher-qat", "stage 1/4 (conv1)"]
+
+
+def test_seeded_runs_give_byte_identical_model_files(cli, digits_teacher, tmp_path):
+    args = ["--teacher", str(digits_teacher), "--wbits", "3", "--abits", "3", "--steps-per-epoch", "4",
+            "--max-epochs-per-stage", "1", "--finetune-epochs", "1", "--seed", "7", "--no-progress"]
+    for name in ("a", "b"):
+        assert cli("distill", *args, "--out", str(tmp_path / name))[0] == 0
+    assert (tmp_path / "a" / "model.npz").read_bytes() == (tmp_path / "b" / "model.npz").read_bytes()

@@ -186,3 +186,13 @@ def test_random_bytes_never_crash(tmp_path, blob):
     p.write_bytes(blob)
     with pytest.raises(FiqnnError):
         load(p)
+
+
+def test_save_is_byte_reproducible(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.0)
+    save(_graph(), tmp_path / "a.npz")
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # another day: zip stamps would differ
+    save(_graph(), tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()

@@ -13,13 +13,18 @@ from .graph import IntGraph, IntLayer
 from .layers import Student
 
 
-def convert(student: Student, info: dict | None = None) -> IntGraph:
+def convert(student, info: dict | None = None) -> IntGraph:
     """The integer graph of a trained student (refused if any layer could overflow int32).
 
     Args:
-        student: the BN-free student returned by :func:`fiqnn.distill`.
+        student: the BN-free student returned by :func:`fiqnn.distill` (a chain
+            :class:`~fiqnn.layers.Student`, or a :class:`fiqnn.dag.GraphNet` for residual networks).
         info: provenance stored in the model file (method, bits, accuracy, ...).
     """
+    if not isinstance(student, Student):
+        from . import dag
+
+        return dag.convert(student, student.in_shape, student.num_classes, info)
     layers = []
     was_training = student.training
     student.eval()

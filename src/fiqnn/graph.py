@@ -319,6 +319,13 @@ def node_shapes(graph: IntGraph) -> dict[str, tuple[int, int, int]]:
     return shapes
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip member with a fixed timestamp: the same graph always gives the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
 def save(graph: IntGraph, path: str | os.PathLike) -> None:
     """Write ``graph`` to ``path`` (a .npz archive, see module doc), atomically."""
     buf = io.BytesIO()
@@ -333,8 +340,8 @@ def save(graph: IntGraph, path: str | os.PathLike) -> None:
                 np.lib.format.write_array(arr_buf, np.ascontiguousarray(getattr(layer, key)), allow_pickle=False)
                 data = arr_buf.getvalue()
                 meta["sha256"][member] = hashlib.sha256(data).hexdigest()
-                z.writestr(member, data)
-        z.writestr("meta.json", json.dumps(meta, indent=1))
+                z.writestr(_member(member), data)
+        z.writestr(_member("meta.json"), json.dumps(meta, indent=1))
     _io.write_bytes(path, buf.getvalue())
 
 
