@@ -84,13 +84,29 @@ def test_resume_of_finished_run_only_reports(cli, tiny_teacher):
     assert (tiny_teacher / "model.pt").read_bytes() == before
 
 
-def test_corrupt_checkpoint_on_resume(cli, tmp_path):
+def test_corrupt_checkpoints_on_resume(cli, tmp_path):
     out = tmp_path / "run"
     assert cli("train-teacher", "--arch", "tiny", "--data", "synthetic", "--epochs", "2", "--out", out,
                "--no-progress")[0] == 0
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (out / "checkpoint.prev.pt").write_bytes(b"not one either")
     code, _, err = cli("train-teacher", "--out", out, "--resume", "--no-progress")
-    assert code == 2 and len(err) == 1 and "checkpoint.pt is corrupt" in err[0]
+    assert code == 2 and len(err) == 1 and "checkpoint.prev.pt is corrupt" in err[0]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train-teacher", "--arch", "tiny", "--data", "synthetic", "--epochs", "3", "--out", out,
+               "--no-progress")[0] == 0
+    (out / "model.pt").unlink()  # pretend it died after epoch 3's checkpoint ...
+    (out / "metrics.json").write_text(json.dumps({"status": "running"}))
+    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:100])  # ... which is cut short
+    code, out_json, err = cli("train-teacher", "--out", out, "--resume", "--json", "--no-progress")
+    assert code == 0
+    warnings = [line for line in err if "warning" in line]
+    assert len(warnings) == 1 and "checkpoint.pt is corrupt" in warnings[0] and "checkpoint.prev.pt" in warnings[0]
+    assert any("resuming from epoch 2 of 3" in line for line in err)
+    assert json.loads(out_json)["epochs"] == 3 and (out / "model.pt").exists()
 
 
 def test_load_teacher_needs_model(tmp_path):

@@ -5,6 +5,7 @@ Layout of a run directory::
     config.json      the config it was started with (and the fiqnn version)
     metrics.json     per-epoch history and final numbers, rewritten each epoch
     checkpoint.pt    latest resumable state, written atomically each epoch
+    checkpoint.prev.pt  the one before it: used when the latest turns out unreadable
     train.log        human-readable log
     model.pt         the finished model (weights only)
 
@@ -28,6 +29,7 @@ from . import _io
 from .errors import CheckpointError, RunDirError
 
 CONFIG, METRICS, CHECKPOINT, LOG, MODEL = "config.json", "metrics.json", "checkpoint.pt", "train.log", "model.pt"
+PREVIOUS = "checkpoint.prev.pt"
 
 
 def check_writable(out: Path) -> None:
@@ -81,11 +83,26 @@ class RunDir:
             f.write(line + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _io.torch_save(state, self.path / CHECKPOINT)
+        """Write the new state atomically; the one it replaces stays as checkpoint.prev.pt."""
+        latest = self.path / CHECKPOINT
+        if latest.exists():
+            os.replace(latest, self.path / PREVIOUS)
+        _io.torch_save(state, latest)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        p = self.path / CHECKPOINT
-        return load_torch(p) if p.exists() else None
+        """The latest state; if it is unreadable (a disk fault, a copy cut short), say so in one
+        line and use the previous one; with no readable one, the error names the file."""
+        latest, previous = self.path / CHECKPOINT, self.path / PREVIOUS
+        if not latest.exists():
+            return load_torch(previous) if previous.exists() else None
+        try:
+            return load_torch(latest)
+        except CheckpointError as e:
+            if not previous.exists():
+                raise
+            state = load_torch(previous)  # raises, naming it, if this one is bad too
+            self.log(f"warning: {e}; resuming from the previous checkpoint, {PREVIOUS}")
+            return state
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         _io.write_json(self.path / METRICS, metrics)
