@@ -182,3 +182,35 @@ def test_seeded_runs_give_byte_identical_model_files(cli, digits_teacher, tmp_pa
     for name in ("a", "b"):
         assert cli("distill", *args, "--out", str(tmp_path / name))[0] == 0
     assert (tmp_path / "a" / "model.npz").read_bytes() == (tmp_path / "b" / "model.npz").read_bytes()
+
+
+def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
+    """Killed inside a PTL stage, after some of its epochs: the resumed run continues that stage
+    from its last finished epoch (modules, optimizer, patience state), not from its start."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits",
+           "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
+           "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and "stage 2 epoch 1:" in log.read_text():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = log.read_text()
+    done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
+
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    text = log.read_text()[len(killed_at):]
+    after = int(re.search(r"stage 2: resuming after epoch (\d+)", text).group(1))
+    assert after in (done_epochs, done_epochs + 1)  # checkpoints precede log lines; one more may be saved
+    assert "stage 2 epoch 0 (before training)" not in text  # the stage did not start over
+    m = json.loads((out / "metrics.json").read_text())
+    stage2 = next(h for h in m["history"] if h["phase"].startswith("stage 2/"))
+    assert [r["epoch"] for r in stage2["rows"]] == list(range(len(stage2["rows"])))
+    assert m["status"] == "done" and m["bit_exact"]

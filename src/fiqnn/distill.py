@@ -34,10 +34,12 @@ With a run directory, every phase ends with an atomic checkpoint, and
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,17 @@ from .fold import local_init
 from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
 
 Log = Callable[[str], None]
+
+
+@dataclass
+class _EpochHook:
+    """How the scheduler of the running phase checkpoints each epoch, and what it resumes from."""
+
+    save: Callable[[dict[str, Any]], None]
+    resume: dict[str, Any] | None = None
+
+
+_EPOCH_HOOK: contextvars.ContextVar[_EpochHook | None] = contextvars.ContextVar("fiqnn_epoch_hook", default=None)
 
 
 # --- building blocks --------------------------------------------------------------------------
@@ -191,11 +204,24 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
     often already as good as training gets)."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    best_acc, bad = evaluate(), 0
-    best_state = [copy.deepcopy(m.state_dict()) for m in modules]
-    rows: list[dict[str, Any]] = [{"epoch": 0, "loss": None, "val_acc": best_acc, "wall_s": 0.0}]
-    log(f"{desc} epoch 0 (before training): val acc {best_acc:.2f}%")
-    for epoch in range(max_epochs):
+    hook = _EPOCH_HOOK.get()
+    snap = hook.resume if hook is not None else None
+    if hook is not None:
+        hook.resume = None  # a snapshot resumes one scheduler run
+    if snap is not None:  # mid-phase resume: the modules, optimizer and scheduler as after that epoch
+        for m, sd in zip(modules, snap["modules"]):
+            m.load_state_dict(sd)
+        opt.load_state_dict(snap["optimizer"])
+        best_acc, bad, best_state, rows = snap["best_acc"], snap["bad"], snap["best_state"], snap["rows"]
+        log(f"{desc}: resuming after epoch {rows[-1]['epoch']}")
+    else:
+        best_acc, bad = evaluate(), 0
+        best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+        rows = [{"epoch": 0, "loss": None, "val_acc": best_acc, "wall_s": 0.0}]
+        log(f"{desc} epoch 0 (before training): val acc {best_acc:.2f}%")
+    start = rows[-1]["epoch"]
+    stopped = snap is not None and (bad >= patience or start >= max_epochs)
+    for epoch in range(start, max_epochs if not stopped else start):
         t0 = time.perf_counter()
         set_modes()
         loss_sum = 0.0
@@ -212,14 +238,17 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
         acc = evaluate()
         rows.append({"epoch": epoch + 1, "loss": loss_sum / stream.steps, "val_acc": acc,
                      "wall_s": time.perf_counter() - t0})
-        log(f"{desc} epoch {epoch + 1}: loss {rows[-1]['loss']:.4f}, val acc {acc:.2f}%")
         if acc > best_acc:
             best_acc, bad = acc, 0
             best_state = [copy.deepcopy(m.state_dict()) for m in modules]
         else:
             bad += 1
-            if bad >= patience:
-                break
+        if hook is not None:  # checkpoint first: a logged epoch is always resumable
+            hook.save({"modules": [m.state_dict() for m in modules], "optimizer": opt.state_dict(),
+                       "best_acc": best_acc, "bad": bad, "best_state": best_state, "rows": rows})
+        log(f"{desc} epoch {epoch + 1}: loss {rows[-1]['loss']:.4f}, val acc {acc:.2f}%")
+        if bad >= patience:
+            break
     for m, s in zip(modules, best_state):
         m.load_state_dict(s)
     return rows
@@ -345,11 +374,23 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             state, config, stream, val_acc(state.student), progress, log, lr=config.lr * 0.1,
             epochs=config.finetune_epochs, desc="finetune"), lambda: state.student))
 
+    in_phase = (resume_state or {}).get("in_phase")
     for i, (name, run_phase, network) in enumerate(phases):
         if i < state.done:
             continue
         t0 = time.perf_counter()
-        rows = run_phase()
+
+        def save_epoch(snapshot: dict[str, Any], i: int = i) -> None:  # a checkpoint inside phase i
+            if checkpoint is not None:
+                checkpoint({**state.state_dict(), "in_phase": {"phase": i, **snapshot}})
+
+        # Each phase runs the scheduler once; a snapshot taken inside this phase resumes it.
+        resume_here = in_phase if in_phase is not None and in_phase["phase"] == i else None
+        token = _EPOCH_HOOK.set(_EpochHook(save_epoch, resume_here))
+        try:
+            rows = run_phase()
+        finally:
+            _EPOCH_HOOK.reset(token)
         val = accuracy(network(), data.val)
         wall = time.perf_counter() - t0
         epochs = sum(1 for r in rows if r["epoch"] > 0)  # rows start with the untrained epoch 0
