@@ -18,7 +18,7 @@ from fiqnn.errors import CheckpointError, ConfigError, RunDirError
 
 def test_run_directory_contents(tiny_teacher):
     names = sorted(p.name for p in tiny_teacher.iterdir())
-    assert names == ["checkpoint.pt", "config.json", "metrics.json", "model.pt", "train.log"]
+    assert names == ["checkpoint.prev.pt", "checkpoint.pt", "config.json", "metrics.json", "model.pt", "train.log"]
     metrics = json.loads((tiny_teacher / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert 0 <= metrics["test_acc"] <= 100
