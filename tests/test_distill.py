@@ -148,21 +148,26 @@ def test_model_file_errors_exit_2(cli, tmp_path, member, message):
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+def _kill_when_logged(cmd: list[str], env: dict, log, marker: str):
+    """Start ``cmd``, SIGKILL it as soon as ``marker`` appears in ``log``; return ``log``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and marker in log.read_text():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    return log
+
+
 def test_sigkill_then_resume_distill(digits_teacher, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits",
            "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "40", "--max-epochs-per-stage", "2",
            "--patience", "2", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / "train.log"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and "stage 2/4 (conv2): " in log.read_text():
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    log = _kill_when_logged(cmd, env, out / "train.log", "stage 2/4 (conv2): ")
     assert not (out / "metrics.json").exists()
 
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
@@ -192,15 +197,7 @@ def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
            "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
            "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / "train.log"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and "stage 2 epoch 1:" in log.read_text():
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    log = _kill_when_logged(cmd, env, out / "train.log", "stage 2 epoch 1:")
     killed_at = log.read_text()
     done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
 

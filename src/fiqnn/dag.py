@@ -28,7 +28,7 @@ from .config import DistillConfig
 from .fold import local_init
 from .fximport import Unit
 from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
-from .layers import Geometry, IntUnit, QnnUnit, _Cached, _version_key
+from .layers import Geometry, IntUnit, QnnUnit, _Cached, _version_key, requantize_sum
 from .quantizers import LsqAct, round_half_up
 
 
@@ -149,8 +149,7 @@ class IntAddUnit(_Cached):
             return torch.clamp(round_half_up(sum(x * b for x, b in zip(xs, beta))), 0, qmax)
         p = self.integer_params()
         total = sum(x.to(torch.int64) * int(m) for x, m in zip(xs, p["mult"]))  # |total| < 2^62 (E9)
-        shift = int(p["shift"][0])
-        return ((total + ((1 << shift) >> 1)) >> shift).clamp(0, qmax).to(torch.float32)
+        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
 
 
 class IntAvgPoolUnit(_Cached):
@@ -180,8 +179,7 @@ class IntAvgPoolUnit(_Cached):
             return torch.clamp(round_half_up(self.window_sum(x_q) * self.log_beta.exp()), 0, qmax)
         p = self.integer_params()
         total = self.window_sum(x_q.double()).to(torch.int64) * int(p["mult"][0])  # sums exact in float64
-        shift = int(p["shift"][0])
-        return ((total + ((1 << shift) >> 1)) >> shift).clamp(0, qmax).to(torch.float32)
+        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
 
 
 def _bits(i: int, n: int, first_input: bool, config: DistillConfig, act: bool) -> tuple[int, int, int | None]:

@@ -233,6 +233,9 @@ class IntGraph:
             raise ModelFileError("the last node must be a conv or fc layer producing logits (a_bits None)")
         if last.out_channels != self.num_classes:
             raise ModelFileError(f"last layer has {last.out_channels} outputs, not {self.num_classes}")
+        sources = {node.name: node.inputs or ((self.layers[i - 1].name,) if i else ("input",))
+                   for i, node in enumerate(self.layers)}
+        object.__setattr__(self, "_sources", sources)  # derived once; the graph is frozen
         shapes = node_shapes(self)  # checks names, edges, shapes and bits
         if shapes[last.name][1:] != (1, 1):
             raise ModelFileError(f"the logits layer {last.name} must have a 1x1 output, got {shapes[last.name]}")
@@ -243,10 +246,7 @@ class IntGraph:
 
     def sources(self, node: Node) -> tuple[str, ...]:
         """The names a node reads: its ``inputs``, or the previous node (``"input"`` for the first)."""
-        if node.inputs:
-            return node.inputs
-        i = next(i for i, n in enumerate(self.layers) if n is node)
-        return (self.layers[i - 1].name,) if i else ("input",)
+        return self._sources[node.name]
 
     def int_layers(self) -> list[IntLayer]:
         """The conv and fc layers (the nodes with weights)."""
@@ -263,6 +263,10 @@ def node_shapes(graph: IntGraph) -> dict[str, tuple[int, int, int]]:
     names defined before use, matching channels, shapes and bits; (E9) proven for adds."""
     shapes: dict[str, tuple[int, int, int]] = {"input": tuple(graph.in_shape)}
     nodes: dict[str, Node | None] = {"input": None}
+    readers: dict[str, list[Node]] = {}
+    for n in graph.layers:
+        for src in graph.sources(n):
+            readers.setdefault(src, []).append(n)
     for node in graph.layers:
         def bad(msg: str, name: str = node.name) -> ModelFileError:
             return ModelFileError(f"node {name}: {msg}")
@@ -312,8 +316,7 @@ def node_shapes(graph: IntGraph) -> dict[str, tuple[int, int, int]]:
                 raise bad(f"its output would be empty ({out}) for input {ins[0]}")
         shapes[node.name], nodes[node.name] = out, node
         if isinstance(node, IntLayer) and node.a_bits is None and node is not graph.layers[-1]:
-            consumers = [n for n in graph.layers if node.name in graph.sources(n)]
-            if any(not isinstance(n, IntAdd) for n in consumers):
+            if any(not isinstance(n, IntAdd) for n in readers.get(node.name, [])):
                 raise bad("its int32 accumulators may only feed an add")
     del shapes["input"]
     return shapes

@@ -83,6 +83,13 @@ class _Cached(nn.Module):
         return state
 
 
+def requantize_sum(total: torch.Tensor, shift, a_bits: int) -> torch.Tensor:
+    """(E3) then the clamp of (E4) on an int64 tensor of products or sums: A-bit codes as float32.
+    ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift."""
+    codes = (total + ((1 << shift) >> 1)) >> shift
+    return codes.clamp(0, act_range(a_bits)[1]).to(torch.float32)
+
+
 def teacher_units(model: nn.Sequential) -> list[tuple[str, nn.Sequential]]:
     """The named conv/fc units of a model from :mod:`fiqnn.models` (flatten dropped)."""
     return [(n, u) for n, u in model.named_children() if hasattr(u, "conv") or hasattr(u, "fc")]
@@ -226,8 +233,7 @@ class IntUnit(_Cached):
         shape = self.geometry.channel_shape()
         prod = acc.to(torch.int64) * p["mult"].reshape(shape)  # |prod| < 2^62 (E4)
         shift = p["shift"].reshape(shape)
-        codes = (prod + ((1 << shift) >> 1)) >> shift  # rshift_round (E3); >> on int64 is arithmetic
-        return codes.clamp(0, act_range(self.a_bits)[1]).to(torch.float32)
+        return requantize_sum(prod, shift, self.a_bits)
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
