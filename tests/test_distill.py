@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +19,8 @@ from fiqnn.distill import accuracy, distill
 from fiqnn.execute import run
 from fiqnn.jobs import compare_backends, load_student
 from fiqnn.layers import IntUnit
+
+from .procs import kill_when_logged
 
 FAST = dict(teacher_epochs=1, max_epochs_per_stage=1, finetune_epochs=1, steps_per_epoch=5, batch_size=32,
             calib_images=256)
@@ -148,26 +148,13 @@ def test_model_file_errors_exit_2(cli, tmp_path, member, message):
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def _kill_when_logged(cmd: list[str], env: dict, log, marker: str):
-    """Start ``cmd``, SIGKILL it as soon as ``marker`` appears in ``log``; return ``log``."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and marker in log.read_text():
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    return log
-
-
 def test_sigkill_then_resume_distill(digits_teacher, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits",
            "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "40", "--max-epochs-per-stage", "2",
            "--patience", "2", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = _kill_when_logged(cmd, env, out / "train.log", "stage 2/4 (conv2): ")
+    log = kill_when_logged(cmd, env, out / "train.log", "stage 2/4 (conv2): ")
     assert not (out / "metrics.json").exists()
 
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
@@ -197,7 +184,7 @@ def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
            "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
            "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = _kill_when_logged(cmd, env, out / "train.log", "stage 2 epoch 1:")
+    log = kill_when_logged(cmd, env, out / "train.log", "stage 2 epoch 1:")
     killed_at = log.read_text()
     done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
 

@@ -44,11 +44,16 @@ def check_writable(out: Path) -> None:
 
 
 class RunDir:
-    """A run directory, opened either fresh or for ``--resume``."""
+    """A run directory, opened either fresh or for ``--resume``.
 
-    def __init__(self, path: str | os.PathLike, config: dict[str, Any], *, resume: bool):
+    In a data-parallel run every rank opens it (and reads its checkpoint), but only the
+    ``main`` rank writes: on the others create/log/save_checkpoint/write_metrics do nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any], *, resume: bool, main: bool = True):
         self.path = Path(path)
         self.config = config
+        self.main = main
         self.resumed = False
         saved = self.path / CONFIG
         if saved.exists():
@@ -66,6 +71,8 @@ class RunDir:
 
     def create(self, kind: str) -> None:
         """Create the directory and write config.json (after inputs are known to be good)."""
+        if not self.main:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if not (self.path / CONFIG).exists():
@@ -77,6 +84,8 @@ class RunDir:
             raise RunDirError(f"cannot write run directory {self.path}: {e.strerror}") from None
 
     def log(self, message: str) -> None:
+        if not self.main:
+            return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         tqdm.write(line, file=sys.stderr)
         with open(self.path / LOG, "a", encoding="utf-8") as f:
@@ -84,6 +93,8 @@ class RunDir:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write the new state atomically; the one it replaces stays as checkpoint.prev.pt."""
+        if not self.main:
+            return
         latest = self.path / CHECKPOINT
         if latest.exists():
             os.replace(latest, self.path / PREVIOUS)
@@ -105,6 +116,8 @@ class RunDir:
             return state
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
+        if not self.main:
+            return
         _io.write_json(self.path / METRICS, metrics)
 
 

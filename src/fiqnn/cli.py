@@ -7,8 +7,10 @@ User errors (bad flags, missing data, corrupt files) print one line,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import FiqnnError
@@ -43,7 +45,10 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         if missing:
             raise FiqnnError(f"train-teacher needs {' and '.join(missing)}")
         config = TeacherConfig(**given)
-    metrics = train_teacher(config, args.out, resume=args.resume, progress=not args.no_progress)
+    with _runtime(args) as rt:
+        metrics = train_teacher(config, args.out, resume=args.resume, progress=not args.no_progress, runtime=rt)
+    if not rt.main:
+        return 0
     _report(args, metrics, f"teacher {config.arch} on {config.data}: test accuracy "
                            f"{metrics['test_acc']:.2f}% after {metrics['epochs']} epochs")
     return 0
@@ -80,7 +85,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if missing:
             raise FiqnnError(f"distill needs {', '.join(missing)}")
         config = DistillConfig(**given)
-    metrics = distill_run(teacher, config, args.out, resume=args.resume, progress=not args.no_progress)
+    with _runtime(args) as rt:
+        metrics = distill_run(teacher, config, args.out, resume=args.resume, progress=not args.no_progress,
+                              runtime=rt)
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     _report(args, metrics, f"W{config.w_bits}A{config.a_bits} {config.method} student: integer test accuracy "
                            f"{metrics['test_acc']:.2f}% (teacher {metrics['teacher_acc']:.2f}%), bit-exact with "
                            f"the torch student on {metrics['test_images']} images: {metrics['bit_exact']}")
@@ -209,6 +218,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _runtime(args: argparse.Namespace) -> Iterator:
+    """This process's device / precision / data-parallel rank (under torchrun: joins the group)."""
+    from .parallel import setup, teardown
+
+    rt = setup(args.device, args.amp)
+    try:
+        yield rt
+    finally:
+        teardown()
+
+
 def _report(args: argparse.Namespace, metrics: dict, line: str) -> None:
     print(json.dumps(metrics) if args.json else line)
 
@@ -224,8 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train = _Parser(add_help=False)  # how a training command runs (not part of the run's config)
+    train.add_argument("--device", default="cpu",
+                       help="cpu (default) | cuda (under torchrun: the process's LOCAL_RANK GPU)")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: bfloat16 autocast for the training forward pass")
 
-    t = sub.add_parser("train-teacher", parents=[common], help="train a float BatchNorm teacher",
+    t = sub.add_parser("train-teacher", parents=[common, train], help="train a float BatchNorm teacher",
                        description="Train a float BatchNorm teacher into a run directory "
                                    "(config.json, metrics.json, checkpoint.pt, train.log, model.pt).")
     t.add_argument("--arch", help="alexnet-s | alexnet-bn | tiny")
@@ -234,14 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "/usr/share/datasets/fashion-mnist)")
     t.add_argument("--out", required=True, help="run directory to create (or to resume)")
     t.add_argument("--epochs", type=int, help="number of epochs (default 8)")
-    t.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    t.add_argument("--batch-size", type=int, help="global batch size, over all torchrun processes (default 128)")
     t.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 0.1)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last finished epoch")
     t.set_defaults(func=cmd_train_teacher)
 
-    s = sub.add_parser("distill", parents=[common], help="distill a teacher into a BN-free integer student",
+    s = sub.add_parser("distill", parents=[common, train], help="distill a teacher into a BN-free integer student",
                        description="Progressive tandem learning from a teacher run into a BN-free, integer-only "
                                    "student (student.pt, model.npz, metrics.json, ...).")
     s.add_argument("--teacher", help="teacher run directory (from train-teacher)")
@@ -263,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "and the fine-tune use a tenth)")
     s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
     s.add_argument("--scratch-lr", type=float, help="Adam learning rate of --method scratch (default 1e-2)")
-    s.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    s.add_argument("--batch-size", type=int, help="global batch size, over all torchrun processes (default 128)")
     s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")
     s.add_argument("--calib-images", type=int, help="training images that calibrate activation steps and the "
                                                     "local initialisation (default 1024)")

@@ -99,7 +99,8 @@ class DataBundle:
 
 
 def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment | None = None,
-            seed: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            seed: int = 0, drop_last: bool = False, rank: int = 0,
+            world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x_q uint8 (B, C, H, W), y int64 (B,))`` batches of ``split``.
 
     ``drop_last`` drops a final partial batch (training does: BatchNorm cannot
@@ -108,19 +109,29 @@ def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment |
     Shuffling and augmentation draw from a generator seeded with ``seed`` only,
     so an epoch is reproducible from (seed, epoch) and a resumed run sees the
     same batches it would have seen.
+
+    With ``world`` > 1 (data-parallel ranks, :mod:`fiqnn.parallel`), ``batch_size``
+    is the global batch and rank ``rank`` gets images ``rank, rank + world, ...`` of
+    each global batch: the global batches (and their augmentation) are those of a
+    single process, whatever ``world`` is.
     """
     g = torch.Generator().manual_seed(seed)
+    n = len(split)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    starts = range(0, num_batches(split, batch_size, drop_last) * batch_size, batch_size)
     if isinstance(split, ArraySplit):
         x_all, y_all = torch.from_numpy(split.x_q), torch.from_numpy(split.y)
-        n = len(split)
-        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-        for start in range(0, num_batches(split, batch_size, drop_last) * batch_size, batch_size):
+        for start in starts:
             idx = order[start:start + batch_size]
-            x_q = x_all[idx]
-            yield (augment(x_q, g) if augment else x_q), y_all[idx]
+            x_q = augment(x_all[idx], g) if augment else x_all[idx]
+            if len(idx) > rank:  # a last evaluation batch may have fewer images than ranks
+                yield x_q[rank::world], y_all[idx][rank::world]
         return
-    loader = torch.utils.data.DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=g,
-                                         drop_last=drop_last, num_workers=min(8, torch.get_num_threads()))
+    # A Dataset (image folder): each rank decodes only its own share of every batch.
+    shares = [order[start:start + batch_size][rank::world].tolist() for start in starts]
+    shares = [s for s in shares if s]
+    loader = torch.utils.data.DataLoader(split, batch_sampler=shares,
+                                         num_workers=min(8, torch.get_num_threads()))
     yield from loader
 
 

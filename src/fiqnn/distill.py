@@ -28,8 +28,10 @@ budget), for all its epochs (keeping the best; no early stop, since a random sta
 often does not improve in its first epoch): the baseline that shows what the
 teacher's weights are worth.
 
-With a run directory, every phase ends with an atomic checkpoint, and
-``resume=True`` continues after the last finished phase.
+With a run directory, every phase ends with an atomic checkpoint (and every
+scheduler epoch inside a phase too), and ``resume=True`` continues from the last one.
+A :class:`~fiqnn.parallel.Runtime` runs the training on a device, in mixed precision,
+or data-parallel under torchrun (:mod:`fiqnn.parallel` has the rules).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .config import DistillConfig
 from .data import DataBundle, batches, num_batches
 from .fold import local_init
 from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
+from .parallel import Runtime
 
 Log = Callable[[str], None]
 
@@ -155,22 +158,25 @@ def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: flo
 
 
 @torch.no_grad()
-def accuracy(chain: nn.Module, split, batch_size: int = 500) -> float:
-    """Top-1 accuracy (%) of a code-domain chain on ``split`` (eval mode; student layers exact)."""
+def accuracy(chain: nn.Module, split, batch_size: int = 500, runtime: Runtime | None = None) -> float:
+    """Top-1 accuracy (%) of a code-domain chain on ``split`` (eval mode; student layers exact).
+    Data-parallel ranks each count their share of the images; all get the same number."""
+    rt = runtime or Runtime()
     chain.eval()
     correct = total = 0
-    for x_q, y in batches(split, batch_size):
-        correct += int((chain(x_q).argmax(1) == y).sum())
+    for x_q, y in batches(split, batch_size, rank=rt.rank, world=rt.world):
+        correct += int((chain(rt.to_device(x_q)).argmax(1) == rt.to_device(y)).sum())
         total += len(y)
+    correct, total = rt.sum(correct, total)
     return 100.0 * correct / total
 
 
 class _Stream:
     """Training batches without end, one reshuffled pass after another, cut into
-    scheduler epochs of ``steps`` batches."""
+    scheduler epochs of ``steps`` batches (this rank's share of each, on its device)."""
 
-    def __init__(self, data: DataBundle, config: DistillConfig):
-        self.data, self.config, self.passes = data, config, 0
+    def __init__(self, data: DataBundle, config: DistillConfig, runtime: Runtime):
+        self.data, self.config, self.rt, self.passes = data, config, runtime, 0
         full = num_batches(data.train, config.batch_size, drop_last=True)
         self.steps = min(config.steps_per_epoch, full) if config.steps_per_epoch else full
         self._it: Iterator | None = None
@@ -181,15 +187,28 @@ class _Stream:
             if batch is None:
                 self._it = batches(self.data.train, self.config.batch_size, shuffle=True,
                                    augment=self.data.augment, seed=self.config.seed * 1_000_003 + self.passes,
-                                   drop_last=True)
+                                   drop_last=True, rank=self.rt.rank, world=self.rt.world)
                 self.passes += 1
                 batch = next(self._it)
-            yield batch
+            yield self.rt.to_device(batch[0]), self.rt.to_device(batch[1])
 
 
 def _freeze(module: nn.Module, frozen: bool = True) -> None:
     for p in module.parameters():
         p.requires_grad_(not frozen)
+
+
+class _Loss(nn.Module):
+    """The trained modules and their loss as one module, so DistributedDataParallel can wrap
+    them: its forward is ``loss_fn``, which uses those very modules."""
+
+    def __init__(self, modules: list[nn.Module], loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.trained = nn.ModuleList(modules)
+        self.loss_fn = loss_fn
+
+    def forward(self, x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(x_q, y)
 
 
 def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], None],
@@ -201,9 +220,15 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
 
     The state before training (epoch 0) is a candidate too, so a phase never leaves the
     network worse on validation than it found it (at 8 bits the local initialisation is
-    often already as good as training gets)."""
+    often already as good as training gets).
+
+    Data-parallel: the modules train wrapped in DistributedDataParallel; before each
+    validation every rank takes rank 0's buffers, and the validation accuracy is summed
+    over ranks, so every rank makes the same decisions."""
+    rt = stream.rt
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    net = rt.wrap(_Loss(modules, loss_fn))
     hook = _EPOCH_HOOK.get()
     snap = hook.resume if hook is not None else None
     if hook is not None:
@@ -225,17 +250,20 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
         t0 = time.perf_counter()
         set_modes()
         loss_sum = 0.0
-        bar = tqdm(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}",
+                   disable=not (progress and rt.main), leave=False, dynamic_ncols=True)
         for i, (x_q, y) in enumerate(bar):
-            loss = loss_fn(x_q, y)
+            with rt.autocast():
+                loss = net(x_q, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item()
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}")
+        rt.sync_buffers(modules)
         acc = evaluate()
+        loss_sum = rt.sum(loss_sum)[0] / rt.world
         rows.append({"epoch": epoch + 1, "loss": loss_sum / stream.steps, "val_acc": acc,
                      "wall_s": time.perf_counter() - t0})
         if acc > best_acc:
@@ -287,7 +315,7 @@ def calibration(data: DataBundle, n: int) -> torch.Tensor:
 
 def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             checkpoint: Callable[[dict[str, Any]], None] | None = None, resume_state: dict[str, Any] | None = None,
-            progress: bool = True, log: Log = print) -> Student:
+            progress: bool = True, log: Log = print, runtime: Runtime | None = None) -> Student:
     """Turn the BN ``teacher`` into a BN-free integer :class:`Student` (see module doc).
 
     Args:
@@ -298,10 +326,14 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         resume_state: a state passed earlier to ``checkpoint``; its finished phases are skipped.
         progress: show progress bars.
         log: where progress lines go.
+        runtime: device, mixed precision and data-parallel rank (default: this process,
+            CPU, float32); ``config.batch_size`` is the global batch.
     """
+    rt = runtime or Runtime()
+    rt.check_batch(config.batch_size)
     check_distillable(teacher)
     torch.manual_seed(config.seed)
-    calib = calibration(data, config.calib_images)
+    calib = calibration(data, config.calib_images)  # built on the CPU; moved with the networks below
     if is_chain(teacher):
         names = [n for n, _ in teacher_units(teacher)]
         qnn = build_teacher_qnn(teacher, config, calib)
@@ -320,7 +352,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             return _fold_all(state, config, calib, source)
 
         def random_qnn() -> nn.Module:
-            return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib)
+            return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib.cpu()).to(rt.device)
     else:  # a residual / DAG network: PTL over blocks (fiqnn.dag)
         from . import dag
         from .fximport import import_model
@@ -343,14 +375,18 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             return dag.fold_into(state.student, source, config, calib)
 
         def random_qnn() -> nn.Module:
-            return dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib)
+            qnn = dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
+            return qnn.to(rt.device)
     if resume_state is not None:
         state.load_state_dict(resume_state)
         log(f"resuming after phase {state.done}")
-    stream = _Stream(data, config)
+    for m in (state.qnn, state.frozen, state.student):
+        m.to(rt.device)
+    calib = calib.to(rt.device)
+    stream = _Stream(data, config, rt)
 
     def val_acc(chain: nn.Module) -> Callable[[], float]:
-        return lambda: accuracy(chain, data.val)
+        return lambda: accuracy(chain, data.val, runtime=rt)
 
     # (name, run it -> per-epoch rows, the network its validation accuracy is reported for)
     Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
@@ -391,14 +427,16 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             rows = run_phase()
         finally:
             _EPOCH_HOOK.reset(token)
-        val = accuracy(network(), data.val)
+        rt.check_same([state.qnn, state.student], name)
+        val = accuracy(network(), data.val, runtime=rt)
         wall = time.perf_counter() - t0
         epochs = sum(1 for r in rows if r["epoch"] > 0)  # rows start with the untrained epoch 0
         state.history.append({"phase": name, "epochs": epochs, "val_acc": val, "wall_s": wall, "rows": rows})
         state.done = i + 1
         if checkpoint is not None:
             checkpoint(state.state_dict())
-        log(f"{name}: {epochs} epochs, val acc {val:.2f}%, {wall:.1f} s")
+        same = f"; weights identical on all {rt.world} ranks" if rt.distributed else ""
+        log(f"{name}: {epochs} epochs, val acc {val:.2f}%, {wall:.1f} s{same}")
     state.student.eval()
     state.student.history = state.history
     return state.student

@@ -28,7 +28,8 @@ from .layers import IntUnit, QnnUnit
 def fold_bn(t: QnnUnit) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher unit's BN folded into code-unit weights ``w_c`` and bias ``b_c``."""
     w = t.quantized_weight().detach().double()
-    b = t.layer.bias.detach().double() if t.layer.bias is not None else torch.zeros(len(w), dtype=torch.float64)
+    b = t.layer.bias.detach().double() if t.layer.bias is not None \
+        else torch.zeros(len(w), dtype=torch.float64, device=w.device)
     if t.bn is not None:
         g = t.bn.weight.double() / torch.sqrt(t.bn.running_var.double() + t.bn.eps)
         w = w * g.reshape((-1,) + (1,) * (w.ndim - 1))
@@ -54,7 +55,7 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     t.train(was_training)
 
     w_c, b_c = fold_bn(t)
-    s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel)
+    s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel).to(w_c.device)
     step = weight_step(w_c, s.q, per_channel)  # the weight step is the initial alpha: alpha * w_q ~ w_c
     step_b = step.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else step.reshape(())
     s.weight.copy_((w_c / (step_b * s.q)).float())  # latent weights: w_q = clamp(round(q * weight))

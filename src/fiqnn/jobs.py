@@ -26,6 +26,7 @@ from .errors import CheckpointError, FiqnnError
 from .execute import run
 from .graph import IntGraph, load, save
 from .layers import Student
+from .parallel import Runtime
 from .teacher import load_teacher
 
 STUDENT, MODEL_FILE = "student.pt", "model.npz"
@@ -41,14 +42,21 @@ def teacher_data(teacher_dir: str | os.PathLike) -> tuple[dict[str, Any], DataBu
 
 
 def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str | os.PathLike, *,
-                resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                resume: bool = False, progress: bool = True, runtime: Runtime | None = None) -> dict[str, Any] | None:
     """``fiqnn distill``: distill the teacher of ``teacher_dir`` into run directory ``out``,
-    convert it, and check the integer model against the torch student on the whole test split."""
+    convert it, and check the integer model against the torch student on the whole test split.
+
+    Data-parallel (``runtime`` from :func:`fiqnn.parallel.setup` under torchrun): every rank
+    trains; rank 0 alone converts, checks and writes, and gets the metrics (the others None).
+    """
+    rt = runtime or Runtime()
+    rt.check_batch(config.batch_size)
     teacher = load_teacher(teacher_dir)
     check_distillable(teacher)
     tcfg, data = teacher_data(teacher_dir)
-    run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume)
-    state = run_dir.load_checkpoint() if run_dir.resumed else None
+    run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume, main=rt.main)
+    state = run_dir.load_checkpoint() if run_dir.resumed else None  # every rank reads it
+    rt.barrier()  # before rank 0 creates the directory, which would look like a run to resume
     run_dir.create("distill")
     last = {"state": state}
 
@@ -58,8 +66,11 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
 
     t0 = time.perf_counter()
     student = distill(teacher, data, config, checkpoint=checkpoint, resume_state=state,
-                      progress=progress, log=run_dir.log)
+                      progress=progress, log=run_dir.log, runtime=rt)
     wall = time.perf_counter() - t0
+    if not rt.main:
+        return None
+    student = student.cpu()
     qnn = teacher_qnn_from_state(teacher, config, last["state"], calibration(data, 64))  # steps: from the state
     save_student(student, run_dir.path / STUDENT, config)
 

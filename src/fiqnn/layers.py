@@ -196,17 +196,22 @@ class IntUnit(_Cached):
         key = _version_key(self.weight, self.bias, self.log_alpha)
         if self._int_cache is not None and self._int_cache[0] == key:
             return self._int_cache[1]
-        pairs = [quantize_multiplier(float(a)) for a in self.alpha.double()]
+        pairs = [quantize_multiplier(float(a)) for a in self.alpha.detach().cpu().double()]
         mult = torch.tensor([m for m, _ in pairs], dtype=torch.int64)
         shift = torch.tensor([s for _, s in pairs], dtype=torch.int64)
         dyadic = mult.double() / torch.pow(2.0, shift.double())
-        bias_q = torch.floor(self.bias.double() / dyadic + 0.5)
+        bias_q = torch.floor(self.bias.detach().cpu().double() / dyadic + 0.5)
         bias_q = bias_q.clamp(-(2**31), 2**31 - 1).to(torch.int64)
-        w_q = torch.clamp(torch.floor(self.weight.double() * self.q + 0.5), -self.q, self.q).to(torch.int64)
+        w_q = torch.clamp(torch.floor(self.weight.detach().cpu().double() * self.q + 0.5), -self.q, self.q)
+        w_q = w_q.to(torch.int64)
         lo, hi = acc_bound(w_q.numpy(), act_range(self.in_bits)[1], bias_q.numpy())
-        dtype = torch.float32 if exact_float_dtype(max(int(hi.max()), -int(lo.min()))) == np.float32 \
-            else torch.float64
-        out = {"w_q": w_q, "bias_q": bias_q, "mult": mult, "shift": shift, "dtype": dtype}
+        # float32 sums are exact below 2^24 (E8) on the CPU; CUDA convolutions may use inexact
+        # algorithms (Winograd, FFT) in float32, so there float64 always.
+        small = exact_float_dtype(max(int(hi.max()), -int(lo.min()))) == np.float32
+        dtype = torch.float32 if small and self.weight.device.type == "cpu" else torch.float64
+        dev = self.weight.device
+        out = {"w_q": w_q.to(dev), "bias_q": bias_q.to(dev), "mult": mult.to(dev), "shift": shift.to(dev),
+               "dtype": dtype}
         self._int_cache = (key, out)
         return out
 

@@ -3,7 +3,8 @@
 ``train_teacher(config, out)`` trains ``config.arch`` on ``config.data`` with
 the default recipe of :class:`~fiqnn.config.TeacherConfig`, checkpointing
 atomically after every epoch so that ``resume=True`` continues from the last
-finished epoch after a crash or a kill.
+finished epoch after a crash or a kill. A :class:`~fiqnn.parallel.Runtime` puts the
+training on a device, in mixed precision, or data-parallel under torchrun.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ from .config import TeacherConfig
 from .data import batches, load_data, num_batches, to_float
 from .errors import CheckpointError, ConfigError
 from .models import build_model
+from .parallel import Runtime
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split, batch_size: int = 512) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``split``, in eval mode."""
+def evaluate(model: nn.Module, split, batch_size: int = 512, runtime: Runtime | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``split``, in eval mode (data-parallel ranks
+    each count their share; all get the same number)."""
+    rt = runtime or Runtime()
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x_q, y in batches(split, batch_size):
-        correct += int((model(to_float(x_q)).argmax(1) == y).sum())
+    for x_q, y in batches(split, batch_size, rank=rt.rank, world=rt.world):
+        correct += int((model(to_float(rt.to_device(x_q))).argmax(1) == rt.to_device(y)).sum())
         total += len(y)
     model.train(was_training)
+    correct, total = rt.sum(correct, total)
     return 100.0 * correct / total
 
 
@@ -67,30 +72,37 @@ def sgd_one_cycle(model: nn.Module, lr: float, momentum: float, weight_decay: fl
 
 
 def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, runtime: Runtime | None = None) -> dict[str, Any]:
     """Train a float BN teacher into run directory ``out``; return its metrics.
+
+    ``runtime`` (default: this process, CPU, float32) sets the device, mixed precision
+    and the data-parallel rank (:mod:`fiqnn.parallel`); ``config.batch_size`` is the
+    global batch.
 
     Raises:
         RunDirError: ``out`` already holds a run (and ``resume`` is False), was
             started with other settings, or cannot be written.
         DataError: the data set is missing or malformed.
     """
-    run = RunDir(out, config.to_dict(), resume=resume)
+    rt = runtime or Runtime()
+    rt.check_batch(config.batch_size)
+    run = RunDir(out, config.to_dict(), resume=resume, main=rt.main)
     data = load_data(config.data, config.data_dir, val_fraction=config.val_fraction,
                      image_size=config.image_size)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, data.num_classes, data.in_shape)
+    model = build_model(config.arch, data.num_classes, data.in_shape).to(rt.device)
     steps = num_batches(data.train, config.batch_size, drop_last=True)
     if steps == 0:
         raise ConfigError(f"batch size {config.batch_size} is larger than the {len(data.train)} "
                           "training images; pass a smaller --batch-size")
     opt, sched = sgd_one_cycle(model, config.lr, config.momentum, config.weight_decay,
                                config.epochs * steps)
+    ckpt = run.load_checkpoint() if run.resumed else None  # every rank reads it
+    rt.barrier()  # before rank 0 creates the directory, which would look like a run to resume
     run.create("teacher")
 
     history: list[dict[str, Any]] = []
     start = 0
-    ckpt = run.load_checkpoint() if run.resumed else None
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
@@ -106,16 +118,19 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
                 f"{len(data.test)} test images, {config.epochs} epochs")
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    net = rt.wrap(model)  # DistributedDataParallel across ranks: gradients averaged
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
         loss_sum = 0.0
         bar = tqdm(batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
-                           seed=config.seed * 1_000_003 + epoch, drop_last=True),
-                   total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                           seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank, world=rt.world),
+                   total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and rt.main),
                    leave=False, dynamic_ncols=True)
         for i, (x_q, y) in enumerate(bar):
-            loss = loss_fn(model(to_float(x_q)), y)
+            x_q, y = rt.to_device(x_q), rt.to_device(y)
+            with rt.autocast():
+                loss = loss_fn(net(to_float(x_q)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -123,7 +138,10 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
             loss_sum += loss.item()
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}")
-        val_acc = evaluate(model, data.val)
+        rt.sync_buffers([model])  # BN statistics: rank 0's, so every rank validates one network
+        rt.check_same([model], f"epoch {epoch + 1}")
+        val_acc = evaluate(model, data.val, runtime=rt)
+        loss_sum = rt.sum(loss_sum)[0] / rt.world
         row = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
                "wall_s": time.perf_counter() - t0}
         history.append(row)
@@ -132,11 +150,13 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
                              "history": history})
         run.write_metrics({"status": "running", "history": history})
         run.log(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
-                f"val acc {val_acc:.2f}%, {row['wall_s']:.1f} s")
+                f"val acc {val_acc:.2f}%, {row['wall_s']:.1f} s"
+                + (f"; weights identical on all {rt.world} ranks" if rt.distributed else ""))
 
-    test_acc = evaluate(model, data.test)
-    _io.torch_save({"arch": config.arch, "num_classes": data.num_classes, "in_shape": list(data.in_shape),
-                    "state_dict": model.state_dict()}, run.path / MODEL)
+    test_acc = evaluate(model, data.test, runtime=rt)
+    if rt.main:
+        _io.torch_save({"arch": config.arch, "num_classes": data.num_classes, "in_shape": list(data.in_shape),
+                        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, run.path / MODEL)
     metrics = {"status": "done", "arch": config.arch, "data": config.data, "epochs": config.epochs,
                "val_acc": history[-1]["val_acc"], "test_acc": test_acc,
                "train_wall_s": sum(r["wall_s"] for r in history), "history": history}
