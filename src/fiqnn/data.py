@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 from collections.abc import Iterator
@@ -130,9 +131,16 @@ def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment |
     # A Dataset (image folder): each rank decodes only its own share of every batch.
     shares = [order[start:start + batch_size][rank::world].tolist() for start in starts]
     shares = [s for s in shares if s]
-    loader = torch.utils.data.DataLoader(split, batch_sampler=shares,
-                                         num_workers=min(8, torch.get_num_threads()))
+    loader = torch.utils.data.DataLoader(split, batch_sampler=shares, num_workers=loader_workers())
     yield from loader
+
+
+def loader_workers() -> int:
+    """Decoding processes per training process: this machine's cores shared among the
+    processes torchrun started on it (``LOCAL_WORLD_SIZE``), at most 8. (Not torch's thread
+    count: torchrun sets OMP_NUM_THREADS=1, which would leave one decoder per GPU.)"""
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_process))
 
 
 def num_batches(split, batch_size: int, drop_last: bool = False) -> int:
