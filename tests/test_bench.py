@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
@@ -90,3 +93,23 @@ def test_quick_bench_end_to_end(cli, tmp_path):
     t0 = time.perf_counter()  # every row is done: a rerun only rewrites the results
     code, stdout, _ = cli("bench", "--quick", "--out", str(out), "--json", "--no-progress")
     assert code == 0 and json.loads(stdout)["rows"] == results["rows"] and time.perf_counter() - t0 < 30
+
+
+def test_two_bench_processes_share_one_grid(digits_teacher, tmp_path):
+    """Two workers on one --out: every row runs exactly once, and results.json has them all."""
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "fiqnn", "bench", "--teacher", str(digits_teacher), "--out", str(out),
+           "--bits", "4,3", "--methods", "fold,oneshot,ptl", "--scales", "per-layer", "--seeds", "0",
+           "--steps-per-epoch", "3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=300)[1] for w in workers]  # the bench logs rows on stderr
+    assert [w.returncode for w in workers] == [0, 0]
+    keys = [f"{m}-w{b}a{b}-per-layer-s0" for b in (4, 3) for m in ("fold", "oneshot", "ptl")]
+    started = [line.split("] ", 1)[1] for log in logs for line in log.splitlines()
+               if line.startswith("[") and "skipped" not in line]
+    assert sorted(started) == sorted(keys)  # each row run by exactly one worker
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["key"] for r in results["rows"]) == sorted(keys)
+    assert all(r["bit_exact"] for r in results["rows"])

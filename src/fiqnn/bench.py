@@ -23,13 +23,18 @@ ptl-no-comp        ablation: downstream teacher layers frozen
 Rows run in the order given and the results file is rewritten after each one;
 a row already in it is skipped and an interrupted row resumes from its last
 finished phase, so ``fiqnn bench`` can be stopped and restarted at will.
+Several ``fiqnn bench`` processes may share one ``--out`` (one per GPU, or per
+core): each row is claimed by one process at a time (a lock on
+``runs/<row>.lock``, released by the kernel if that process dies) and the results
+file is merged under a lock, so the workers split the grid between them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,35 +126,66 @@ def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list
     from .teacher import load_teacher
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     layers = len(teacher_units(load_teacher(teacher_dir)))
     tcfg, _ = teacher_data(teacher_dir)
     tmetrics = read_json(Path(teacher_dir) / METRICS)
     path = out / "results.json"
-    results = read_json(path) if path.exists() else {}
-    results.update(teacher={"dir": str(teacher_dir), "arch": tcfg["arch"], "data": tcfg["data"],
-                            "test_acc": tmetrics["test_acc"], "epochs": tmetrics.get("epochs"),
-                            "wall_s": tmetrics.get("train_wall_s")},
-                   budget=dataclasses.asdict(budget))
-    done = {r["key"] for r in results.get("rows", [])}
-    results.setdefault("rows", [])
+
+    def merged(row: dict[str, Any] | None = None) -> dict[str, Any]:
+        """results.json as other workers left it, plus this teacher, budget and ``row``, rewritten."""
+        with _flock(out / ".results.lock"):
+            results = read_json(path) if path.exists() else {}
+            results.update(teacher={"dir": str(teacher_dir), "arch": tcfg["arch"], "data": tcfg["data"],
+                                    "test_acc": tmetrics["test_acc"], "epochs": tmetrics.get("epochs"),
+                                    "wall_s": tmetrics.get("train_wall_s")},
+                           budget=dataclasses.asdict(budget))
+            results.setdefault("rows", [])
+            if row is not None and row["key"] not in {r["key"] for r in results["rows"]}:
+                results["rows"].append(row)
+            write_results(out, results)
+            return results
+
+    results = merged()
     for i, row in enumerate(rows):
-        if row.key in done:
+        if row.key in {r["key"] for r in results["rows"]}:
             continue
-        config = recipe(row.method, row.bits, row.scale, row.seed, budget, layers, lr_by_bits(row.bits))
-        run_dir = out / "runs" / row.key
-        log(f"[{i + 1}/{len(rows)}] {row.key}")
-        m = distill_run(teacher_dir, config, run_dir, resume=True, progress=progress)
-        results["rows"].append({
-            "key": row.key, "method": row.method, "bits": row.bits, "scale": row.scale, "seed": row.seed,
-            "test_acc": m["test_acc"], "teacher_qnn_acc": m["teacher_qnn_acc"], "bit_exact": m["bit_exact"],
-            "test_images": m["test_images"], "epochs": m["epochs"],
-            "wall_s": round(sum(h["wall_s"] for h in m["history"]), 1),  # all phases, across resumes
-            "run": str(run_dir), "command": command_line(str(teacher_dir), config, str(run_dir))})
-        write_results(out, results)
-        log(f"{row.key}: integer test accuracy {m['test_acc']:.2f}%")
-    write_results(out, results)
-    return results
+        with _flock(out / "runs" / f"{row.key}.lock", wait=False) as mine:
+            if not mine:
+                log(f"[{i + 1}/{len(rows)}] {row.key}: running in another bench process; skipped")
+                continue
+            if row.key in {r["key"] for r in merged()["rows"]}:  # finished by another one meanwhile
+                continue
+            config = recipe(row.method, row.bits, row.scale, row.seed, budget, layers, lr_by_bits(row.bits))
+            run_dir = out / "runs" / row.key
+            log(f"[{i + 1}/{len(rows)}] {row.key}")
+            m = distill_run(teacher_dir, config, run_dir, resume=True, progress=progress)
+            results = merged({
+                "key": row.key, "method": row.method, "bits": row.bits, "scale": row.scale, "seed": row.seed,
+                "test_acc": m["test_acc"], "teacher_qnn_acc": m["teacher_qnn_acc"], "bit_exact": m["bit_exact"],
+                "test_images": m["test_images"], "epochs": m["epochs"],
+                "wall_s": round(sum(h["wall_s"] for h in m["history"]), 1),  # all phases, across resumes
+                "run": str(run_dir), "command": command_line(str(teacher_dir), config, str(run_dir))})
+            log(f"{row.key}: integer test accuracy {m['test_acc']:.2f}%")
+    return merged()
+
+
+@contextlib.contextmanager
+def _flock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (POSIX flock; the kernel drops it when the process
+    dies). Yields False, without waiting, if ``wait`` is False and another process holds it."""
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
