@@ -249,7 +249,7 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
     for epoch in range(start, max_epochs if not stopped else start):
         t0 = time.perf_counter()
         set_modes()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
         bar = tqdm(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}",
                    disable=not (progress and rt.main), leave=False, dynamic_ncols=True)
         for i, (x_q, y) in enumerate(bar):
@@ -258,13 +258,13 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}")
+            loss_sum += loss.detach()
+            if i % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
         rt.sync_buffers(modules)
         acc = evaluate()
-        loss_sum = rt.sum(loss_sum)[0] / rt.world
-        rows.append({"epoch": epoch + 1, "loss": loss_sum / stream.steps, "val_acc": acc,
+        loss_total = rt.sum(float(loss_sum))[0] / rt.world
+        rows.append({"epoch": epoch + 1, "loss": loss_total / stream.steps, "val_acc": acc,
                      "wall_s": time.perf_counter() - t0})
         if acc > best_acc:
             best_acc, bad = acc, 0

@@ -122,7 +122,7 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
         bar = tqdm(batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
                            seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank, world=rt.world),
                    total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and rt.main),
@@ -135,14 +135,14 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}")
+            loss_sum += loss.detach()
+            if i % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
         rt.sync_buffers([model])  # BN statistics: rank 0's, so every rank validates one network
         rt.check_same([model], f"epoch {epoch + 1}")
         val_acc = evaluate(model, data.val, runtime=rt)
-        loss_sum = rt.sum(loss_sum)[0] / rt.world
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_acc": val_acc,
+        loss_total = rt.sum(float(loss_sum))[0] / rt.world
+        row = {"epoch": epoch + 1, "train_loss": loss_total / steps, "val_acc": val_acc,
                "wall_s": time.perf_counter() - t0}
         history.append(row)
         run.save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
