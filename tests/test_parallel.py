@@ -198,3 +198,15 @@ def test_mixed_precision_distill_is_still_bit_exact(cli, digits_teacher, tmp_pat
     assert code == 0
     m = json.loads(out)
     assert m["bit_exact"] and m["test_acc"] > 85
+
+
+def test_residual_network_on_two_ranks(cli, tmp_path):
+    """PTL over blocks (fiqnn.dag) under DDP: residual adds and average pools train on both ranks."""
+    assert cli("train-teacher", "--arch", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "64",
+               "--out", tmp_path / "teacher", "--no-progress")[0] == 0
+    m = torchrun("distill", "--teacher", tmp_path / "teacher", "--wbits", "4", "--abits", "4", "--steps-per-epoch", "3",
+                 "--max-epochs-per-stage", "1", "--finetune-epochs", "1", "--batch-size", "64",
+                 "--out", tmp_path / "ddp")
+    log = (tmp_path / "ddp" / "train.log").read_text()
+    assert len(m["history"]) > 3 and log.count(SAME) == len(m["history"])
+    assert m["bit_exact"] and m["test_images"] == 360
