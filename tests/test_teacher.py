@@ -177,3 +177,24 @@ def test_config_rejects_bad_values_directly():
         TeacherConfig(lr=0)
     with pytest.raises(RunDirError):
         train_teacher(TeacherConfig(arch="tiny", data="synthetic"), "/proc/version/run", progress=False)
+
+
+def test_flipped_bit_in_a_checkpoint_is_caught(cli, tmp_path):
+    """A checkpoint that still unzips and unpickles but whose tensor bytes changed (bit rot, a
+    bad copy) fails its SHA-256; resume says so and uses the previous checkpoint."""
+    out = tmp_path / "run"
+    assert cli("train-teacher", "--arch", "tiny", "--data", "synthetic", "--epochs", "3", "--out", out,
+               "--no-progress")[0] == 0
+    (out / "model.pt").unlink()
+    (out / "metrics.json").write_text(json.dumps({"status": "running"}))
+    blob = bytearray((out / "checkpoint.pt").read_bytes())
+    w = torch.load(out / "checkpoint.pt", weights_only=True)["model"]["fc3.fc.weight"]
+    at = bytes(blob).index(w.numpy().tobytes()[:64])  # inside the stored tensor data
+    blob[at + 5] ^= 0x10
+    (out / "checkpoint.pt").write_bytes(bytes(blob))
+    assert not torch.equal(torch.load(out / "checkpoint.pt", weights_only=True)["model"]["fc3.fc.weight"], w)
+    code, _, err = cli("train-teacher", "--out", out, "--resume", "--no-progress")
+    assert code == 0
+    warnings = [line for line in err if "warning" in line]
+    assert len(warnings) == 1 and "do not match the SHA-256" in warnings[0] and "checkpoint.prev.pt" in warnings[0]
+    assert any("resuming from epoch 2 of 3" in line for line in err)

@@ -50,8 +50,45 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically ``torch.save`` ``obj`` (tensors, numbers, strings, dicts, lists only)."""
+DIGEST = "sha256"  # the key under which torch_save stores a dict's content digest
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 over what a checkpoint holds: every tensor's dtype, shape and bytes and every
+    other value's repr, walked in a fixed order (dict keys sorted). Equal before saving and
+    after loading; a flipped bit anywhere in the data changes it."""
+    import hashlib
+
     import torch
 
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}".encode())
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__}{len(x)}".encode())
+            for v in x:
+                walk(v)
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically ``torch.save`` ``obj`` (tensors, numbers, strings, dicts, lists only); a dict
+    gets its :func:`content_digest` under :data:`DIGEST`, checked by ``fiqnn._run.load_torch``."""
+    import torch
+
+    if isinstance(obj, dict):
+        obj = {**obj, DIGEST: content_digest(obj)}
     _atomic(Path(path), lambda f: torch.save(obj, f))

@@ -10,7 +10,8 @@ Layout of a run directory::
     model.pt         the finished model (weights only)
 
 Checkpoints hold only tensors and plain Python values and are loaded with
-``torch.load(weights_only=True)``: loading one never runs code.
+``torch.load(weights_only=True)``: loading one never runs code. Each carries a SHA-256 of
+its contents, checked on load, so a flipped bit is caught rather than trained on.
 """
 
 from __future__ import annotations
@@ -129,10 +130,16 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_torch(path: Path) -> dict[str, Any]:
-    """Load a checkpoint or model file safely (``weights_only=True``)."""
+    """Load a checkpoint or model file safely (``weights_only=True``) and verify the content
+    digest it was saved with (files from before digests load unverified)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
     except Exception as e:  # torch raises many types for corrupt files; all mean "unreadable"
         raise CheckpointError(f"{path} is corrupt or not a fiqnn checkpoint ({type(e).__name__})") from None
+    if isinstance(state, dict) and _io.DIGEST in state:
+        expected = state.pop(_io.DIGEST)
+        if _io.content_digest(state) != expected:
+            raise CheckpointError(f"{path} is corrupt: its contents do not match the SHA-256 saved with them")
+    return state
