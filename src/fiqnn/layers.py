@@ -70,8 +70,9 @@ class Geometry:
 
 def _version_key(*tensors: torch.Tensor) -> tuple:
     """Identifies the current values of ``tensors``: every in-place change (an optimizer
-    step, ``load_state_dict``) bumps a tensor's version; a copy gets new storage."""
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    step, ``load_state_dict``) bumps a tensor's version; a copy or a move to another device
+    gets new storage."""
+    return tuple((t.device, t.data_ptr(), t._version) for t in tensors)
 
 
 class _Cached(nn.Module):
