@@ -35,26 +35,35 @@ def _save(plt, fig, path: str | os.PathLike) -> Path:
 
 
 def accuracy_vs_bits(summary: list[dict[str, Any]], teacher_acc: float, path: str | os.PathLike,
-                     title: str = "") -> Path:
-    """Test accuracy against bit width, one line per method, one panel per scale; error bars
-    are half the spread over seeds; the float teacher is the dashed line."""
+                     title: str = "", zoom: float = 20.0) -> Path:
+    """Test accuracy against bit width, one line per method, one column per scale; error bars
+    are half the spread over seeds; the float teacher is the dashed line. The second row
+    repeats the first, zoomed to the results within ``zoom`` points of the teacher (a
+    collapsed baseline would otherwise squash the differences that matter)."""
     scales = [s for s in ("per-layer", "per-channel") if any(x["scale"] == s for x in summary)]
-    plt, fig, axes = _figure(1, len(scales), figsize=(6.5 * len(scales), 4.5), squeeze=False)
-    for ax, scale in zip(axes[0], scales):
+    plt, fig, axes = _figure(2, len(scales), figsize=(6.5 * len(scales), 8.0), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1.3]})
+    close = [x["mean"] for x in summary if x["mean"] >= teacher_acc - zoom]
+    for col, scale in enumerate(scales):
         methods = list(dict.fromkeys(x["method"] for x in summary if x["scale"] == scale))
-        for m in methods:
-            pts = sorted((x["bits"], x["mean"], x["spread"] / 2) for x in summary
-                         if x["scale"] == scale and x["method"] == m)
-            b, acc, err = zip(*pts)
-            ax.errorbar(b, acc, yerr=err, marker="o", capsize=3, label=m,
-                        linewidth=2.5 if m == "ptl" else 1.2)
-        ax.axhline(teacher_acc, color="k", linestyle="--", linewidth=1, label="teacher-float")
-        ax.set_xlabel("bits (W = A)")
-        ax.set_ylabel("integer test accuracy (%)")
-        ax.set_title(f"{title} ({scale})".strip())
-        ax.set_xticks(sorted({x["bits"] for x in summary}))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for row, ax in enumerate(axes[:, col]):
+            for m in methods:
+                pts = sorted((x["bits"], x["mean"], x["spread"] / 2) for x in summary
+                             if x["scale"] == scale and x["method"] == m)
+                b, acc, err = zip(*pts)
+                ax.errorbar(b, acc, yerr=err, marker="o", capsize=3, label=m,
+                            linewidth=2.5 if m == "ptl" else 1.2)
+            ax.axhline(teacher_acc, color="k", linestyle="--", linewidth=1, label="teacher-float")
+            ax.set_xlabel("bits (W = A)")
+            ax.set_xticks(sorted({x["bits"] for x in summary}))
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_ylabel("integer test accuracy (%)")
+                ax.set_title(f"{title} ({scale})".strip())
+                ax.legend(fontsize=8)
+            else:
+                ax.set_ylabel(f"zoom: within {zoom:g} points of the teacher")
+                ax.set_ylim(min(close) - 1.0, teacher_acc + 1.0)
     return _save(plt, fig, path)
 
 
