@@ -44,6 +44,7 @@ def accuracy_vs_bits(summary: list[dict[str, Any]], teacher_acc: float, path: st
     plt, fig, axes = _figure(2, len(scales), figsize=(6.5 * len(scales), 8.0), squeeze=False,
                              gridspec_kw={"height_ratios": [1, 1.3]})
     close = [x["mean"] for x in summary if x["mean"] >= teacher_acc - zoom]
+    color = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(x["method"] for x in summary))}  # same in every panel
     for col, scale in enumerate(scales):
         methods = list(dict.fromkeys(x["method"] for x in summary if x["scale"] == scale))
         for row, ax in enumerate(axes[:, col]):
@@ -51,7 +52,7 @@ def accuracy_vs_bits(summary: list[dict[str, Any]], teacher_acc: float, path: st
                 pts = sorted((x["bits"], x["mean"], x["spread"] / 2) for x in summary
                              if x["scale"] == scale and x["method"] == m)
                 b, acc, err = zip(*pts)
-                ax.errorbar(b, acc, yerr=err, marker="o", capsize=3, label=m,
+                ax.errorbar(b, acc, yerr=err, marker="o", capsize=3, label=m, color=color[m],
                             linewidth=2.5 if m == "ptl" else 1.2)
             ax.axhline(teacher_acc, color="k", linestyle="--", linewidth=1, label="teacher-float")
             ax.set_xlabel("bits (W = A)")
