@@ -41,7 +41,7 @@ def main() -> int:
     from fiqnn import _io
     from fiqnn.config import DistillConfig
     from fiqnn.data import ArraySplit, DataBundle, FolderSplit, to_float
-    from fiqnn.distill import build_teacher_qnn, distill, kd_loss
+    from fiqnn.distill import build_teacher_qnn, distill, kd_loss, stage_loss
     from fiqnn.layers import Chain
     from fiqnn.models import build_model
 
@@ -87,17 +87,7 @@ def main() -> int:
         def step(x_q, y):
             prefix, s_k, rest = Chain(list(student.units[:k])), student.units[k], Chain(list(qnn.units[k + 1:]))
             prefix.eval(), s_k.train(), rest.train()
-            x = x_q.float()
-            with torch.no_grad():
-                h = prefix(x)
-                t = x
-                for i, unit in enumerate(frozen.units):
-                    t = unit(t)
-                    if i == k:
-                        target = t
-            out = s_k(h)
-            logits = rest(out)
-            loss = F.cross_entropy(logits, y) + F.mse_loss(out, target) + kd_loss(logits, t, 4.0)
+            loss = stage_loss(prefix, s_k, rest, frozen, k, config)(x_q, y)  # the stage's own loss
             return loss, list(s_k.parameters()) + list(rest.parameters())
         return step
 

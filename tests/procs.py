@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -44,3 +46,25 @@ def kill_when_logged(cmd: list[str], env: dict, log: Path, marker: str, timeout:
             pass
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     return log
+
+
+def resume_after_mid_stage_kill(cmd: list[str], env: dict, out: Path) -> tuple[str, dict]:
+    """Kill a distill ``cmd`` inside PTL stage 2 (once its first epoch is logged) and run it again
+    with ``--resume``: the stage goes on after its last checkpointed epoch instead of starting
+    over, and the run finishes bit-exact. Returns the log written after the kill and the metrics."""
+    log = kill_when_logged(cmd, env, out / "train.log", "stage 2 epoch 1:")
+    killed_at = log.read_text()
+    assert not (out / "metrics.json").exists()
+    done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
+
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    text = log.read_text()[len(killed_at):]
+    after = int(re.search(r"stage 2: resuming after epoch (\d+)", text).group(1))
+    assert after in (done_epochs, done_epochs + 1)  # checkpoints precede log lines; one more may be saved
+    assert "stage 2 epoch 0 (before training)" not in text  # the stage did not start over
+    m = json.loads((out / "metrics.json").read_text())
+    stage2 = next(h for h in m["history"] if h["phase"].startswith("stage 2/"))
+    assert [r["epoch"] for r in stage2["rows"]] == list(range(len(stage2["rows"])))
+    assert m["status"] == "done" and m["bit_exact"]
+    return text, m

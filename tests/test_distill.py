@@ -20,7 +20,7 @@ from fiqnn.execute import run
 from fiqnn.jobs import compare_backends, load_student
 from fiqnn.layers import IntUnit
 
-from .procs import kill_when_logged
+from .procs import kill_when_logged, resume_after_mid_stage_kill
 
 FAST = dict(teacher_epochs=1, max_epochs_per_stage=1, finetune_epochs=1, steps_per_epoch=5, batch_size=32,
             calib_images=256)
@@ -184,17 +184,4 @@ def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
            "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
            "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = kill_when_logged(cmd, env, out / "train.log", "stage 2 epoch 1:")
-    killed_at = log.read_text()
-    done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
-
-    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    text = log.read_text()[len(killed_at):]
-    after = int(re.search(r"stage 2: resuming after epoch (\d+)", text).group(1))
-    assert after in (done_epochs, done_epochs + 1)  # checkpoints precede log lines; one more may be saved
-    assert "stage 2 epoch 0 (before training)" not in text  # the stage did not start over
-    m = json.loads((out / "metrics.json").read_text())
-    stage2 = next(h for h in m["history"] if h["phase"].startswith("stage 2/"))
-    assert [r["epoch"] for r in stage2["rows"]] == list(range(len(stage2["rows"])))
-    assert m["status"] == "done" and m["bit_exact"]
+    resume_after_mid_stage_kill(cmd, env, out)

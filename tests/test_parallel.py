@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -32,7 +31,7 @@ from fiqnn.errors import ConfigError
 from fiqnn.jobs import load_student
 from fiqnn.parallel import Runtime, setup
 
-from .procs import kill_when_logged
+from .procs import resume_after_mid_stage_kill
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -102,22 +101,8 @@ def test_two_ranks_killed_mid_stage_resume_to_the_end(digits_teacher, tmp_path):
     cmd = [*TORCHRUN, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits", "4",
            "--out", str(out), "--batch-size", "16", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
            "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
-    log = kill_when_logged(cmd, ENV, out / "train.log", "stage 2 epoch 1:")
-    killed_at = log.read_text()
-    assert not (out / "metrics.json").exists()
-    done_epochs = max(int(e) for e in re.findall(r"stage 2 epoch (\d+):", killed_at))
-
-    resumed = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    text = log.read_text()[len(killed_at):]
-    after = int(re.search(r"stage 2: resuming after epoch (\d+)", text).group(1))
-    assert after in (done_epochs, done_epochs + 1)  # checkpoints precede log lines
-    assert "stage 2 epoch 0 (before training)" not in text
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["status"] == "done" and m["bit_exact"]
+    text, m = resume_after_mid_stage_kill(cmd, ENV, out)
     assert text.count(SAME) == len(m["history"]) - 2  # the phases after stage 2's start, re-checked
-    stage2 = next(h for h in m["history"] if h["phase"].startswith("stage 2/"))
-    assert [r["epoch"] for r in stage2["rows"]] == list(range(len(stage2["rows"])))
 
 
 def test_diverged_ranks_are_an_error(tmp_path):

@@ -477,28 +477,12 @@ def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor, source:
     return []
 
 
-def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, calib: torch.Tensor, val_acc,
-               progress: bool, log: Log) -> list[dict[str, Any]]:
-    """Stage k+1: convert layer k (0-based), train it with the downstream teacher layers."""
-    student, qnn, frozen = state.student, state.qnn, state.frozen
-    prefix = Chain(list(student.units[:k]))
-    s_k = student.units[k]
-    with torch.no_grad():
-        prefix.eval()
-        h = prefix(calib)
-        init = local_init(qnn.units[k], h, s_k.in_bits, s_k.w_bits, config.scale == "per-channel")
-        s_k.load_state_dict(init.state_dict())
-    rest = Chain(list(qnn.units[k + 1:]))
-    _freeze(prefix)
-    _freeze(s_k, False)
-    _freeze(rest, not config.compensation)
-    last = k == len(qnn.units) - 1
-    qmax = 1.0 if last else float(act_range(config.a_bits)[1])
-
-    def set_modes() -> None:
-        prefix.eval()
-        s_k.train()
-        rest.train(config.compensation)
+def stage_loss(prefix: nn.Module, s_k: nn.Module, rest: nn.Module, frozen: Chain, k: int,
+               config: DistillConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of PTL stage k+1 on a chain: ``CE + lambda_target * MSE(S_k out, frozen T_k out)
+    + lambda_kd * KD`` through the converted ``prefix``, ``s_k`` and the downstream ``rest``
+    (codes scaled by the activation range, so the target term does not depend on the bits)."""
+    qmax = 1.0 if k == len(frozen.units) - 1 else float(act_range(config.a_bits)[1])
 
     def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x_q.float()
@@ -518,6 +502,33 @@ def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, ca
         if config.lambda_kd:
             loss = loss + config.lambda_kd * kd_loss(logits, teacher_logits, config.kd_temperature)
         return loss
+
+    return loss_fn
+
+
+def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, calib: torch.Tensor, val_acc,
+               progress: bool, log: Log) -> list[dict[str, Any]]:
+    """Stage k+1: convert layer k (0-based), train it with the downstream teacher layers."""
+    student, qnn, frozen = state.student, state.qnn, state.frozen
+    prefix = Chain(list(student.units[:k]))
+    s_k = student.units[k]
+    with torch.no_grad():
+        prefix.eval()
+        h = prefix(calib)
+        init = local_init(qnn.units[k], h, s_k.in_bits, s_k.w_bits, config.scale == "per-channel")
+        s_k.load_state_dict(init.state_dict())
+    rest = Chain(list(qnn.units[k + 1:]))
+    _freeze(prefix)
+    _freeze(s_k, False)
+    _freeze(rest, not config.compensation)
+    last = k == len(qnn.units) - 1
+
+    def set_modes() -> None:
+        prefix.eval()
+        s_k.train()
+        rest.train(config.compensation)
+
+    loss_fn = stage_loss(prefix, s_k, rest, frozen, k, config)
 
     rows = train_with_patience(
         modules=[s_k, rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(_hybrid(state, k + 1)),
