@@ -58,6 +58,22 @@ def test_table_reports_mean_and_spread_over_seeds():
     assert "| teacher-float | - | 93.00 |" in table
 
 
+def test_versus_counts_a_difference_only_beyond_seed_noise():
+    base = dict(bits=4, scale="per-layer", bit_exact=True, epochs=9, wall_s=60.0, teacher_qnn_acc=92.0)
+    accs = {"ptl": [90.0, 91.0], "oneshot": [89.5, 89.9], "fold": [86.0], "scratch": [91.5], "qat-fold": [92.5]}
+    rows = [{**base, "method": m, "seed": i, "test_acc": a} for m, aa in accs.items() for i, a in enumerate(aa)]
+    rows.append({**base, "bits": 2, "method": "ptl", "seed": 0, "test_acc": 80.0})
+    rows.append({**base, "bits": 2, "method": "fold", "seed": 0, "test_acc": 10.0})
+    lines = bench.versus({"teacher": {"test_acc": 93.0}, "rows": rows}).splitlines()
+    head, w4, w2 = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2], lines[3]))
+    w4 = dict(zip(head, w4))  # noise: ptl's spread, 1.00
+    assert w4["noise"] == "1.00"
+    assert w4["vs fold"] == "+4.50 **ahead**" and w4["vs qat-fold"] == "-2.00 **behind**"
+    assert w4["vs oneshot"] == "+0.80 within noise" and w4["vs scratch"] == "-1.00 within noise"
+    assert w4["vs ptl-no-comp"] == "not run"
+    assert w2[:4] == ["W2A2", "per-layer", "-", "+70.00 one seed"] and w2[4:] == ["not run"] * 5
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--out", "X"], "bench needs --teacher"),
     (["bench", "--out", "X", "--teacher", "T", "--bits", "4,x"], "comma-separated integers"),

@@ -201,7 +201,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     for (method, bits, scale), rs in groups.items():
         accs = [r["test_acc"] for r in rs]
         lines.append({"method": method, "bits": bits, "scale": scale, "mean": sum(accs) / len(accs),
-                      "spread": max(accs) - min(accs), "seeds": sorted(r["seed"] for r in rs),
+                      "spread": max(accs) - min(accs), "low": min(accs), "high": max(accs),
+                      "seeds": sorted(r["seed"] for r in rs),
                       "bit_exact": all(r["bit_exact"] for r in rs), "epochs": rs[0]["epochs"],
                       "wall_s": rs[0]["wall_s"]})
     return lines
@@ -239,6 +240,39 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+RIVALS = ("fold", "qat-fold", "scratch", "oneshot", "ptl-no-target", "ptl-no-comp")
+
+
+def versus(results: dict[str, Any]) -> str:
+    """The markdown table of ptl against each baseline and ablation at every bit width and scale:
+    the difference of the means (points) and a verdict that counts it only where it is larger than
+    the seed noise: the largest seed-to-seed spread (max - min) of any method with 2+ seeds at that
+    width and scale. Without such a method there is no noise estimate and no verdict."""
+    cell = {(s["method"], s["bits"], s["scale"]): s for s in summary(results)}
+    keys = sorted({(b, s) for m, b, s in cell if m == "ptl"}, key=lambda k: (k[1] != "per-layer", -k[0]))
+    out = ["| bits | scale | noise | " + " | ".join(f"vs {m}" for m in RIVALS) + " |",
+           "|---|---|---|" + "---|" * len(RIVALS)]
+    for bits, scale in keys:
+        ptl = cell[("ptl", bits, scale)]
+        spreads = [s["spread"] for (m, b, sc), s in cell.items() if (b, sc) == (bits, scale) and len(s["seeds"]) > 1]
+        noise = max(spreads) if spreads else None
+        cells = []
+        for m in RIVALS:
+            r = cell.get((m, bits, scale))
+            if r is None:
+                cells.append("not run")
+                continue
+            diff = ptl["mean"] - r["mean"]
+            if noise is None:
+                verdict = "one seed"
+            else:
+                verdict = "**ahead**" if diff > noise else "**behind**" if diff < -noise else "within noise"
+            cells.append(f"{diff:+.2f} {verdict}")
+        label = "-" if noise is None else f"{noise:.2f}"
+        out.append(f"| W{bits}A{bits} | {scale} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """results.json, results.md (table + every row's command, epochs, wall time) and plots."""
     _io.write_json(out / "results.json", results)
@@ -256,6 +290,11 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
           "the training phases' wall time (summed across resumes; evaluation excluded) on this machine's 2 cores, "
           "often shared with other work.", "",
           "![accuracy vs bits](plots/accuracy_vs_bits.png)", "",
+          "ptl minus each baseline and ablation (points, difference of the means). *noise*: the largest "
+          "seed-to-seed spread (max - min) of any method with 2+ seeds at that width and scale; a difference "
+          "counts (**ahead**, **behind**) only where it is larger than that, otherwise it is *within noise*; "
+          "*one seed*: no method has two seeds there yet, so no verdict.", "",
+          versus(results), "",
           "| row | test acc | epochs | wall | command |", "|---|---|---|---|---|"]
     md += [f"| {r['key']} | {r['test_acc']:.2f} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | `{r['command']}` |"
            for r in results["rows"]]
