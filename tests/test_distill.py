@@ -44,6 +44,8 @@ def test_trained_student_bit_exact_and_learns(digits, method, scale):
     assert check["bit_exact"], check
     assert check["numpy_acc"] > 50  # 10 classes: far above chance after a few steps
     assert [h["phase"] for h in student.history][0] == "teacher-qat"
+    # the last phase reports its best epoch's validation accuracy: the network it leaves behind
+    assert student.history[-1]["val_acc"] == accuracy(student, data.val)
 
 
 def test_teacher_is_not_mutated(digits):

@@ -93,8 +93,9 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
                "max_abs_logit_diff": check["max_abs_diff"], "test_images": check["images"],
                "epochs": sum(h["epochs"] for h in student.history), "wall_s": wall, "history": student.history}
     run_dir.write_metrics(metrics)
+    teacher_acc = "unknown" if metrics["teacher_acc"] is None else f"{metrics['teacher_acc']:.2f}"
     run_dir.log(f"student W{config.w_bits}A{config.a_bits} {config.method}: integer test accuracy "
-                f"{metrics['test_acc']:.2f}% (teacher {metrics['teacher_acc']}), bit-exact with torch on "
+                f"{metrics['test_acc']:.2f}% (teacher {teacher_acc}), bit-exact with torch on "
                 f"{check['images']} images: {check['bit_exact']}")
     return metrics
 
