@@ -321,7 +321,7 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
     compensated teacher on the codes the converted stages produce), train them with the
     downstream teacher units on CE + lambda_target * MSE(stage output codes, frozen teacher's)
     + KD; the patience rule picks the best epoch."""
-    from .distill import _freeze, kd_loss, train_with_patience
+    from .distill import _freeze, ptl_loss, train_with_patience
 
     student, qnn, frozen = state.student, state.qnn, state.frozen
     group, names = groups[k], list(qnn.units)
@@ -362,13 +362,7 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
         with torch.no_grad():
             t_env = frozen.outputs(x_q)
         env = net.outputs(x_q)
-        logits = env[last_name]
-        loss = F.cross_entropy(logits, y)
-        if config.lambda_target:
-            loss = loss + config.lambda_target * F.mse_loss(env[out_name] / qmax, t_env[out_name] / qmax)
-        if config.lambda_kd:
-            loss = loss + config.lambda_kd * kd_loss(logits, t_env[last_name], config.kd_temperature)
-        return loss
+        return ptl_loss(env[last_name], y, env[out_name], t_env[out_name], t_env[last_name], qmax, config)
 
     rows = train_with_patience(
         modules=[*stage, *rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,

@@ -496,15 +496,21 @@ def stage_loss(prefix: nn.Module, s_k: nn.Module, rest: nn.Module, frozen: Chain
                     target = t
             teacher_logits = t
         out_k = s_k(h)
-        logits = rest(out_k)
-        loss = F.cross_entropy(logits, y)
-        if config.lambda_target:
-            loss = loss + config.lambda_target * F.mse_loss(out_k / qmax, target / qmax)
-        if config.lambda_kd:
-            loss = loss + config.lambda_kd * kd_loss(logits, teacher_logits, config.kd_temperature)
-        return loss
+        return ptl_loss(rest(out_k), y, out_k, target, teacher_logits, qmax, config)
 
     return loss_fn
+
+
+def ptl_loss(logits: torch.Tensor, y: torch.Tensor, out: torch.Tensor, target: torch.Tensor,
+             teacher_logits: torch.Tensor, qmax: float, config: DistillConfig) -> torch.Tensor:
+    """``CE(logits, y) + lambda_target * MSE(out / qmax, target / qmax) + lambda_kd * KD``: the
+    loss of a PTL stage whose converted output is ``out`` and whose teacher output is ``target``."""
+    loss = F.cross_entropy(logits, y)
+    if config.lambda_target:
+        loss = loss + config.lambda_target * F.mse_loss(out / qmax, target / qmax)
+    if config.lambda_kd:
+        loss = loss + config.lambda_kd * kd_loss(logits, teacher_logits, config.kd_temperature)
+    return loss
 
 
 def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, calib: torch.Tensor, val_acc,
