@@ -16,7 +16,7 @@ from fiqnn import dag
 from fiqnn.config import DistillConfig
 from fiqnn.execute import run
 from fiqnn.fximport import import_model
-from fiqnn.graph import IntAdd, IntAvgPool
+from fiqnn.graph import IntAdd, IntAvgPool, IntLayer
 from fiqnn.models import VGG, MobileNetV2S, ResNet, _conv_bn, build_model
 
 SHAPE = (3, 12, 12)
@@ -61,6 +61,9 @@ def test_family_is_bit_exact_across_backends(family, bits, scale):
         from fiqnn.export.c99 import run_c
 
         assert np.array_equal(run_c(graph, x_q), ref)
+    if scale == "per-channel":  # except the logits, compared by argmax, which share one scale
+        assert graph.layers[-1].mult.size == 1
+        assert all(n.mult.size > 1 for n in graph.layers[:-1] if isinstance(n, IntLayer) and n.a_bits is not None)
     if family.startswith("resnet") or family == "mobilenetv2":
         assert any(isinstance(n, IntAdd) for n in graph.layers)
         assert any(isinstance(n, IntAvgPool) for n in graph.layers)

@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wbits", type=int, help="weight bits, 2..8")
     s.add_argument("--abits", type=int, help="activation bits, 2..8")
     s.add_argument("--method", help="ptl (default) | fold | oneshot | scratch")
-    s.add_argument("--scale", help="per-layer (default: one (mult, shift) per layer) | per-channel")
+    s.add_argument("--scale", help="per-layer (default: one (mult, shift) per layer) | per-channel (one per output "
+                   "channel; the logits layer keeps one)")
     s.add_argument("--first-last-bits", type=int, help="weight bits of the first and last layers (default 8)")
     s.add_argument("--teacher-quantizer", help="lsq (default) | dorefa: the BN teacher QNN's weight quantizer")
     s.add_argument("--teacher-epochs", type=int, help="QAT epochs of the BN teacher QNN, step 0 (default 1)")

@@ -237,7 +237,7 @@ def init_unit(name: str, t: nn.Module, srcs: list[str], env: dict[str, torch.Ten
     if isinstance(t, QnnUnit):
         raw = t.a_bits is None and not last
         in_bits = 8 if srcs == ["input"] else config.a_bits
-        s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel" and not raw)
+        s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel")
         s.raw = raw
         return s
     out = float(t.aq.step)

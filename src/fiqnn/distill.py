@@ -146,7 +146,7 @@ def student_skeleton(qnn: Chain, names: list[str], config: DistillConfig, in_sha
     """An uninitialised student with the right structure (used to load checkpoints)."""
     n = len(qnn.units)
     units = [IntUnit(t.geometry, tuple(t.layer.weight.shape), *unit_bits(i, n, config),
-                     per_channel=config.scale == "per-channel") for i, t in enumerate(qnn.units)]
+                     per_channel=config.scale == "per-channel" and i < n - 1) for i, t in enumerate(qnn.units)]
     return Student(units, names, in_shape, num_classes)
 
 

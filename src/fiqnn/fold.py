@@ -47,8 +47,13 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
         x_q: calibration input codes of this layer, as the student network will see them.
         in_bits: bits of those codes (8 for the network input).
         w_bits: weight bits of the student layer.
-        per_channel: one (mult, shift) per output channel instead of one per layer.
+        per_channel: one (mult, shift) per output channel instead of one per layer, for a
+            layer whose output is requantized. A layer with no activation bits (the logits,
+            or a residual branch's accumulators) keeps one scale whatever this says: the
+            logits' int32 accumulators are compared by argmax across channels, and that
+            ranks the classes as the real-valued logits do only if they share one scale.
     """
+    per_channel = per_channel and t.a_bits is not None
     was_training = t.training
     t.eval()
     target = t.core(x_q).double()  # teacher's codes before pooling (or float logits)

@@ -171,7 +171,7 @@ def load_student(run_dir: str | os.PathLike) -> Student:
         else:
             student = Student.from_spec(blob["spec"])
         student.load_state_dict(blob["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as e:
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / STUDENT} is not a fiqnn student ({e})") from None
     return student.eval()
 

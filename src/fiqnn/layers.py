@@ -158,7 +158,8 @@ class IntUnit(_Cached):
         ``weight``: latent weights scaled to [-1, 1]; ``w_q = clamp(round_half_up(Q * weight), -Q, Q)``.
         ``bias``: in output-code units; ``bias_q = round_half_up(bias / alpha)``.
         ``log_alpha``: ``alpha = exp(log_alpha)``, the layer's scale, one per layer
-        (the paper's) or one per output channel.
+        (the paper's) or one per output channel (only where the output is requantized:
+        the logits' accumulators are compared by argmax, so they share one scale).
 
     Train mode computes in float32 with fake quantization; eval mode computes the
     integer contract exactly: accumulators in float32 when the layer's (E6) bound is
@@ -169,6 +170,9 @@ class IntUnit(_Cached):
     def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
                  a_bits: int | None, per_channel: bool = False, raw: bool = False):
         super().__init__()
+        if per_channel and a_bits is None:
+            raise ValueError("a layer without activation bits (logits, residual branch) has one scale, "
+                             "not one per channel: its int32 accumulators are compared or summed across channels")
         self.geometry = geometry
         self.raw = raw  # a residual branch: int32 accumulators out (train mode too), scaled by the add
         self.in_bits, self.w_bits, self.a_bits, self.per_channel = in_bits, w_bits, a_bits, per_channel
