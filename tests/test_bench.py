@@ -129,3 +129,32 @@ def test_two_bench_processes_share_one_grid(digits_teacher, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert sorted(r["key"] for r in results["rows"]) == sorted(keys)
     assert all(r["bit_exact"] for r in results["rows"])
+
+
+def test_status_tells_done_running_started_and_pending(cli, tmp_path):
+    """--status reads the bench directory only: results.json, the row claims and the run logs."""
+    import fcntl
+
+    out, runs = tmp_path / "b", tmp_path / "b" / "runs"
+    (runs / "oneshot-w4a4-per-layer-s0").mkdir(parents=True)
+    (runs / "oneshot-w4a4-per-layer-s0" / "train.log").write_text("t0 stage 1 epoch 1: loss 0.4\n")
+    (runs / "ptl-w4a4-per-layer-s0").mkdir()
+    (runs / "ptl-w4a4-per-layer-s0" / "train.log").write_text("t1 teacher QAT epoch 0\nt2 stage 3 epoch 1\n")
+    row = dict(method="fold", bits=4, scale="per-layer", seed=0, test_acc=91.25, bit_exact=True)
+    (out / "results.json").write_text(json.dumps({"rows": [{**row, "key": "fold-w4a4-per-layer-s0"}]}))
+    args = ["bench", "--out", str(out), "--status", "--bits", "4", "--methods", "fold,oneshot,ptl,scratch",
+            "--scales", "per-layer", "--seeds", "0"]
+    with open(runs / "ptl-w4a4-per-layer-s0.lock", "a") as claim:  # as a running bench process holds it
+        fcntl.flock(claim, fcntl.LOCK_EX)
+        code, stdout, _ = cli(*args, "--json")
+        code_text, text, _ = cli(*args)
+    assert code == code_text == 0
+    states = {r["key"].split("-")[0]: r for r in json.loads(stdout)["rows"]}
+    assert states["fold"] == {"key": "fold-w4a4-per-layer-s0", "state": "done", "test_acc": 91.25}
+    assert states["ptl"]["state"] == "running" and states["ptl"]["last_log"] == "t2 stage 3 epoch 1"
+    assert states["oneshot"]["state"] == "started" and states["scratch"]["state"] == "pending"
+    assert "91.25%" in text and text.strip().endswith("1 done, 1 running, 1 started, 1 pending (of 4 rows)")
+    assert sorted(p.name for p in runs.iterdir()) == ["oneshot-w4a4-per-layer-s0", "ptl-w4a4-per-layer-s0",
+                                                     "ptl-w4a4-per-layer-s0.lock"]  # nothing created
+    code, _, err = cli("bench", "--out", str(out))
+    assert code == 2 and "bench needs --teacher (or --quick, or --status)" in err[0]

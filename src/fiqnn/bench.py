@@ -27,6 +27,7 @@ Several ``fiqnn bench`` processes may share one ``--out`` (one per GPU, or per
 core): each row is claimed by one process at a time (a lock on
 ``runs/<row>.lock``, released by the kernel if that process dies) and the results
 file is merged under a lock, so the workers split the grid between them.
+``fiqnn bench --status`` (:func:`status`) says where every row stands.
 """
 
 from __future__ import annotations
@@ -168,6 +169,34 @@ def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list
                 "run": str(run_dir), "command": command_line(str(teacher_dir), config, str(run_dir))})
             log(f"{row.key}: integer test accuracy {m['test_acc']:.2f}%")
     return merged()
+
+
+def status(out: str | os.PathLike, rows: list[Row]) -> list[dict[str, Any]]:
+    """Where each row of a grid stands in bench directory ``out``: ``done`` (with its test
+    accuracy), ``running`` (a bench process holds its claim), ``started`` (a run directory
+    that ``fiqnn bench`` resumes) or ``pending``; unfinished rows carry their log's last line.
+    Reads only: it creates no file."""
+    out = Path(out)
+    done = {r["key"]: r for r in (read_json(out / "results.json") if (out / "results.json").exists()
+                                  else {}).get("rows", [])}
+    lines = []
+    for row in rows:
+        run_dir, lock = out / "runs" / row.key, out / "runs" / f"{row.key}.lock"
+        line: dict[str, Any] = {"key": row.key}
+        if row.key in done:
+            line.update(state="done", test_acc=done[row.key]["test_acc"])
+        else:
+            running = False
+            if lock.exists():
+                with _flock(lock, wait=False) as free:
+                    running = not free
+            line["state"] = "running" if running else "started" if run_dir.is_dir() else "pending"
+            log = run_dir / "train.log"
+            if log.exists():
+                last = log.read_text(errors="replace").strip().splitlines()
+                line["last_log"] = last[-1] if last else ""
+        lines.append(line)
+    return lines
 
 
 @contextlib.contextmanager

@@ -180,8 +180,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         results = bench.quick(args.out, progress=not args.no_progress, log=log)
     else:
-        if args.teacher is None:
-            raise FiqnnError("bench needs --teacher (or --quick)")
+        if args.teacher is None and not args.status:
+            raise FiqnnError("bench needs --teacher (or --quick, or --status)")
         try:
             bits = [int(b) for b in args.bits.split(",")]
             seeds = [int(s) for s in args.seeds.split(",")]
@@ -202,11 +202,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
                               max_epochs_per_stage=args.max_epochs_per_stage, patience=args.patience,
                               finetune_epochs=args.finetune_epochs)
         rows = bench.grid(methods, bits, scales, seeds, args.seed_methods.split(","))
+        if args.status:
+            return _bench_status(args, bench.status(args.out, rows))
         low = args.low_bits_lr
 
         results = bench.run_bench(args.teacher, args.out, rows, budget, progress=not args.no_progress,
                                   lr_by_bits=lambda b: low if b <= 3 else None, log=log)
     _report(args, results, bench.table(results) + f"\n(results in {args.out}/results.md)")
+    return 0
+
+
+def _bench_status(args: argparse.Namespace, lines: list[dict]) -> int:
+    counts = {s: sum(line["state"] == s for line in lines) for s in ("done", "running", "started", "pending")}
+    text = []
+    for line in lines:
+        detail = f"{line['test_acc']:.2f}%" if line["state"] == "done" else line.get("last_log", "")
+        text.append(f"{line['key']:36s} {line['state']:8s} {detail}".rstrip())
+    text.append(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(lines)} rows)")
+    _report(args, {"rows": lines, "counts": counts}, "\n".join(text))
     return 0
 
 
@@ -321,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--teacher", help="teacher run directory")
     b.add_argument("--out", required=True, help="bench directory (results and one run directory per row)")
     b.add_argument("--quick", action="store_true", help="a tiny budget on digits with the tiny model (CI)")
+    b.add_argument("--status", action="store_true",
+                   help="print where each row of the grid stands (done, running, started, pending) and exit")
     b.add_argument("--methods", help="comma-separated (default: all, in the order fold,qat-fold,scratch,"
                                       "oneshot,ptl,ptl-no-target,ptl-no-comp)")
     b.add_argument("--bits", default="4,2,8,3", help="comma-separated W = A bit widths, in run order "
