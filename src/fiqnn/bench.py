@@ -175,7 +175,8 @@ def status(out: str | os.PathLike, rows: list[Row]) -> list[dict[str, Any]]:
     """Where each row of a grid stands in bench directory ``out``: ``done`` (with its test
     accuracy), ``running`` (a bench process holds its claim), ``started`` (a run directory
     that ``fiqnn bench`` resumes) or ``pending``; unfinished rows carry their log's last line.
-    Reads only: it creates no file."""
+    It creates no file. Testing a claim takes a free one for an instant: a bench process that
+    reaches that row in the same instant skips it, and its next run picks it up."""
     out = Path(out)
     done = {r["key"]: r for r in (read_json(out / "results.json") if (out / "results.json").exists()
                                   else {}).get("rows", [])}
