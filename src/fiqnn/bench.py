@@ -231,8 +231,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     for (method, bits, scale), rs in groups.items():
         accs = [r["test_acc"] for r in rs]
         lines.append({"method": method, "bits": bits, "scale": scale, "mean": sum(accs) / len(accs),
-                      "spread": max(accs) - min(accs), "low": min(accs), "high": max(accs),
-                      "seeds": sorted(r["seed"] for r in rs),
+                      "spread": max(accs) - min(accs), "seeds": sorted(r["seed"] for r in rs),
                       "bit_exact": all(r["bit_exact"] for r in rs), "epochs": rs[0]["epochs"],
                       "wall_s": rs[0]["wall_s"]})
     return lines
