@@ -237,10 +237,12 @@ def _runtime(args: argparse.Namespace) -> Iterator:
     from .parallel import setup, teardown
 
     rt = setup(args.device, args.amp)
+    ok = False
     try:
         yield rt
+        ok = True
     finally:
-        teardown()
+        teardown(ok)
 
 
 def _report(args: argparse.Namespace, metrics: dict, line: str) -> None:

@@ -144,7 +144,16 @@ def setup(device: str = "cpu", amp: bool = False) -> Runtime:
     return Runtime(dev, amp, rank, world)
 
 
-def teardown() -> None:
-    """Leave the process group (if this process joined one)."""
+def teardown(ok: bool = True) -> None:
+    """Leave the process group (if this process joined one).
+
+    After a clean run (``ok``) the ranks first meet at a barrier, so they leave together:
+    rank 0 still writes the run's files after the last collective, and a rank that
+    destroyed its gloo connections and exited while rank 0 was still at work was seen to
+    abort (SIGABRT, "terminate called without an active exception") once in CI. After an
+    error there is no barrier (a failed rank never arrives; torchrun stops the others).
+    """
     if dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
