@@ -321,7 +321,7 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
     compensated teacher on the codes the converted stages produce), train them with the
     downstream teacher units on CE + lambda_target * MSE(stage output codes, frozen teacher's)
     + KD; the patience rule picks the best epoch."""
-    from .distill import _freeze, ptl_loss, train_with_patience
+    from .distill import ptl_loss, train_stage
 
     student, qnn, frozen = state.student, state.qnn, state.frozen
     group, names = groups[k], list(qnn.units)
@@ -340,23 +340,9 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
     prefix = [student.units[n] for g in groups[:k] for n in g]
     stage = [student.units[n] for n in group]
     rest = [qnn.units[n] for g in groups[k + 1:] for n in g]
-    for m in prefix:
-        _freeze(m)
-    for m in stage:
-        _freeze(m, False)
-    for m in rest:
-        _freeze(m, not config.compensation)
     out_name, final = group[-1], k == len(groups) - 1
     out_unit = qnn.units[out_name]
     qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else float(act_range(out_unit.a_bits)[1])
-
-    def set_modes() -> None:
-        for m in prefix:
-            m.eval()
-        for m in stage:
-            m.train()
-        for m in rest:
-            m.train(config.compensation)
 
     def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -364,15 +350,8 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
         env = net.outputs(x_q)
         return ptl_loss(env[last_name], y, env[out_name], t_env[out_name], t_env[last_name], qmax, config)
 
-    rows = train_with_patience(
-        modules=[*stage, *rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,
-        lr=config.lr * (0.1 if final else 1.0), weight_decay=config.weight_decay,
-        max_epochs=config.max_epochs_per_stage, patience=config.patience, desc=f"stage {k + 1}", progress=progress,
-        log=log)
-    for m in stage:
-        _freeze(m)
-        m.eval()
-    return rows
+    return train_stage(prefix=prefix, stage=stage, rest=rest, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,
+                       k=k, final=final, config=config, progress=progress, log=log)
 
 
 @torch.no_grad()

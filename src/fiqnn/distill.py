@@ -525,25 +525,46 @@ def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: _Stream, ca
         init = local_init(qnn.units[k], h, s_k.in_bits, s_k.w_bits, config.scale == "per-channel")
         s_k.load_state_dict(init.state_dict())
     rest = Chain(list(qnn.units[k + 1:]))
-    _freeze(prefix)
-    _freeze(s_k, False)
-    _freeze(rest, not config.compensation)
-    last = k == len(qnn.units) - 1
+    loss_fn = stage_loss(prefix, s_k, rest, frozen, k, config)
+    return train_stage(prefix=[prefix], stage=[s_k], rest=[rest], loss_fn=loss_fn,
+                       evaluate=val_acc(_hybrid(state, k + 1)), stream=stream, k=k,
+                       final=k == len(qnn.units) - 1, config=config, progress=progress, log=log)
+
+
+def train_stage(*, prefix: list[nn.Module], stage: list[nn.Module], rest: list[nn.Module],
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], evaluate: Callable[[], float],
+                stream: _Stream, k: int, final: bool, config: DistillConfig, progress: bool,
+                log: Log) -> list[dict[str, Any]]:
+    """Train PTL stage k+1 (chain or DAG) once its units are initialised and its loss built.
+
+    The converted ``prefix`` is frozen in eval mode; the ``stage``'s student units train;
+    the downstream teacher units ``rest`` train only under downstream compensation (else
+    frozen, in eval mode). The last stage trains at a tenth of the learning rate. The
+    patience rule picks the best epoch; the stage ends frozen, in eval mode.
+    """
+    for m in prefix:
+        _freeze(m)
+    for m in stage:
+        _freeze(m, False)
+    for m in rest:
+        _freeze(m, not config.compensation)
 
     def set_modes() -> None:
-        prefix.eval()
-        s_k.train()
-        rest.train(config.compensation)
-
-    loss_fn = stage_loss(prefix, s_k, rest, frozen, k, config)
+        for m in prefix:
+            m.eval()
+        for m in stage:
+            m.train()
+        for m in rest:
+            m.train(config.compensation)
 
     rows = train_with_patience(
-        modules=[s_k, rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=val_acc(_hybrid(state, k + 1)),
-        stream=stream, lr=config.lr * (0.1 if last else 1.0), weight_decay=config.weight_decay,
+        modules=[*stage, *rest], set_modes=set_modes, loss_fn=loss_fn, evaluate=evaluate, stream=stream,
+        lr=config.lr * (0.1 if final else 1.0), weight_decay=config.weight_decay,
         max_epochs=config.max_epochs_per_stage, patience=config.patience, desc=f"stage {k + 1}",
         progress=progress, log=log)
-    _freeze(s_k)
-    s_k.eval()
+    for m in stage:
+        _freeze(m)
+        m.eval()
     return rows
 
 
