@@ -309,7 +309,8 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     md = [f"# PTL vs baselines: {t['arch']} on {t['data']}", "",
           "Integer test accuracy (%) on the whole test split, measured by the numpy integer executor; "
           "`a ± b (n seeds)` is the mean and half the spread (max - min) over seeds. teacher-qnn: the BN teacher "
-          "with fake quantizers after QAT, measured in the ptl run. Every student was checked bit-exact against "
+          "with fake quantizers after QAT, measured in the ptl run (its weight steps are per output channel under "
+          "either `--scale`, so its two rows agree). Every student was checked bit-exact against "
           "the eval-mode torch student on every test image unless marked.", "",
           table(results), "",
           f"Budget (every method): {b['steps_per_epoch']} batches per scheduler epoch, teacher QAT "
