@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import zipfile
 import zlib
@@ -57,6 +58,18 @@ class OverflowProofError(FiqnnError):
 
 _ARRAYS = {"w_q": np.int8, "bias_q": np.int32, "mult": np.int32, "shift": np.int32}
 
+# Node names come from model files, i.e. from strangers: one identifier, so that no name can
+# carry a newline, a comment terminator or a path into a message, generated code or a zip member.
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_name(name: object, what: str = "node") -> None:
+    """Refuse a node name that is not an identifier of at most 64 characters (or is 'input')."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name == "input":
+        shown = repr(name)[:40] + ("..." if len(repr(name)) > 40 else "")
+        raise ModelFileError(f"{what} name {shown} is not an identifier of at most 64 characters "
+                             "([A-Za-z_][A-Za-z0-9_]*, not 'input')")
+
 
 def _arrays_of(kind: str) -> tuple[str, ...]:
     return tuple(_ARRAYS) if kind in ("conv", "fc") else ("mult", "shift")
@@ -86,6 +99,7 @@ class IntLayer:
         def bad(msg: str) -> ModelFileError:
             return ModelFileError(f"layer {self.name}: {msg}")
 
+        _check_names(self)
         if len(self.inputs) > 1:
             raise bad(f"a {self.kind} layer takes one input, got {list(self.inputs)}")
         if self.kind not in ("conv", "fc"):
@@ -140,6 +154,15 @@ class IntLayer:
                 "pool": list(self.pool) if self.pool else None, "inputs": list(self.inputs)}
 
 
+def _check_names(node) -> None:
+    check_name(node.name)
+    if not isinstance(node.inputs, tuple):
+        raise ModelFileError(f"node {node.name}: inputs must be a list of names")
+    for src in node.inputs:
+        if src != "input":
+            check_name(src, f"node {node.name}: input")
+
+
 def _check_requant(name: str, mult: np.ndarray, shift: np.ndarray, n_mult: int, a_bits) -> None:
     for key, a in (("mult", mult), ("shift", shift)):
         if not isinstance(a, np.ndarray) or a.dtype != np.int32:
@@ -165,6 +188,7 @@ class IntAdd:
     kind: str = "add"
 
     def __post_init__(self) -> None:
+        _check_names(self)
         if self.kind != "add" or len(self.inputs) < 2:
             raise ModelFileError(f"node {self.name}: an add takes two or more inputs, got {list(self.inputs)}")
         _check_requant(self.name, self.mult, self.shift, len(self.inputs), self.a_bits)
@@ -191,6 +215,7 @@ class IntAvgPool:
     kind: str = "avgpool"
 
     def __post_init__(self) -> None:
+        _check_names(self)
         if self.kind != "avgpool" or len(self.inputs) > 1:
             raise ModelFileError(f"node {self.name}: an avgpool takes one input")
         if min(*self.kernel, *self.stride) < 1 or min(self.padding) < 0 or any(
@@ -348,18 +373,101 @@ def save(graph: IntGraph, path: str | os.PathLike) -> None:
     _io.write_bytes(path, buf.getvalue())
 
 
-def load(path: str | os.PathLike) -> IntGraph:
+# A model file's arrays are int8 codes and int32 parameters; deflate shrinks real ones by well
+# under 8x, so members that unpack to more than 64x the file's size are a zip bomb, not a model.
+UNPACK_RATIO = 64
+_MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]{0,127}")  # a plain name: no '/', '\\' or drive
+
+
+def _zip_members(z: zipfile.ZipFile, path: Path, max_bytes: int | None) -> None:
+    """Refuse, from the zip's directory alone (before anything is unpacked), members that are not
+    plain file names (path traversal, directories), repeated names, and declared sizes that add
+    up to more than ``max_bytes`` (default ``UNPACK_RATIO`` times the file's size, at least 1 MiB)."""
+    infos = z.infolist()
+    names = [i.filename for i in infos]
+    for name in names:
+        if not _MEMBER.fullmatch(name):
+            raise ModelFileError(f"{path}: zip member {name[:60]!r} is not a plain file name (a path or a "
+                                 "directory); refusing the file")
+    if len(set(names)) != len(names):
+        raise ModelFileError(f"{path}: a zip member name appears twice; refusing the file")
+    limit = max_bytes if max_bytes is not None else max(UNPACK_RATIO * path.stat().st_size, 1 << 20)
+    total = sum(i.file_size for i in infos)
+    if total > limit:
+        raise ModelFileError(f"{path}: its members would unpack to {total:,} bytes, more than the limit of "
+                             f"{limit:,} ({UNPACK_RATIO}x the file's size unless max_bytes says otherwise); "
+                             "a zip bomb, or not a fiqnn model file")
+
+
+class _Hashed:
+    """A zip member read through SHA-256, counting what it has read."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.sha.update(data)
+        self.n += len(data)
+        return data
+
+
+def _read_array(z: zipfile.ZipFile, member: str, dtype: type, sha256: object) -> np.ndarray:
+    """An .npy member, streamed: its header is checked before any array exists (the dtype fiqnn
+    expects, and a shape whose size is exactly the bytes the zip directory says follow it, so no
+    header can make this allocate more than the member holds); then the codes are read in chunks
+    straight into the array, and the member's SHA-256 compared with ``sha256``."""
+    info = z.getinfo(member)
+    with z.open(info) as raw:
+        f = _Hashed(raw)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, got = read_header(f)
+        if got != np.dtype(dtype) or fortran or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ModelFileError(f"array {member} is {got}{list(shape)}, expected a C-ordered "
+                                 f"{np.dtype(dtype).name} array")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * got.itemsize != info.file_size - f.n:
+            raise ModelFileError(f"array {member}: its header declares shape {list(shape)} "
+                                 f"({count * got.itemsize:,} bytes) but the member holds {info.file_size - f.n:,} "
+                                 "bytes of data")
+        out = np.empty(count, got)
+        view = memoryview(out).cast("B")
+        at = 0
+        while at < len(view):
+            chunk = f.read(min(len(view) - at, 1 << 20))
+            if not chunk:
+                raise ModelFileError(f"array {member} is truncated")
+            view[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        if f.sha.hexdigest() != sha256:
+            raise ModelFileError(f"array {member} does not match its checksum (tampered or corrupt)")
+    out = out.reshape(shape)
+    out.flags.writeable = False  # the graph is frozen, and so are its arrays
+    return out
+
+
+def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> IntGraph:
     """Read a model file written by :func:`save`; never unpickles.
 
+    Model files come from strangers, so the zip directory, every array header and every size is
+    checked before anything is unpacked (``_zip_members``, ``_read_array``): nothing a file
+    declares makes this allocate more than ``max_bytes`` (default ``UNPACK_RATIO`` times the file's
+    size), and a refused file costs no more memory than its headers.
+
     Raises:
-        ModelFileError: missing, unreadable, wrong version, tampered or out-of-range.
+        ModelFileError: missing, unreadable, wrong version, tampered, out-of-range or oversized.
         OverflowProofError: the layers fail the (E6) proof.
     """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as z:
+            _zip_members(z, path, max_bytes)
             meta = json.loads(z.read("meta.json"))
-            if meta.get("format") != "fiqnn-intgraph":
+            if not isinstance(meta, dict) or meta.get("format") != "fiqnn-intgraph":
                 raise ModelFileError(f"{path} is not a fiqnn model file")
             version = meta.get("arith_version")
             if version != ARITH_VERSION:
@@ -367,14 +475,11 @@ def load(path: str | os.PathLike) -> IntGraph:
                                      f"{ARITH_VERSION}: re-export it with this version")
             layers = []
             for m in meta["layers"]:
+                check_name(m["name"])
                 arrays = {}
                 for key in _arrays_of(m["kind"]):
                     member = f"{m['name']}.{key}.npy"
-                    data = z.read(member)
-                    if hashlib.sha256(data).hexdigest() != meta["sha256"].get(member):
-                        raise ModelFileError(f"{path}: array {member} does not match its checksum (tampered "
-                                             "or corrupt)")
-                    arrays[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+                    arrays[key] = _read_array(z, member, _ARRAYS[key], meta["sha256"].get(member))
                 inputs = tuple(m.get("inputs", ()))  # files from before residual graphs have none
                 if m["kind"] == "add":
                     layers.append(IntAdd(name=m["name"], inputs=inputs, a_bits=m["a_bits"], **arrays))
@@ -392,13 +497,16 @@ def load(path: str | os.PathLike) -> IntGraph:
                             meta.get("info", {}))
     except FileNotFoundError:
         raise ModelFileError(f"{path} not found") from None
-    except FiqnnError:
-        raise
+    except FiqnnError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
     except (OSError, zipfile.BadZipFile, zlib.error, KeyError, ValueError, TypeError, AttributeError, EOFError,
-            OverflowError, struct.error, NotImplementedError, RuntimeError) as e:
+            OverflowError, struct.error, NotImplementedError, RuntimeError, MemoryError) as e:
         # Everything zipfile, json and numpy raise on malformed bytes (RuntimeError: an
         # "encrypted" flag; NotImplementedError: an unsupported zip feature).
-        raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: {e})") from None
+        raise ModelFileError(f"{path} is not a readable fiqnn model file ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
 def layer_summary(layer: Node) -> dict:

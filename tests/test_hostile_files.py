@@ -1,0 +1,137 @@
+"""Model files from strangers: hostile names, memory bombs and path-traversal members are refused
+in one line, from the zip directory and the array headers, before anything large is allocated."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+
+from fiqnn.graph import IntGraph, IntLayer, ModelFileError, load, save
+
+MB = 1 << 20
+
+
+def _graph() -> IntGraph:
+    """Two fc layers, the first with 1 MB of incompressible int8 weights (so that "2x the file's
+    size" is a real bound, far above the interpreter's own small allocations)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.integers(-127, 128, (100, 10_000)).astype(np.int8)
+    fc1 = IntLayer(name="fc1", kind="fc", w_q=w1, bias_q=np.zeros(100, np.int32), mult=np.array([2**30], np.int32),
+                   shift=np.array([50], np.int32), in_bits=8, w_bits=8, a_bits=8)
+    fc2 = IntLayer(name="fc2", kind="fc", w_q=rng.integers(-7, 8, (10, 100)).astype(np.int8),
+                   bias_q=np.zeros(10, np.int32), mult=np.array([2**30], np.int32), shift=np.array([31], np.int32),
+                   in_bits=8, w_bits=4, a_bits=None)
+    return IntGraph((1, 100, 100), 10, (fc1, fc2))
+
+
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def _write(path, members: dict[str, bytes], big: tuple[str, int] | None = None) -> None:
+    """Write ``members`` (meta.json re-signed: every array's SHA-256 recomputed, as an attacker
+    would); ``big = (name, n)`` adds a member of ``n`` zero bytes, streamed (a zip bomb)."""
+    meta = json.loads(members["meta.json"])
+    meta["sha256"] = {n: hashlib.sha256(d).hexdigest() for n, d in members.items() if n.endswith(".npy")}
+    members = {**members, "meta.json": json.dumps(meta).encode()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, d in members.items():
+            z.writestr(n, d)
+        if big:
+            with z.open(big[0], "w", force_zip64=True) as f:
+                chunk = bytes(MB)
+                for _ in range(big[1] // MB):
+                    f.write(chunk)
+
+
+def _peak_while_refused(path) -> int:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError) as e:
+            load(path)
+        return tracemalloc.get_traced_memory()[1], str(e.value)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture
+def valid(tmp_path):
+    p = tmp_path / "valid.npz"
+    save(_graph(), p)
+    return p
+
+
+def _npy(arr_header: dict, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, arr_header)
+    return buf.getvalue() + data
+
+
+def test_absurd_declared_shape_is_refused_without_allocating_it(valid, tmp_path):
+    m = _members(valid)
+    data = m["fc1.w_q.npy"][128:]  # the 1 MB of codes, behind a header that declares 2^40 of them
+    m["fc1.w_q.npy"] = _npy({"descr": "|i1", "fortran_order": False, "shape": (2**20, 2**20)}, data)
+    bad = tmp_path / "shape.npz"
+    _write(bad, m)
+    peak, msg = _peak_while_refused(bad)
+    assert "declares shape [1048576, 1048576]" in msg and "\n" not in msg
+    assert peak < 2 * bad.stat().st_size, peak
+
+
+def test_zip_bomb_is_refused_from_the_directory(valid, tmp_path):
+    bad = tmp_path / "bomb.npz"
+    _write(bad, _members(valid), big=("pad.npy", 256 * MB))  # 256 MB of zeros in about 1.3 MB
+    assert bad.stat().st_size < 2 * MB
+    peak, msg = _peak_while_refused(bad)
+    assert "would unpack to" in msg and "zip bomb" in msg and "\n" not in msg
+    assert peak < 2 * bad.stat().st_size, peak
+
+
+@pytest.mark.parametrize("member", ["../../evil.npy", "/etc/evil.npy", "sub/fc1.w_q.npy", "a\\..\\b.npy",
+                                    "x */ evil(); /*.npy"])
+def test_path_traversal_and_odd_member_names_are_refused(valid, tmp_path, member):
+    m = _members(valid)
+    m[member] = m["fc2.bias_q.npy"]
+    bad = tmp_path / "paths.npz"
+    _write(bad, m)
+    peak, msg = _peak_while_refused(bad)
+    assert "is not a plain file name" in msg and "\n" not in msg
+    assert peak < 2 * bad.stat().st_size, peak
+
+
+@pytest.mark.parametrize("name", ["fc1 */ int evil; /*", "fc1\nint evil;", "input", "", "x" * 65, 7, "fc-1"])
+def test_hostile_node_names_are_refused(valid, tmp_path, name):
+    m = _members(valid)
+    meta = json.loads(m["meta.json"])
+    meta["layers"][0]["name"] = name
+    meta["layers"][1]["inputs"] = [name] if isinstance(name, str) else []
+    m["meta.json"] = json.dumps(meta).encode()
+    bad = tmp_path / "name.npz"
+    _write(bad, m)
+    peak, msg = _peak_while_refused(bad)
+    assert "is not an identifier" in msg and "\n" not in msg
+    assert peak < 2 * bad.stat().st_size, peak
+    with pytest.raises(ModelFileError, match="is not an identifier"):  # the constructor refuses it too
+        IntLayer(**{**_graph().layers[1].__dict__, "name": name})
+
+
+def test_cli_refuses_each_in_one_line(cli, valid, tmp_path):
+    bad = tmp_path / "bomb.npz"
+    _write(bad, _members(valid), big=("pad.npy", 128 * MB))
+    for cmd in (["info", bad], ["export", bad, "--format", "c", "--out", tmp_path / "c"]):
+        code, out, err = cli(*cmd)
+        assert code == 2 and len(err) == 1 and err[0].startswith("fiqnn: error: ") and "zip bomb" in err[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_valid_file_still_loads(valid):
+    g = load(valid)
+    assert np.array_equal(g.layers[0].w_q, _graph().layers[0].w_q)
+    assert not g.layers[0].w_q.flags.writeable  # arrays are views of the file's bytes, read-only
