@@ -202,10 +202,14 @@ def test_seeded_runs_give_byte_identical_model_files(cli, digits_teacher, tmp_pa
 
 def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
     """Killed inside a PTL stage, after some of its epochs: the resumed run continues that stage
-    from its last finished epoch (modules, optimizer, patience state), not from its start."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "4", "--abits",
-           "4", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30", "--max-epochs-per-stage", "3",
-           "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
+    from its last finished epoch (modules, optimizer, patience state, data position, random
+    state), not from its start, and writes the very model file the uninterrupted run writes."""
+    def cmd(out):
+        return [sys.executable, "-m", "fiqnn", "distill", "--teacher", str(digits_teacher), "--wbits", "2", "--abits",
+                "2", "--lr", "1e-3", "--out", str(out), "--batch-size", "8", "--steps-per-epoch", "30",
+                "--max-epochs-per-stage", "3", "--patience", "3", "--finetune-epochs", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    resume_after_mid_stage_kill(cmd, env, out)
+    resume_after_mid_stage_kill(cmd(tmp_path / "run"), env, tmp_path / "run")
+    whole = subprocess.run(cmd(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert (tmp_path / "run" / "model.npz").read_bytes() == (tmp_path / "whole" / "model.npz").read_bytes()

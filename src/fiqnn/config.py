@@ -7,6 +7,7 @@ so a bad value fails before any data is read or any file is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ class TeacherConfig(_Dict):
                f"epochs must be a positive integer, got {self.epochs}")
         _check(isinstance(self.batch_size, int) and self.batch_size > 0,
                f"batch size must be a positive integer, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -130,6 +131,6 @@ class DistillConfig(_Dict):
         for name in ("lambda_target", "lambda_kd", "weight_decay"):
             _check(getattr(self, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
-        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        _check(self.teacher_lr > 0, f"teacher-lr must be positive, got {self.teacher_lr}")
-        _check(self.scratch_lr > 0, f"scratch-lr must be positive, got {self.scratch_lr}")
+        _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
+        _check(0 < self.teacher_lr < math.inf, f"teacher-lr must be positive and finite, got {self.teacher_lr}")
+        _check(0 < self.scratch_lr < math.inf, f"scratch-lr must be positive and finite, got {self.scratch_lr}")

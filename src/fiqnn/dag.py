@@ -47,7 +47,12 @@ class GraphNet(nn.Module):
         return env
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        return self.outputs(x_q)[list(self.units)[-1]]
+        """The logits, (N, classes): a conv logits layer's 1x1 map is flattened."""
+        return self.logits(self.outputs(x_q))
+
+    def logits(self, env: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits, (N, classes), from the outputs of :meth:`outputs`."""
+        return env[list(self.units)[-1]].flatten(1)
 
     def spec(self) -> dict:
         """A student's structure in plain JSON values (it loads without the teacher)."""
@@ -348,7 +353,7 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
         with torch.no_grad():
             t_env = frozen.outputs(x_q)
         env = net.outputs(x_q)
-        return ptl_loss(env[last_name], y, env[out_name], t_env[out_name], t_env[last_name], qmax, config)
+        return ptl_loss(net.logits(env), y, env[out_name], t_env[out_name], frozen.logits(t_env), qmax, config)
 
     return train_stage(prefix=prefix, stage=stage, rest=rest, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,
                        k=k, final=final, config=config, progress=progress, log=log)

@@ -100,8 +100,8 @@ class DataBundle:
 
 
 def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment | None = None,
-            seed: int = 0, drop_last: bool = False, rank: int = 0,
-            world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            seed: int = 0, drop_last: bool = False, rank: int = 0, world: int = 1,
+            skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x_q uint8 (B, C, H, W), y int64 (B,))`` batches of ``split``.
 
     ``drop_last`` drops a final partial batch (training does: BatchNorm cannot
@@ -115,6 +115,9 @@ def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment |
     is the global batch and rank ``rank`` gets images ``rank, rank + world, ...`` of
     each global batch: the global batches (and their augmentation) are those of a
     single process, whatever ``world`` is.
+
+    ``skip`` leaves out the first ``skip`` batches (a run resumed in the middle of a pass);
+    the ones after them are the very batches, augmentation included, of an unskipped pass.
     """
     g = torch.Generator().manual_seed(seed)
     n = len(split)
@@ -122,14 +125,14 @@ def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment |
     starts = range(0, num_batches(split, batch_size, drop_last) * batch_size, batch_size)
     if isinstance(split, ArraySplit):
         x_all, y_all = torch.from_numpy(split.x_q), torch.from_numpy(split.y)
-        for start in starts:
+        for i, start in enumerate(starts):
             idx = order[start:start + batch_size]
-            x_q = augment(x_all[idx], g) if augment else x_all[idx]
-            if len(idx) > rank:  # a last evaluation batch may have fewer images than ranks
+            x_q = augment(x_all[idx], g) if augment else x_all[idx]  # draws from g even when skipped
+            if i >= skip and len(idx) > rank:  # a last evaluation batch may have fewer images than ranks
                 yield x_q[rank::world], y_all[idx][rank::world]
         return
     # A Dataset (image folder): each rank decodes only its own share of every batch.
-    shares = [order[start:start + batch_size][rank::world].tolist() for start in starts]
+    shares = [order[start:start + batch_size][rank::world].tolist() for start in starts][skip:]
     shares = [s for s in shares if s]
     loader = torch.utils.data.DataLoader(split, batch_sampler=shares, num_workers=loader_workers())
     yield from loader

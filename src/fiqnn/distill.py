@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +53,8 @@ from tqdm import tqdm
 
 from .arith import act_range
 from .config import DistillConfig
-from .data import DataBundle, batches, num_batches
+from .data import DataBundle, batches, num_batches, to_float
+from .errors import DataError, TrainingError
 from .fold import local_init
 from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
 from .parallel import Runtime
@@ -114,6 +116,28 @@ def check_distillable(teacher: nn.Module) -> None:
         import_model(teacher)
 
 
+@torch.no_grad()
+def check_fits(teacher: nn.Module, data: DataBundle, x_q: torch.Tensor) -> None:
+    """Refuse, before any training, data the teacher cannot take: images of another shape or
+    channel count, or another number of classes than the teacher outputs."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        out = teacher(to_float(x_q))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"the teacher cannot take the data's images of shape {tuple(data.in_shape)} (C, H, W): "
+                        f"{first[:200]}") from None
+    finally:
+        teacher.train(was_training)
+    if not bool(torch.isfinite(out).all()):
+        raise DataError("the teacher's outputs are inf or NaN on the training images; its weights are broken "
+                        "(retrain it, e.g. with a lower --lr)")
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise DataError(f"the teacher outputs {tuple(out.shape[1:])} per image but the data has {data.num_classes} "
+                        "classes; use a teacher built for this data set")
+
+
 def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
     """A copy of ``teacher`` with every layer's parameters (and BN statistics) freshly
     initialised by PyTorch's defaults, seeded."""
@@ -173,23 +197,40 @@ def accuracy(chain: nn.Module, split, batch_size: int = 500, runtime: Runtime | 
 
 class _Stream:
     """Training batches without end, one reshuffled pass after another, cut into
-    scheduler epochs of ``steps`` batches (this rank's share of each, on its device)."""
+    scheduler epochs of ``steps`` batches (this rank's share of each, on its device).
+
+    Its position (passes begun, batches taken from the current one) is part of every
+    checkpoint, so a resumed run trains on the batches the uninterrupted run would have."""
 
     def __init__(self, data: DataBundle, config: DistillConfig, runtime: Runtime):
-        self.data, self.config, self.rt, self.passes = data, config, runtime, 0
+        self.data, self.config, self.rt = data, config, runtime
+        self.passes = self.pos = 0
         full = num_batches(data.train, config.batch_size, drop_last=True)
         self.steps = min(config.steps_per_epoch, full) if config.steps_per_epoch else full
         self._it: Iterator | None = None
 
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes, "pos": self.pos}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        self.passes, self.pos, self._it = d["passes"], d["pos"], None
+
+    def _open(self, skip: int) -> Iterator:
+        """The current pass (number ``passes - 1``), from its batch ``skip`` on."""
+        return batches(self.data.train, self.config.batch_size, shuffle=True, augment=self.data.augment,
+                       seed=self.config.seed * 1_000_003 + self.passes - 1, drop_last=True, rank=self.rt.rank,
+                       world=self.rt.world, skip=skip)
+
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(self.steps):
+            if self._it is None and self.passes:  # resumed inside a pass
+                self._it = self._open(self.pos)
             batch = next(self._it, None) if self._it is not None else None
             if batch is None:
-                self._it = batches(self.data.train, self.config.batch_size, shuffle=True,
-                                   augment=self.data.augment, seed=self.config.seed * 1_000_003 + self.passes,
-                                   drop_last=True, rank=self.rt.rank, world=self.rt.world)
-                self.passes += 1
+                self.passes, self.pos = self.passes + 1, 0
+                self._it = self._open(0)
                 batch = next(self._it)
+            self.pos += 1
             yield self.rt.to_device(batch[0]), self.rt.to_device(batch[1])
 
 
@@ -261,9 +302,10 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
             loss_sum += loss.detach()
             if i % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
+        loss_total = rt.sum(float(loss_sum))[0] / rt.world
+        _check_finite(modules, loss_total / stream.steps, f"{desc} epoch {epoch + 1}")
         rt.sync_buffers(modules)
         acc = evaluate()
-        loss_total = rt.sum(float(loss_sum))[0] / rt.world
         rows.append({"epoch": epoch + 1, "loss": loss_total / stream.steps, "val_acc": acc,
                      "wall_s": time.perf_counter() - t0})
         if acc > best_acc:
@@ -280,6 +322,19 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
     for m, s in zip(modules, best_state):
         m.load_state_dict(s)
     return rows
+
+
+def _check_finite(modules: list[nn.Module], loss: float, where: str) -> None:
+    """Stop a diverged phase before its epoch is checkpointed (the last checkpoint stays the last
+    good state): a non-finite loss, weight or BN statistic would otherwise surface later as a bare
+    error from requantization."""
+    bad = [] if math.isfinite(loss) else ["the loss"]
+    bad += [name for m in modules for name, t in m.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())][:3]
+    if bad:
+        raise TrainingError(f"{where}: training diverged ({', '.join(bad)} became inf or NaN; loss {loss:.4g}); "
+                            "the run stopped before saving this epoch. Try a lower learning rate (--lr, "
+                            "--teacher-lr) or more bits, in a new --out")
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -334,6 +389,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     check_distillable(teacher)
     torch.manual_seed(config.seed)
     calib = calibration(data, config.calib_images)  # built on the CPU; moved with the networks below
+    check_fits(teacher, data, calib[:8])
     if is_chain(teacher):
         names = [n for n, _ in teacher_units(teacher)]
         qnn = build_teacher_qnn(teacher, config, calib)
@@ -355,9 +411,11 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib.cpu()).to(rt.device)
     else:  # a residual / DAG network: PTL over blocks (fiqnn.dag)
         from . import dag
-        from .fximport import import_model
+        from .fximport import import_model, verify_import
 
-        qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
+        units = import_model(teacher)
+        verify_import(teacher, units, to_float(calib[:64]))
+        qnn = dag.build_teacher_qnn(units, config, calib)
         student = dag.fold(qnn, config, calib)  # the skeleton (and fold's result)
         student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
         state = _State(qnn, copy.deepcopy(qnn), student)
@@ -384,6 +442,14 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         m.to(rt.device)
     calib = calib.to(rt.device)
     stream = _Stream(data, config, rt)
+    if resume_state is not None and "stream" in resume_state:  # (older checkpoints have no position)
+        stream.load_state_dict(resume_state["stream"])
+        _set_rng_state(resume_state["rng"], rt.device)
+
+    def run_state(**extra: Any) -> dict[str, Any]:
+        """What a checkpoint holds: the networks, the phases done, and where the data and the
+        random numbers stand, so that a resumed run goes on exactly as the uninterrupted one."""
+        return {**state.state_dict(), "stream": stream.state_dict(), "rng": _rng_state(rt.device), **extra}
 
     def val_acc(chain: nn.Module) -> Callable[[], float]:
         return lambda: accuracy(chain, data.val, runtime=rt)
@@ -418,7 +484,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
 
         def save_epoch(snapshot: dict[str, Any], i: int = i) -> None:  # a checkpoint inside phase i
             if checkpoint is not None:
-                checkpoint({**state.state_dict(), "in_phase": {"phase": i, **snapshot}})
+                checkpoint(run_state(in_phase={"phase": i, **snapshot}))
 
         # Each phase runs the scheduler once; a snapshot taken inside this phase resumes it.
         resume_here = in_phase if in_phase is not None and in_phase["phase"] == i else None
@@ -435,12 +501,26 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         state.history.append({"phase": name, "epochs": epochs, "val_acc": val, "wall_s": wall, "rows": rows})
         state.done = i + 1
         if checkpoint is not None:
-            checkpoint(state.state_dict())
+            checkpoint(run_state())
         same = f"; weights identical on all {rt.world} ranks" if rt.distributed else ""
         log(f"{name}: {epochs} epochs, val acc {val:.2f}%, {wall:.1f} s{same}")
     state.student.eval()
     state.student.history = state.history
     return state.student
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's global random state (dropout draws from it), and the GPU's when training on one."""
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(d: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(d["cpu"])
+    if device.type == "cuda" and "cuda" in d:
+        torch.cuda.set_rng_state(d["cuda"], device)
 
 
 def _hybrid(state: _State, k: int) -> Chain:

@@ -23,5 +23,13 @@ class RunDirError(FiqnnError):
     """A run directory cannot be created, written, or resumed."""
 
 
+class OutputError(FiqnnError):
+    """An output file cannot be written: no space left, a read-only file system, no permission."""
+
+
 class CheckpointError(FiqnnError):
     """A checkpoint or model file is missing, corrupt, or from another version."""
+
+
+class TrainingError(FiqnnError):
+    """Training diverged (a non-finite loss or weight); the last good checkpoint is kept."""

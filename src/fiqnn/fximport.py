@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.operator_schemas import normalize_function
 
 from .errors import FiqnnError
 
@@ -65,6 +66,32 @@ SUPPORTED = ("Conv2d, Linear, BatchNorm1d/2d, ReLU/ReLU6, MaxPool2d (after a ReL
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _bind(node: fx.Node) -> dict:
+    """A function or method call's arguments by parameter name, defaults filled in, bound by
+    torch's own signature normalisation (positional, keyword or mixed: ``F.avg_pool2d(x, 3, 1,
+    1)`` and ``F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)`` bind alike). The tensor
+    argument is ``input``. Raises :class:`UnsupportedModelError` when torch knows no signature for it."""
+    target, args = node.target, node.args
+    if node.op == "call_method":
+        if target in ("view", "reshape"):  # x.view(n, -1) and x.view((n, -1)) alike
+            rest = args[1:]
+            shape = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            return {"input": args[0], "shape": tuple(node.kwargs.get("shape", shape))}
+        target = getattr(torch, target)
+    types = tuple(torch.Tensor if isinstance(a, fx.Node) else type(a) for a in args)
+    kwtypes = {k: torch.Tensor if isinstance(v, fx.Node) else type(v) for k, v in node.kwargs.items()}
+    try:
+        bound = normalize_function(target, args, node.kwargs, arg_types=types, kwarg_types=kwtypes,
+                                   normalize_to_only_use_kwargs=True)
+    except Exception:  # noqa: BLE001 - torch raises many types for calls it cannot match
+        bound = None
+    if bound is None:
+        raise UnsupportedModelError(f"node {node.name!r}: torch has no signature to bind the arguments of "
+                                    f"{getattr(node.target, '__name__', node.target)} to; fiqnn reads no call "
+                                    "by position alone")
+    return dict(bound.kwargs)
 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -113,12 +140,13 @@ def import_model(model: nn.Module) -> list[Unit]:
 
     for node in gm.graph.nodes:
         mod = modules.get(node.target) if node.op == "call_module" else None
+        first = node.args[0] if node.args else node.kwargs.get("input")  # the tensor a call reads
         if node.op == "placeholder":
             if alias:
                 raise refuse(node, "is a second input; fiqnn models take one image tensor")
             alias[node] = "input"
         elif node.op == "output":
-            out = node.args[0]
+            out = first
             if not isinstance(out, fx.Node) or alias.get(out) not in owner:
                 raise refuse(node, "must be one tensor made by a conv, fc, add or avgpool unit")
             last = owner[alias[out]]
@@ -128,32 +156,35 @@ def import_model(model: nn.Module) -> list[Unit]:
         elif node.op == "get_attr":
             raise refuse(node, "reads a parameter outside a layer")
         elif isinstance(mod, (nn.Dropout, nn.Identity)) or node.target in (F.dropout,):
-            alias[node] = source(node, node.args[0])
+            alias[node] = source(node, first)
         elif isinstance(mod, nn.Flatten) or node.target in _FLATTEN_FUNCS or (
                 node.op == "call_method" and node.target in ("view", "reshape", "flatten")):
-            if node.op == "call_method" and node.target in ("view", "reshape"):
-                rest = node.args[1:]
-                if not ((len(rest) == 2 and rest[1] == -1) or (len(rest) == 1 and rest[0] in ((-1,), -1))):
+            kw = _bind(node) if mod is None else {}
+            if "shape" in kw:  # view / reshape: only x.view(x.size(0), -1)
+                if len(kw["shape"]) != 2 or kw["shape"][1] != -1:
                     raise refuse(node, "reshapes other than flattening to (N, -1) are not supported")
-            alias[node] = source(node, node.args[0])
+            elif ((mod.start_dim, mod.end_dim) if mod is not None else (kw.get("start_dim"), kw.get("end_dim"))) \
+                    != (1, -1):
+                raise refuse(node, "flattens dimensions other than 1..-1 (the batch axis must stay)")
+            alias[node] = source(node, first)
             flattened.add(alias[node])
         elif node.op == "call_method" and node.target == "size":
             continue  # only as part of x.view(x.size(0), -1)
         elif isinstance(mod, nn.Conv2d):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 raise refuse(node, "uses padding other than explicit zero padding")
-            src = source(node, node.args[0])
+            src = source(node, first)
             if src in flattened:
                 raise refuse(node, "convolves a flattened tensor")
             unit = Unit(node.name, "conv", [src], layer=mod, fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
         elif isinstance(mod, nn.Linear):
-            unit = Unit(node.name, "fc", [source(node, node.args[0])], layer=mod, fx_nodes=[node.name])
+            unit = Unit(node.name, "fc", [source(node, first)], layer=mod, fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
         elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            unit = fuse_target(node, node.args[0])
+            unit = fuse_target(node, first)
             if unit is None or unit.kind not in ("conv", "fc") or unit.bn is not None or unit.act is not None:
                 raise refuse(node, "is a BatchNorm that does not directly follow a conv or linear layer")
             unit.bn = mod
@@ -162,43 +193,48 @@ def import_model(model: nn.Module) -> list[Unit]:
         elif isinstance(mod, (nn.ReLU, nn.ReLU6)) or node.target in _RELU_FUNCS or (
                 node.op == "call_method" and node.target == "relu"):
             kind = "relu6" if isinstance(mod, nn.ReLU6) or node.target is F.relu6 else "relu"
-            unit = fuse_target(node, node.args[0])
+            unit = fuse_target(node, first)
             if unit is None or unit.kind not in ("conv", "fc", "add") or unit.act is not None or unit.pool:
                 raise refuse(node, "is an activation that does not directly follow a conv, linear or add")
             unit.act = kind
             unit.fx_nodes.append(node.name)
             alias[node] = unit.name
         elif isinstance(mod, nn.MaxPool2d) or node.target is F.max_pool2d:
-            unit = fuse_target(node, node.args[0])
+            unit = fuse_target(node, first)
             if mod is not None:
-                k, s, p, d, ceil = mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode
+                k, st, p, d, ceil, idx = (mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                                          mod.return_indices)
             else:
-                kw = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, **node.kwargs}
-                k, s, p, d, ceil = (node.args + (None,) * 5)[1], kw["stride"], kw["padding"], kw["dilation"], \
-                    kw["ceil_mode"]
-            k, s, p, d = _pair(k), _pair(s if s is not None else k), _pair(p), _pair(d)
-            if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or d != (1, 1) or ceil:
+                kw = _bind(node)
+                k, st, p, d, ceil, idx = (kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"],
+                                          kw["ceil_mode"], kw["return_indices"])
+            if idx:
+                raise refuse(node, "is a max-pool that returns indices")
+            k, st, p, d = _pair(k), _pair(k if st in (None, (), []) else st), _pair(p), _pair(d)
+            if k[0] != k[1] or st[0] != st[1] or p[0] != p[1] or d != (1, 1) or ceil:
                 raise refuse(node, "is a max-pool with a non-square window, dilation or ceil_mode")
             if unit is None or unit.kind != "conv" or unit.act is None or unit.pool:
                 raise refuse(node, "is a max-pool that does not directly follow a conv -> ReLU")
-            unit.pool = (k[0], s[0], p[0])
+            unit.pool = (k[0], st[0], p[0])
             unit.fx_nodes.append(node.name)
             alias[node] = unit.name
         elif node.target in _ADD_FUNCS or (node.op == "call_method" and node.target in ("add", "add_")):
-            args = [a for a in node.args if isinstance(a, fx.Node)]
-            if len(args) != 2 or len(node.args) != 2 or node.kwargs:
-                raise refuse(node, "is an add of something other than two tensors")
+            kw = {} if node.target in (operator.add, operator.iadd) else _bind(node)
+            args = [kw["input"], kw["other"]] if kw else list(node.args)
+            if len(args) != 2 or not all(isinstance(a, fx.Node) for a in args) or kw.get("alpha", 1) != 1:
+                raise refuse(node, "is an add of something other than two tensors (or with alpha != 1)")
             unit = Unit(node.name, "add", [source(node, a) for a in args], fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
         elif isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) or node.target in _AVG_FUNCS or (
                 node.op == "call_method" and node.target == "mean"):
             window = _avg_window(node, mod, refuse)
-            src = source(node, node.args[0])
+            src = source(node, first)
             unit = Unit(node.name, "avgpool", [src], window=window, fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
-            if node.op == "call_method":  # x.mean((2, 3)) also drops the spatial axes
+            if window == "global-flat":  # x.mean((2, 3)) also drops the spatial axes
+                unit.window = "global"
                 flattened.add(unit.name)
         else:
             raise refuse(node)
@@ -220,21 +256,94 @@ def import_model(model: nn.Module) -> list[Unit]:
 
 
 def _avg_window(node: fx.Node, mod: nn.Module | None, refuse) -> tuple | str:
+    """(kernel, stride, padding) pairs; "global" for a mean over the whole map, "global-flat" when
+    the call also drops the spatial axes."""
+    kw = _bind(node) if mod is None else {}
     if isinstance(mod, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
-        size = mod.output_size if mod is not None else node.args[1]
+        size = mod.output_size if mod is not None else kw["output_size"]
         if _pair(size) != (1, 1):
             raise refuse(node, "is an adaptive average pool to a size other than 1x1")
         return "global"
     if node.op == "call_method":  # mean
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if tuple(dims) not in ((2, 3), (-2, -1)) or node.kwargs.get("keepdim"):
+        dims = kw.get("dim")
+        if dims is None or tuple(dims) not in ((2, 3), (-2, -1), (3, 2), (-1, -2)) or kw.get("dtype") is not None:
             raise refuse(node, "is a mean over axes other than (2, 3)")
-        return "global"
+        return "global" if kw.get("keepdim") else "global-flat"
     if mod is not None:
-        k, s, p, ceil, cip = mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad
+        k, s, p, ceil, cip, div = (mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad,
+                                   mod.divisor_override)
     else:
-        kw = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, **node.kwargs}
-        k, s, p, ceil, cip = node.args[1], kw["stride"], kw["padding"], kw["ceil_mode"], kw["count_include_pad"]
-    if ceil or not cip or getattr(mod, "divisor_override", None):
+        k, s, p, ceil, cip, div = (kw["kernel_size"], kw["stride"], kw["padding"], kw["ceil_mode"],
+                                   kw["count_include_pad"], kw["divisor_override"])
+    if ceil or not cip or div:
         raise refuse(node, "is an average pool with ceil_mode, count_include_pad=False or a divisor override")
-    return (_pair(k), _pair(s if s is not None else k), _pair(p))
+    return (_pair(k), _pair(k if s in (None, (), []) else s), _pair(p))
+
+
+# Float outputs of a unit and of the module it came from are the same operations on the same
+# numbers, so they agree to float32 rounding; anything beyond this is a different network.
+IMPORT_RTOL = 1e-4
+
+
+def _unit_forward(unit: Unit, xs: list[torch.Tensor]) -> torch.Tensor:
+    """What ``unit`` computes in float, from this module's own reading of it (not the fx graph)."""
+    if unit.kind == "add":
+        y = xs[0] + xs[1]
+    elif unit.kind == "avgpool":
+        if unit.window == "global":
+            return F.adaptive_avg_pool2d(xs[0], 1)
+        k, s, p = unit.window
+        return F.avg_pool2d(xs[0], k, s, p, count_include_pad=True)
+    else:
+        y = unit.layer(xs[0] if unit.kind == "conv" else xs[0].flatten(1))
+        if unit.bn is not None:
+            y = unit.bn(y)
+    if unit.act is not None:
+        y = F.hardtanh(y, 0.0, 6.0) if unit.act == "relu6" else F.relu(y)
+    if unit.pool:
+        y = F.max_pool2d(y, *unit.pool)
+    return y
+
+
+@torch.no_grad()
+def verify_import(model: nn.Module, units: list[Unit], x: torch.Tensor) -> None:
+    """Check that ``units`` (from :func:`import_model`) compute what ``model`` computes, unit by
+    unit, on the float images ``x`` in eval mode: every unit's output must equal the output of the
+    traced node it ends with within ``IMPORT_RTOL`` of that tensor's largest magnitude. Raises
+    :class:`UnsupportedModelError` naming the first unit that differs: a mis-import is refused
+    before any training instead of training another network."""
+    was_training = model.training
+    model.eval()
+    try:
+        gm = fx.symbolic_trace(model)
+        seen: dict[str, torch.Tensor] = {}
+
+        class _Record(fx.Interpreter):
+            def run_node(self, n: fx.Node):
+                out = super().run_node(n)
+                if isinstance(out, torch.Tensor):
+                    seen[n.name] = out
+                return out
+
+        _Record(gm).run(x)
+        env = {"input": x}
+        for unit in units:
+            got = _unit_forward(unit, [env[s] for s in unit.inputs])
+            env[unit.name] = got
+            want = seen.get(unit.fx_nodes[-1])
+            ok = want is not None and got.numel() == want.numel()
+            if ok:
+                got_flat, want_flat = got.reshape(len(x), -1), want.reshape(len(x), -1)
+                err = float((got_flat - want_flat).abs().max()) if got.numel() else 0.0
+                ok = err <= IMPORT_RTOL * max(1.0, float(want_flat.abs().max()))
+            if not ok:
+                what = ("has no output in the traced module" if want is None else
+                        f"has {got.numel()} values where the module's node has {want.numel()}"
+                        if got.numel() != want.numel() else f"differs from the module by up to {err:.3g} "
+                        f"(tolerance {IMPORT_RTOL:g} x its largest value)")
+                raise UnsupportedModelError(
+                    f"import check failed: unit {unit.name} ({unit.kind}, traced nodes {', '.join(unit.fx_nodes)}) "
+                    f"{what}; fiqnn would train another network, "
+                    "so it stops here (please report this model)")
+    finally:
+        model.train(was_training)
