@@ -135,3 +135,36 @@ def test_a_valid_file_still_loads(valid):
     g = load(valid)
     assert np.array_equal(g.layers[0].w_q, _graph().layers[0].w_q)
     assert not g.layers[0].w_q.flags.writeable  # arrays are views of the file's bytes, read-only
+
+
+def _conv(**change) -> IntLayer:
+    fields = dict(name="c", kind="conv", w_q=np.ones((2, 1, 3, 3), np.int8), bias_q=np.zeros(2, np.int32),
+                  mult=np.array([2**30], np.int32), shift=np.array([36], np.int32), in_bits=8, w_bits=4, a_bits=4)
+    return IntLayer(**{**fields, **change})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stride": (0, 1)}, "stride must be two integers >= 1"),
+    ({"dilation": (1, 0)}, "dilation must be two integers >= 1"),
+    ({"padding": (-1, 0)}, "padding must be two integers >= 0"),
+    ({"stride": (1.5, 1)}, "stride must be two integers"),
+    ({"groups": 0}, "groups must be a positive integer"),
+    ({"pool": (0, 1, 0)}, "needs kernel >= 1"),
+    ({"pool": (2, 0, 0)}, "stride >= 1"),
+    ({"pool": (2, 2, 2)}, "0 <= padding <= kernel / 2"),
+    ({"pool": (2, 2, 0), "a_bits": None}, "a max-pool needs codes to pool"),
+])
+def test_geometry_out_of_range_is_refused(change, message):
+    with pytest.raises(ModelFileError, match=message.replace("(", r"\(")):
+        _conv(**change)
+
+
+def test_geometry_out_of_range_in_a_file_is_one_line(cli, valid, tmp_path):
+    m = _members(valid)
+    meta = json.loads(m["meta.json"])
+    meta["layers"][0]["stride"] = [0, 0]  # was a ZeroDivisionError traceback from load, info and eval
+    m["meta.json"] = json.dumps(meta).encode()
+    bad = tmp_path / "stride.npz"
+    _write(bad, m)
+    code, _, err = cli("info", bad)
+    assert code == 2 and len(err) == 1 and "stride must be two integers >= 1" in err[0]

@@ -104,6 +104,18 @@ class IntLayer:
             raise bad(f"a {self.kind} layer takes one input, got {list(self.inputs)}")
         if self.kind not in ("conv", "fc"):
             raise bad(f"unknown kind {self.kind!r}")
+        _check_geometry(bad, stride=(self.stride, 1), dilation=(self.dilation, 1), padding=(self.padding, 0))
+        if not (isinstance(self.groups, int) and self.groups >= 1):
+            raise bad(f"groups must be a positive integer, got {self.groups!r}")
+        if self.pool is not None:
+            if not (isinstance(self.pool, tuple) and len(self.pool) == 3
+                    and all(isinstance(v, int) for v in self.pool)):
+                raise bad(f"pool must be (kernel, stride, padding), got {self.pool!r}")
+            k, s_, p_ = self.pool
+            if k < 1 or s_ < 1 or not 0 <= 2 * p_ <= k:
+                raise bad(f"max-pool window {self.pool} needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2")
+            if self.a_bits is None:
+                raise bad("a max-pool needs codes to pool: this layer outputs int32 accumulators")
         for key, dtype in _ARRAYS.items():
             a = getattr(self, key)
             if not isinstance(a, np.ndarray) or a.dtype != dtype:
@@ -152,6 +164,13 @@ class IntLayer:
                 "a_bits": self.a_bits, "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups,
                 "pool": list(self.pool) if self.pool else None, "inputs": list(self.inputs)}
+
+
+def _check_geometry(bad, **fields: tuple) -> None:
+    """Each field a pair of integers no smaller than its minimum (stride and dilation 1, padding 0)."""
+    for key, (value, low) in fields.items():
+        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and v >= low for v in value)):
+            raise bad(f"{key} must be two integers >= {low}, got {value!r}")
 
 
 def _check_names(node) -> None:
@@ -218,9 +237,10 @@ class IntAvgPool:
         _check_names(self)
         if self.kind != "avgpool" or len(self.inputs) > 1:
             raise ModelFileError(f"node {self.name}: an avgpool takes one input")
-        if min(*self.kernel, *self.stride) < 1 or min(self.padding) < 0 or any(
-                2 * p > k for p, k in zip(self.padding, self.kernel)):
-            raise ModelFileError(f"node {self.name}: bad window {self.kernel} / {self.stride} / {self.padding}")
+        _check_geometry(lambda msg: ModelFileError(f"node {self.name}: {msg}"), kernel=(self.kernel, 1),
+                        stride=(self.stride, 1), padding=(self.padding, 0))
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            raise ModelFileError(f"node {self.name}: padding {self.padding} is more than half the window {self.kernel}")
         _check_requant(self.name, self.mult, self.shift, 1, self.a_bits)
         if not (isinstance(self.in_bits, int) and 2 <= self.in_bits <= 8):
             raise ModelFileError(f"node {self.name}: in_bits must be in 2..8, got {self.in_bits!r}")
