@@ -1,43 +1,66 @@
 """fiqnn: BatchNorm-free, fully integer quantized CNNs by progressive tandem learning.
 
-The public API is what ``__all__`` lists. Importing fiqnn never imports onnx,
-onnxruntime or a C compiler; those load only when an export asks for them.
+The public API is what ``__all__`` lists. Its names load on first use (PEP 562), so
+``import fiqnn`` -- and with it the CLI's ``--help`` and usage errors -- does not import
+torch; onnx, onnxruntime and a C compiler load only when an export asks for them.
 """
 
-from .arith import ARITH_VERSION as ARITH_VERSION
-from .config import DistillConfig as DistillConfig
-from .config import TeacherConfig as TeacherConfig
-from .convert import convert as convert
-from .data import load_data as load_data
-from .distill import distill as distill
-from .errors import FiqnnError as FiqnnError
-from .execute import run as run
-from .fximport import import_model as import_model
-from .graph import IntGraph as IntGraph
-from .graph import load as load
-from .graph import save as save
-from .models import MODELS as MODELS
-from .models import build_model as build_model
-from .teacher import load_teacher as load_teacher
-from .teacher import train_teacher as train_teacher
+import importlib as _importlib
+import sys as _sys
+import types as _types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARITH_VERSION",
-    "DistillConfig",
-    "FiqnnError",
-    "IntGraph",
-    "MODELS",
-    "TeacherConfig",
-    "build_model",
-    "convert",
-    "distill",
-    "import_model",
-    "load",
-    "load_data",
-    "load_teacher",
-    "run",
-    "save",
-    "train_teacher",
-]
+_SOURCES = {  # public name -> the submodule that defines it
+    "ARITH_VERSION": "arith",
+    "DistillConfig": "config",
+    "FiqnnError": "errors",
+    "IntGraph": "graph",
+    "MODELS": "models",
+    "TeacherConfig": "config",
+    "build_model": "models",
+    "convert": "convert",
+    "distill": "distill",
+    "import_model": "fximport",
+    "load": "graph",
+    "load_data": "data",
+    "load_teacher": "teacher",
+    "run": "execute",
+    "save": "graph",
+    "train_teacher": "teacher",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> object:
+    """A public name, or a submodule (``fiqnn.parallel``), imported on first use and kept here."""
+    if name in _SOURCES:
+        value = getattr(_importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    else:
+        try:
+            value = _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(_types.ModuleType):
+    """fiqnn's module type. Importing a submodule binds it as an attribute of the package; for
+    ``fiqnn.distill`` and ``fiqnn.convert`` that would hide the public function of the same name
+    (``fiqnn.distill(...)``), so the function is bound instead, as an eager import would leave it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.{_SOURCES.get(name)}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,17 +1,23 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A reader (or a resumed run) therefore sees either the old file or the new one,
-never a half-written one, even if the process is killed mid-write.
+never a half-written one, even if the process is killed mid-write. Every write here
+that fails for a reason of the file system (no space left, read-only, no permission)
+raises :class:`~fiqnn.errors.OutputError` naming the file, after removing its
+temporary file, so a full disk is one line from the CLI and leaves the old file intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import OutputError
 
 
 def _umask() -> int:
@@ -20,19 +26,42 @@ def _umask() -> int:
     return mask
 
 
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``, if any: torch.save reports a write that ran out of space as a
+    RuntimeError ("unexpected pos") raised while handling the OSError."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a file-system failure inside the block into an :class:`OutputError` naming ``path``."""
+    try:
+        yield
+    except Exception as e:
+        err = _os_error(e)
+        if err is None:
+            raise
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+
+
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tmp = None
+    with writing(path):
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -43,6 +72,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write UTF-8 ``text`` to ``path``."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append UTF-8 ``text`` to ``path`` (for logs: not atomic; a full disk can cut the line short)."""
+    with writing(path), open(path, "a", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -35,13 +35,13 @@ PREVIOUS = "checkpoint.prev.pt"
 
 def check_writable(out: Path) -> None:
     """Fail early (before any work) if ``out`` cannot become a writable directory."""
-    p = out
+    p = Path(out)
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise RunDirError(f"cannot create run directory {out}: {p} is not a directory")
+        raise RunDirError(f"cannot write to {out}: {p} is not a directory")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot create run directory {out}: {p} is not writable")
+        raise RunDirError(f"cannot write to {out}: {p} is not writable")
 
 
 class RunDir:
@@ -74,31 +74,29 @@ class RunDir:
         """Create the directory and write config.json (after inputs are known to be good)."""
         if not self.main:
             return
-        try:
+        with _io.writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
-            if not (self.path / CONFIG).exists():
-                from . import __version__
+        if not (self.path / CONFIG).exists():
+            from . import __version__
 
-                _io.write_json(self.path / CONFIG, {"kind": kind, "fiqnn": __version__,
-                                                    "config": self.config})
-        except OSError as e:
-            raise RunDirError(f"cannot write run directory {self.path}: {e.strerror}") from None
+            _io.write_json(self.path / CONFIG, {"kind": kind, "fiqnn": __version__, "config": self.config})
 
     def log(self, message: str) -> None:
         if not self.main:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         tqdm.write(line, file=sys.stderr)
-        with open(self.path / LOG, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        _io.append_text(self.path / LOG, line + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write the new state atomically; the one it replaces stays as checkpoint.prev.pt."""
+        """Write the new state atomically; the one it replaces stays as checkpoint.prev.pt (and,
+        if the write fails, as on a full disk, is what :meth:`load_checkpoint` resumes from)."""
         if not self.main:
             return
         latest = self.path / CHECKPOINT
         if latest.exists():
-            os.replace(latest, self.path / PREVIOUS)
+            with _io.writing(self.path / PREVIOUS):
+                os.replace(latest, self.path / PREVIOUS)
         _io.torch_save(state, latest)
 
     def load_checkpoint(self) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """The ``fiqnn`` command line: ``main(argv) -> exit code``, one thin function per command.
 
-User errors (bad flags, missing data, corrupt files) print one line,
-``fiqnn: error: ...``, and exit with code 2.
+User errors (bad flags, missing data, corrupt files, an output that cannot be written)
+print one line, ``fiqnn: error: ...``, and exit with code 2. Commands import torch only
+when they run, so ``--help`` and usage errors are instant.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import FiqnnError
+from .errors import FiqnnError, OutputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +70,7 @@ _DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
 def cmd_distill(args: argparse.Namespace) -> int:
     from ._run import CONFIG, read_json
     from .config import DistillConfig
-    from .jobs import distill_run
+    from .jobs import distill_run, teacher_dir_of
 
     given = {field: getattr(args, flag) for flag, field in _DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_compensation:
@@ -75,9 +78,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     saved = Path(args.out) / CONFIG
     teacher = args.teacher
     if args.resume and saved.exists():
-        old = dict(read_json(saved)["config"])
-        teacher = teacher or old.pop("teacher")
-        old.pop("teacher", None)
+        old = {k: v for k, v in read_json(saved)["config"].items() if k not in ("teacher", "teacher_rel")}
+        teacher = teacher or teacher_dir_of(args.out)
         config = DistillConfig.from_dict({**old, **given})
     else:
         missing = [f"--{n}" for n, f in (("teacher", "teacher"), ("wbits", "w_bits"), ("abits", "a_bits"))
@@ -146,11 +148,13 @@ DEMO_DISTILL = {"w_bits": 4, "a_bits": 4, "steps_per_epoch": 100, "teacher_epoch
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end: teacher (trained, or reused) -> PTL W4A4 -> integer eval."""
+    from ._run import check_writable
     from .config import DistillConfig, TeacherConfig
     from .data import fashion_mnist_available
     from .jobs import distill_run
     from .teacher import train_teacher
 
+    check_writable(Path(args.out))
     if fashion_mnist_available():
         config = TeacherConfig(arch="alexnet-s", data="fashion-mnist")
     else:
@@ -173,9 +177,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
+    from ._run import check_writable
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)
+
+    if args.quick or not args.status:  # --status only reads
+        check_writable(Path(args.out))
 
     if args.quick:
         results = bench.quick(args.out, progress=not args.no_progress, log=log)
@@ -366,16 +374,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_torch() -> None:
+    """Import torch (every command uses it) with Ctrl-C exiting at once, 130 and one line. A
+    KeyboardInterrupt raised there is not safe: torch's C initialisation swallows one raised
+    while it imports numpy and goes on with numpy half-imported, so the command would run on,
+    or fail later with a traceback. Nothing has been written yet, so stopping short is safe."""
+
+    def stop(signum, frame) -> None:
+        os.write(2, b"fiqnn: interrupted\n")
+        os._exit(130)
+
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not if ignored (`fiqnn &`) or taken
+    if ours:
+        signal.signal(signal.SIGINT, stop)
+    try:
+        import torch  # noqa: F401
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# How to go on after an interrupt or a failed write, for the commands that can.
+_CONTINUE = {"train-teacher": "rerun with --resume to continue", "distill": "rerun with --resume to continue",
+             "bench": "rerun it to continue", "demo": "rerun it to continue"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code. A user error (2), Ctrl-C at any moment, even
+    while torch loads (130), and a reader closing stdout early (141, as for a tool killed by
+    SIGPIPE) each end in at most one line on stderr, never a traceback."""
+    command = None
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error (already printed)
-        return int(e.code or 0)
-    try:
-        return args.func(args)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a usage error (already printed)
+            return int(e.code or 0)
+        command = args.command
+        _import_torch()
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
     except FiqnnError as e:
-        print(f"fiqnn: error: {e}", file=sys.stderr)
+        hint = f"; {_CONTINUE[command]}" if isinstance(e, OutputError) and command in _CONTINUE else ""
+        print(f"fiqnn: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fiqnn: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print("fiqnn: interrupted" + (f"; {_CONTINUE[command]}" if command in _CONTINUE else ""), file=sys.stderr)
+        # A Ctrl-C that lands inside exec() of a string (dataclasses and namedtuple do that as
+        # modules load) sets CPython's "unhandled KeyboardInterrupt" flag although it is handled
+        # here, and `python -m fiqnn` would then die by SIGINT instead of exiting 130; evaluating
+        # a string clears the flag.
+        exec("")
         return 130
+    except BrokenPipeError:  # e.g. `fiqnn info --json | head -c 300`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush then has nowhere to fail
+        return 141

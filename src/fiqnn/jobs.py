@@ -41,6 +41,18 @@ def teacher_data(teacher_dir: str | os.PathLike) -> tuple[dict[str, Any], DataBu
                           image_size=cfg.get("image_size"))
 
 
+def teacher_dir_of(run_dir: str | os.PathLike) -> Path:
+    """The teacher run directory of distill run ``run_dir``: the absolute path stored in its
+    config; if that is gone, the same relative to ``run_dir`` (the runs were moved together).
+    Runs from before both were stored hold the path as given, relative to where distill ran."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG)["config"]
+    candidates = [Path(config["teacher"])]
+    if "teacher_rel" in config:
+        candidates.append(run_dir / config["teacher_rel"])
+    return next((p for p in candidates if (p / CONFIG).exists()), candidates[0])
+
+
 def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str | os.PathLike, *,
                 resume: bool = False, progress: bool = True, runtime: Runtime | None = None) -> dict[str, Any] | None:
     """``fiqnn distill``: distill the teacher of ``teacher_dir`` into run directory ``out``,
@@ -54,7 +66,11 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     teacher = load_teacher(teacher_dir)
     check_distillable(teacher)
     tcfg, data = teacher_data(teacher_dir)
-    run_dir = RunDir(out, {**config.to_dict(), "teacher": str(teacher_dir)}, resume=resume, main=rt.main)
+    teacher_path = Path(teacher_dir).resolve()  # stored absolute and relative to ``out``: see teacher_dir_of
+    where = {"teacher": str(teacher_path), "teacher_rel": os.path.relpath(teacher_path, Path(out).resolve())}
+    if resume and (Path(out) / CONFIG).exists() and teacher_dir_of(out).resolve() == teacher_path:
+        where = {}  # the run's own teacher, however its config spells the path (older runs: relative)
+    run_dir = RunDir(out, {**config.to_dict(), **where}, resume=resume, main=rt.main)
     state = run_dir.load_checkpoint() if run_dir.resumed else None  # every rank reads it
     rt.barrier()  # before rank 0 creates the directory, which would look like a run to resume
     run_dir.create("distill")
@@ -182,8 +198,7 @@ def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: st
     run_dir = target.parent if target.suffix == ".npz" else target
     if not (run_dir / CONFIG).exists():
         raise FiqnnError(f"{run_dir} is not a distill run directory (no {CONFIG})")
-    teacher_dir = read_json(run_dir / CONFIG)["config"]["teacher"]
-    _, data = teacher_data(teacher_dir)
+    _, data = teacher_data(teacher_dir_of(run_dir))
     if backend not in BACKENDS:
         raise FiqnnError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     t0 = time.perf_counter()

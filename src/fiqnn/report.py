@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _io
-from ._run import CONFIG, METRICS, read_json
+from ._run import CONFIG, METRICS, check_writable, read_json
 from .errors import FiqnnError
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", head, rows) | ("img", file, alt)
@@ -26,17 +26,24 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}%"
 
 
-def blocks(run_dir: Path, out: Path, images: int = 256) -> list[Block]:
-    """The report's content; plots are written into ``out`` on the way."""
-    from .graph import layer_summary, load
-    from .jobs import MODEL_FILE, teacher_data
-    from .plots import code_histograms, training_curve
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """What the report shows of a finished distill run: its metrics, config, integer graph and
+    the teacher's test images; read before anything is written, so a bad run creates nothing."""
+    from .graph import load
+    from .jobs import MODEL_FILE, teacher_data, teacher_dir_of
 
     if not (run_dir / METRICS).exists() or not (run_dir / MODEL_FILE).exists():
         raise FiqnnError(f"{run_dir} is not a finished distill run (needs {METRICS} and {MODEL_FILE})")
-    m = read_json(run_dir / METRICS)
-    config = read_json(run_dir / CONFIG)["config"]
-    graph = load(run_dir / MODEL_FILE)
+    return {"metrics": read_json(run_dir / METRICS), "config": read_json(run_dir / CONFIG)["config"],
+            "graph": load(run_dir / MODEL_FILE), "test": teacher_data(teacher_dir_of(run_dir))[1].test}
+
+
+def blocks(run_dir: Path, run: dict[str, Any], out: Path, images: int = 256) -> list[Block]:
+    """The report's content for ``run`` (from :func:`load_run`); plots are written into ``out`` on the way."""
+    from .graph import layer_summary
+    from .plots import code_histograms, training_curve
+
+    m, config, graph, test = run["metrics"], run["config"], run["graph"], run["test"]
     title = f"{m['method']} W{m['w_bits']}A{m['a_bits']} {m['scale']}, {m['arch']} on {m['data']}"
     b: list[Block] = [("h", 1, f"fiqnn distill report: {title}"), ("p", f"Run directory: `{run_dir}`.")]
     b.append(("table", ["quantity", "value"], [
@@ -54,10 +61,9 @@ def blocks(run_dir: Path, out: Path, images: int = 256) -> list[Block]:
     training_curve(m["history"], out / "report_training.png", title=title)
     b.append(("img", "report_training.png", "validation accuracy over every phase and epoch"))
     b.append(("h", 2, "Weight and activation codes"))
-    _, data = teacher_data(config["teacher"])
-    code_histograms(graph, data.test.x_q[:images], out / "report_codes.png")
+    code_histograms(graph, test.x_q[:images], out / "report_codes.png")
     b.append(("p", f"Weight codes per layer (top) and the activation codes each layer outputs on the first "
-                   f"{min(images, len(data.test.y))} test images (bottom, log scale)."))
+                   f"{min(images, len(test.y))} test images (bottom, log scale)."))
     b.append(("img", "report_codes.png", "code histograms"))
     b.append(("h", 2, "Integer graph"))
     b.append(("p", f"uint8 input {tuple(graph.in_shape)} -> int32 logits ({graph.num_classes}); "
@@ -110,11 +116,15 @@ def to_html(b: list[Block], image_dir: Path) -> str:
 
 
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write report.md and report.html for a finished distill run; return their paths."""
+    """Write report.md and report.html for a finished distill run; return their paths. The run is
+    read and ``out`` checked before anything is created."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    b = blocks(run_dir, out)
+    run = load_run(run_dir)
+    check_writable(out)
+    with _io.writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    b = blocks(run_dir, run, out)
     _io.write_text(out / "report.md", to_markdown(b))
     _io.write_text(out / "report.html", to_html(b, out))
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html")}

@@ -82,6 +82,8 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
     Raises:
         RunDirError: ``out`` already holds a run (and ``resume`` is False), was
             started with other settings, or cannot be written.
+        OutputError: a write failed part way (a full disk); the last checkpoint stays,
+            and ``resume=True`` continues from it.
         DataError: the data set is missing or malformed.
     """
     rt = runtime or Runtime()
