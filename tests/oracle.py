@@ -1,12 +1,15 @@
 """An independent pure-Python-int oracle of docs/arithmetic.md.
 
-Written from the document, not from arith.py: exact rationals via Python's
-unbounded ints and floor division (//, which floors for negative numbers too).
+Written from the document, not from arith.py or execute.py: exact rationals via
+Python's unbounded ints and floor division (//, which floors for negative numbers
+too). The scalar functions are (E3)-(E5); :func:`run` executes a whole IntGraph.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
+
+import numpy as np
 
 
 def rshift_round(x: int, shift: int) -> int:
@@ -30,3 +33,117 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         shift -= 1
     mult = (r * 2**shift + Fraction(1, 2)).__floor__()
     return mult, shift
+
+
+# A whole-graph executor on numpy object arrays of Python ints (N, C, H, W): numpy only lays
+# the ints out and loops over them; every sum, product, shift and clamp is Python-int exact.
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _ints(a) -> np.ndarray:
+    """An object array of Python ints (never numpy scalars, which are fixed-width)."""
+    return np.array(np.asarray(a).tolist(), dtype=object)
+
+
+def _padded(x: np.ndarray, ph: int, pw: int, fill: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=object)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def _windows(x: np.ndarray, kernel, stride, padding, dilation, fill: int):
+    """Yield (ky, kx, view): view[n, c, oy, ox] is the input cell at (oy * sh - ph + ky * dh,
+    ox * sw - pw + kx * dw), or ``fill`` where that cell is outside the map."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    h, w = x.shape[2:]
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = _padded(x, ph, pw, fill)
+    for ky in range(kh):
+        for kx in range(kw):
+            yield ky, kx, xp[:, :, ky * dh:ky * dh + sh * (ho - 1) + 1:sh, kx * dw:kx * dw + sw * (wo - 1) + 1:sw]
+
+
+def rshift_round_array(x: np.ndarray, shift) -> np.ndarray:
+    """(E3) elementwise, exactly as written: floor((x + 2^(S-1)) / 2^S), and x when S = 0
+    (2^S // 2 is 2^(S-1), or 0 when S = 0)."""
+    scale = 2 ** _ints(shift)
+    return (x + scale // 2) // scale
+
+
+def _clamp(v: np.ndarray, a_bits: int) -> np.ndarray:
+    return np.minimum(np.maximum(v, 0), 2**a_bits - 1)
+
+
+def conv_acc(x: np.ndarray, layer) -> np.ndarray:
+    """(E2) for a conv: acc[n, o, y, x] = bias[o] + sum over the group's channels and the kernel
+    of w * x, cells outside the image being code 0."""
+    w, g = _ints(layer.w_q), layer.groups
+    o, cg = w.shape[:2]
+    parts = []
+    for j in range(g):  # output channels j*o/g.. read input channels j*cg..
+        wj = w[j * (o // g):(j + 1) * (o // g)]
+        acc = 0
+        for ky, kx, view in _windows(x[:, j * cg:(j + 1) * cg], w.shape[2:], layer.stride, layer.padding,
+                                     layer.dilation, 0):
+            acc = acc + np.tensordot(view, wj[:, :, ky, kx], axes=([1], [1]))  # (N, Ho, Wo, O/g)
+        parts.append(acc)
+    return np.concatenate(parts, axis=3).transpose(0, 3, 1, 2) + _ints(layer.bias_q).reshape(1, -1, 1, 1)
+
+
+def fc_acc(x: np.ndarray, layer) -> np.ndarray:
+    """(E2) for fc over the C-H-W flattened input: (N, O, 1, 1)."""
+    acc = x.reshape(len(x), -1).dot(_ints(layer.w_q).T) + _ints(layer.bias_q)
+    return acc.reshape(*acc.shape, 1, 1)
+
+
+def max_pool(x: np.ndarray, pool) -> np.ndarray:
+    """(E7) max over each k x k window of the cells inside the map."""
+    k, s, p = pool
+    out = None
+    for _, _, view in _windows(x, (k, k), (s, s), (p, p), (1, 1), -1):
+        out = view if out is None else np.maximum(out, view)
+    assert (out >= 0).all(), "a pool window lies wholly outside the map"
+    return out
+
+
+def run_layer(x: np.ndarray, layer) -> np.ndarray:
+    """A conv/fc layer: (E2), then (E4) and (E7), or the int32 accumulators when a_bits is None."""
+    acc = conv_acc(x, layer) if layer.kind == "conv" else fc_acc(x, layer)
+    assert INT32[0] <= acc.min() and acc.max() <= INT32[1], "(E6) was meant to keep acc in int32"
+    if layer.a_bits is None:
+        return acc
+    per = (1, -1, 1, 1)
+    y = _clamp(rshift_round_array(acc * _ints(layer.mult).reshape(per), _ints(layer.shift).reshape(per)),
+               layer.a_bits)
+    return max_pool(y, layer.pool) if layer.pool else y
+
+
+def add(xs: list[np.ndarray], node) -> np.ndarray:
+    """(E9) clamp(rshift_round(sum_j v_j * mult_j, shift), 0, 2^A - 1)."""
+    total = sum(v * m for v, m in zip(xs, node.mult.tolist()))
+    assert abs(total).max() < 2**62, "(E9) was meant to keep the sum below 2^62"
+    return _clamp(rshift_round_array(total, int(node.shift[0])), node.a_bits)
+
+
+def avg_pool(x: np.ndarray, node) -> np.ndarray:
+    """(E10) window sums (cells outside the map count as 0), times mult, (E3), clamp."""
+    total = sum(view for _, _, view in _windows(x, node.kernel, node.stride, node.padding, (1, 1), 0))
+    return _clamp(rshift_round_array(total * int(node.mult[0]), int(node.shift[0])), node.a_bits)
+
+
+def run(graph, x_q: np.ndarray) -> list[list[int]]:
+    """The logits of ``graph`` on uint8 images ``x_q`` (N, C, H, W), as Python ints."""
+    env = {"input": _ints(x_q)}
+    for node in graph.layers:
+        xs = [env[src] for src in graph.sources(node)]
+        if node.kind == "add":
+            env[node.name] = add(xs, node)
+        elif node.kind == "avgpool":
+            env[node.name] = avg_pool(xs[0], node)
+        else:
+            env[node.name] = run_layer(xs[0], node)
+    logits = env[graph.layers[-1].name].reshape(len(x_q), -1).tolist()
+    assert all(type(v) is int for row in logits for v in row)
+    return logits

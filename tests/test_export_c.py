@@ -11,7 +11,9 @@ import pytest
 
 from fiqnn.convert import convert
 from fiqnn.execute import run
-from fiqnn.export.c99 import CFLAGS, CompilerError, build_c, export_c, footprint, packed_weights, run_c
+from fiqnn.export.c99 import CFLAGS, CompilerError, build_c, export_c, footprint, packed_weights, plan, run_c
+from fiqnn.graph import IntGraph
+from tests.graphgen import random_graph, renamed
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) installed")
 
@@ -88,3 +90,29 @@ def test_packed_codes_round_trip_row_by_row(w_bits, w):
 def test_missing_compiler_is_a_clear_error(graph_of, digits, tmp_path):
     with pytest.raises(CompilerError, match="no C compiler found"):
         build_c(export_c(graph_of(4), tmp_path), cc="no-such-cc")
+
+
+def test_arena_holds_a_weight_row_of_any_length():
+    """Regression: the arena was declared as total // 4 int32 words, dropping the last bytes of a
+    weight row whose length is not a multiple of 4 (here a W4 fc layer with 5 inputs: a 5-byte
+    row): a store past the arena, which UBSan (object size) and ASan (global-buffer-overflow) report."""
+    from tests.test_fuzz import SAN_FLAGS
+    from tests.test_graph import _layer
+
+    w = np.array([[-7, -1, 0, 1, 7], [3, -3, 5, -5, 6], [1, 2, 3, 4, 5]], np.int8)
+    graph = IntGraph((1, 1, 5), 3, (_layer(w=w, w_bits=4),))
+    assert plan(graph)["weight_row"] == (0, 5) and plan(graph)["total"] == 8
+    x_q = np.random.default_rng(0).integers(0, 256, (8, 1, 1, 5)).astype(np.uint8)
+    assert np.array_equal(run_c(graph, x_q, flags=SAN_FLAGS), run(graph, x_q))
+
+
+def test_no_node_name_reaches_the_c_source(tmp_path):
+    """Node names come from model files: the C export pastes none of them into C text (its
+    comments name nodes by index), so no name can inject code."""
+    from tests.test_export_ops import ops_graph, residual_graph
+
+    for i, graph in enumerate((ops_graph(0, 4), residual_graph(0, 4), random_graph(3))):
+        out = export_c(renamed(graph, "zz_marker_name"), tmp_path / str(i))
+        for f in out.iterdir():
+            assert "zz_marker" not in f.read_text(), f.name
+    assert "/* node 8 (add) <- node 7, node 4 */" in (out.parent / "1" / "model.c").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -50,3 +52,17 @@ def test_export_file_round_trip(digits, fold_student, tmp_path):
     export_onnx(graph, tmp_path / "m.onnx")
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
     assert np.array_equal(run_onnx(tmp_path / "m.onnx", data.test.x_q[:20]), run(graph, data.test.x_q[:20]))
+
+
+def test_onnx_names_come_from_node_indices():
+    """Node names come from model files: no ONNX name (nor any byte of the file) carries one."""
+    from tests.graphgen import renamed
+    from tests.test_export_ops import ops_graph, residual_graph
+
+    for graph in (ops_graph(0, 4), residual_graph(0, 4)):
+        model = to_onnx(renamed(graph, "zz_marker_name"))
+        assert b"zz_marker" not in model.SerializeToString()
+        g = model.graph
+        assert [v.name for v in g.input] == ["x_q"] and [v.name for v in g.output] == ["logits"]
+        names = {t for n in g.node for t in [*n.input, *n.output]} | {t.name for t in g.initializer}
+        assert [t for t in names if not re.fullmatch(r"n\d+\.\w+|x_q|logits|zero_u8|zp_w|zero_i64", t)] == []

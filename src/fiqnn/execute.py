@@ -55,9 +55,11 @@ def _im2col(x_q: np.ndarray, layer: IntLayer) -> tuple[np.ndarray, int, int]:
 
 
 def linear_acc(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
-    """(E2) int64 accumulators: (N, O, Ho, Wo) for conv, (N, O) for fc."""
+    """(E2) int64 accumulators: (N, O, Ho, Wo) for conv, (N, O, 1, 1) for fc (the map shape
+    ``node_shapes`` gives it, which a conv, pool or add reading an fc layer expects)."""
     if layer.kind == "fc":
-        return matmul_exact(x_q.reshape(len(x_q), -1), layer.w_q.T, _bound(layer)) + layer.bias_q
+        acc = matmul_exact(x_q.reshape(len(x_q), -1), layer.w_q.T, _bound(layer)) + layer.bias_q
+        return acc.reshape(*acc.shape, 1, 1)
     n, o, g, bound = len(x_q), layer.out_channels, layer.groups, _bound(layer)
     c_in = x_q.shape[1] // g
     parts = []

@@ -11,14 +11,19 @@ One conv/fc layer, in ONNX ops (docs/arithmetic.md equation in brackets):
 
 Weights travel as uint8 ``w_q + 128`` with a weight zero point of 128, which
 ConvInteger and MatMulInteger subtract exactly (ONNX Runtime's CPU kernels take
-uint8 weights). The last layer stops after the bias: its int32 accumulators are
-the logits. A residual add (E9) is Cast<int64> + Mul per input and a chain of Add,
-then the same Add-half / Max / BitShift / Min / Cast; an average pool (E10) takes its
-window sums with a depthwise ConvInteger whose kernel is all ones (zero padding
-counts, as in (E10)). ConvInteger/MatMulInteger accumulate in int32; with uint8 operands
-every internal sum is at most 255 * 255 * K, below 2^31 for K < 33,025 inputs per
-output (alexnet-bn's largest K is 9,216), and the result equals (E2), whose own
-range (E6) proved.
+uint8 weights). An fc layer's accumulators are reshaped to (N, O, 1, 1), the map
+an IntGraph gives it, so that a conv, pool or add can read them. The last layer
+stops after the bias: its int32 accumulators, flattened, are the logits. A residual
+add (E9) is Cast<int64> + Mul per input and a chain of Add, then the same Add-half /
+Max / BitShift / Min / Cast; an average pool (E10) takes its window sums with a
+depthwise ConvInteger whose kernel is all ones (zero padding counts, as in (E10)).
+ConvInteger/MatMulInteger accumulate in int32; with uint8 operands every internal
+sum is at most 255 * 255 * K, below 2^31 for K < 33,025 inputs per output
+(alexnet-bn's largest K is 9,216), and the result equals (E2), whose own range (E6)
+proved.
+
+Every ONNX tensor is named after the node's index (``n3.acc``), never after the name
+strings of the model file, which the ONNX file therefore does not contain.
 """
 
 from __future__ import annotations
@@ -48,20 +53,16 @@ def to_onnx(graph: IntGraph) -> onnx.ModelProto:
     const("zero_u8", np.array(0, np.uint8))
     const("zp_w", np.array(128, np.uint8))
     const("zero_i64", np.array(0, np.int64))
-    names = {"input": "x_q"}  # IntGraph node -> its ONNX output tensor
-    for node in graph.layers:
-        ins = [names[src] for src in graph.sources(node)]
+    names, shapes = {"input": "x_q"}, node_shapes(graph)  # names: IntGraph node -> its ONNX output tensor
+    for i, node in enumerate(graph.layers):
+        ins, n = [names[src] for src in graph.sources(node)], f"n{i}"
         if isinstance(node, IntAdd):
-            names[node.name] = _add(node, ins, nodes, const)
+            names[node.name] = _add(n, node, ins, nodes, const)
         elif isinstance(node, IntAvgPool):
-            names[node.name] = _avg_pool(node, ins[0], nodes, const, channels=node_shapes(graph)[node.name][0])
+            names[node.name] = _avg_pool(n, node, ins[0], nodes, const, channels=shapes[node.name][0])
         else:
-            names[node.name] = _layer(node, ins[0], nodes, const)
-    x = names[graph.layers[-1].name]
-    if graph.layers[-1].kind == "conv":
-        nodes.append(helper.make_node("Flatten", [x], ["logits_flat"], axis=1))
-        x = "logits_flat"
-    nodes.append(helper.make_node("Identity", [x], ["logits"]))
+            names[node.name] = _layer(n, node, ins[0], nodes, const)
+    nodes.append(helper.make_node("Flatten", [names[graph.layers[-1].name]], ["logits"], axis=1))
     c, h, w = graph.in_shape
     g = helper.make_graph(
         nodes, "fiqnn_intgraph",
@@ -74,23 +75,25 @@ def to_onnx(graph: IntGraph) -> onnx.ModelProto:
     return model
 
 
-def _layer(layer: IntLayer, x: str, nodes: list, const) -> str:
-    n = layer.name
+def _layer(n: str, layer: IntLayer, x: str, nodes: list, const) -> str:
+    """(E2), (E4), (E7); ``n`` prefixes every tensor name."""
     w_u8 = (layer.w_q.astype(np.int16) + 128).astype(np.uint8)  # exact: w_q in [-127, 127]
+    chan = (1, -1, 1, 1)  # per output channel, over (N, O, H, W)
     if layer.kind == "conv":
         nodes.append(helper.make_node(
             "ConvInteger", [x, const(f"{n}.w_u8", w_u8), "zero_u8", "zp_w"], [f"{n}.acc0"],
             strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
             pads=[layer.padding[0], layer.padding[1], layer.padding[0], layer.padding[1]],
             kernel_shape=list(layer.w_q.shape[2:])))
-        chan = (1, -1, 1, 1)
+        nodes.append(helper.make_node("Add", [f"{n}.acc0", const(f"{n}.bias_q", layer.bias_q.reshape(chan))],
+                                      [f"{n}.acc"]))
     else:
         nodes.append(helper.make_node("Flatten", [x], [f"{n}.flat"], axis=1))
         nodes.append(helper.make_node("MatMulInteger", [f"{n}.flat", const(f"{n}.w_u8_t", np.ascontiguousarray(
             w_u8.T)), "zero_u8", "zp_w"], [f"{n}.acc0"]))
-        chan = (1, -1)
-    nodes.append(helper.make_node("Add", [f"{n}.acc0", const(f"{n}.bias_q", layer.bias_q.reshape(chan))],
-                                  [f"{n}.acc"]))
+        nodes.append(helper.make_node("Add", [f"{n}.acc0", const(f"{n}.bias_q", layer.bias_q)], [f"{n}.acc_flat"]))
+        nodes.append(helper.make_node("Reshape", [f"{n}.acc_flat", const(f"{n}.map", np.array([0, -1, 1, 1]))],
+                                      [f"{n}.acc"]))
     if layer.a_bits is None:
         return f"{n}.acc"
     nodes.append(helper.make_node("Cast", [f"{n}.acc"], [f"{n}.acc64"], to=TensorProto.INT64))
@@ -122,9 +125,9 @@ def _shift_clamp(n: str, prod: str, shift: np.ndarray, a_bits: int, chan: tuple,
     return f"{n}.y_q"
 
 
-def _add(node: IntAdd, ins: list[str], nodes: list, const) -> str:
+def _add(n: str, node: IntAdd, ins: list[str], nodes: list, const) -> str:
     """(E9): Cast<int64> and Mul per input, a chain of Add (ONNX Sum has no integer kernel)."""
-    n, terms = node.name, []
+    terms = []
     for i, (x, m) in enumerate(zip(ins, node.mult)):
         nodes.append(helper.make_node("Cast", [x], [f"{n}.in{i}"], to=TensorProto.INT64))
         nodes.append(helper.make_node("Mul", [f"{n}.in{i}", const(f"{n}.mult{i}", np.array(int(m), np.int64))],
@@ -137,9 +140,8 @@ def _add(node: IntAdd, ins: list[str], nodes: list, const) -> str:
     return _shift_clamp(n, total, node.shift, node.a_bits, (1,), nodes, const)
 
 
-def _avg_pool(node: IntAvgPool, x: str, nodes: list, const, channels: int) -> str:
+def _avg_pool(n: str, node: IntAvgPool, x: str, nodes: list, const, channels: int) -> str:
     """(E10): window sums as a depthwise ConvInteger with a kernel of ones, then (E3)/(E4)."""
-    n = node.name
     ones = np.ones((channels, 1, *node.kernel), np.uint8)
     nodes.append(helper.make_node(
         "ConvInteger", [x, const(f"{n}.ones", ones), "zero_u8", "zero_u8"], [f"{n}.sum"], group=channels,

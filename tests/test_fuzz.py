@@ -1,0 +1,267 @@
+"""Differential fuzzing: on seeded random IntGraphs (tests/graphgen.py), the numpy executor,
+ONNX Runtime and the C export built with ASan and UBSan give the int32 logits of the
+independent pure-Python oracle (tests/oracle.py), on every input.
+
+All the graphs of a campaign are compiled into one sanitized executable (graph k's
+``fiqnn_run`` renamed ``fiqnn_run_k``), so a campaign costs one link, not one build per
+graph. bench/fuzz_backends.py runs the same check on thousands of graphs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fiqnn.execute import run
+from fiqnn.export.c99 import export_c, find_compiler
+from fiqnn.export.onnx import run_onnx, to_onnx
+from fiqnn.graph import IntGraph, IntLayer
+from tests import oracle
+from tests.graphgen import FEATURES, features, random_graph, random_inputs
+
+SAN_FLAGS = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=all"]
+BACKENDS = ("numpy", "onnx", "c")
+SEEDS = range(50)
+N_INPUTS = 64
+
+_HARNESS = r"""/* Fuzz harness: for graphs argv[4].. in turn, reads argv[3] images (uint8, C-H-W) from
+ * argv[1] (after skipping the earlier graphs' images) and appends their int32 logits to argv[2].
+ * Each image and each logits row has a heap block of its exact size, so ASan sees any overrun;
+ * "graph k" on stderr names the graph a sanitizer report belongs to. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+%(decls)s
+static int (*const runs[%(k)d])(const uint8_t *, int32_t *) = {%(runs)s};
+static const long in_size[%(k)d] = {%(in_size)s};
+static const long classes[%(k)d] = {%(classes)s};
+
+int main(int argc, char **argv)
+{
+    FILE *in, *out;
+    long n, i;
+    int k, start;
+    if (argc != 5 || (in = fopen(argv[1], "rb")) == NULL || (out = fopen(argv[2], "wb")) == NULL)
+        return 2;
+    n = atol(argv[3]);
+    start = atoi(argv[4]);
+    for (k = 0; k < start; k++)
+        if (fseek(in, in_size[k] * n, SEEK_CUR) != 0)
+            return 2;
+    for (k = start; k < %(k)d; k++) {
+        uint8_t *image = malloc((size_t)in_size[k]);
+        int32_t *logits = malloc((size_t)classes[k] * sizeof *logits);
+        if (image == NULL || logits == NULL)
+            return 2;
+        fprintf(stderr, "graph %%d\n", k);
+        for (i = 0; i < n; i++)
+            if (fread(image, 1, (size_t)in_size[k], in) != (size_t)in_size[k] || runs[k](image, logits) != 0
+                || fwrite(logits, sizeof *logits, (size_t)classes[k], out) != (size_t)classes[k])
+                return 1;
+        free(image);
+        free(logits);
+        if (fflush(out) != 0)  /* the logits of finished graphs survive a later abort */
+            return 1;
+    }
+    fclose(in);
+    return fclose(out) == 0 ? 0 : 1;
+}
+"""
+
+
+def build_c_many(graphs: list[IntGraph], workdir: Path, jobs: int = 2) -> Path:
+    """Export every graph, compile them with SAN_FLAGS in ``jobs`` parallel compiler runs and
+    link them with the harness into one executable."""
+    cc, k = find_compiler(), len(graphs)
+    units = []
+    for i, graph in enumerate(graphs):
+        export_c(graph, workdir / f"g{i}")
+        units.append(workdir / f"m{i}.c")
+        units[-1].write_text(f'#define fiqnn_run fiqnn_run_{i}\n#include "g{i}/model.c"\n')
+    (workdir / "harness.c").write_text(_HARNESS % {
+        "k": k, "decls": "\n".join(f"int fiqnn_run_{i}(const uint8_t *, int32_t *);" for i in range(k)),
+        "runs": ", ".join(f"fiqnn_run_{i}" for i in range(k)),
+        "in_size": ", ".join(str(int(np.prod(g.in_shape))) for g in graphs),
+        "classes": ", ".join(str(g.num_classes) for g in graphs)})
+    procs = [subprocess.Popen([cc, *SAN_FLAGS, "-c", *map(str, units[j::jobs])], cwd=workdir, text=True,
+                              stderr=subprocess.PIPE) for j in range(min(jobs, k))]
+    errors = [err for p, err in ((p, p.communicate()[1]) for p in procs) if p.returncode]
+    assert not errors, errors[0][-3000:]
+    exe = workdir / "fuzz"
+    subprocess.run([cc, *SAN_FLAGS, "-o", str(exe), str(workdir / "harness.c"),
+                    *(str(workdir / f"m{i}.o") for i in range(k))], check=True, capture_output=True)
+    return exe
+
+
+def run_c_many(exe: Path, graphs: list[IntGraph], inputs: list[np.ndarray]) -> tuple[list, dict[int, str]]:
+    """The logits of every graph from the executable of :func:`build_c_many`, and the sanitizer
+    report (or other failure) of each graph whose run failed; the run resumes after such a graph."""
+    images, out = exe.with_name("images.u8"), exe.with_name("logits.i32")
+    images.write_bytes(b"".join(np.ascontiguousarray(x).tobytes() for x in inputs))
+    n = len(inputs[0])
+    logits: list = [None] * len(graphs)
+    failures: dict[int, str] = {}
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    start = 0
+    while start < len(graphs):
+        res = subprocess.run([str(exe), str(images), str(out), str(n), str(start)], capture_output=True, text=True,
+                             env=env)
+        started = [int(k) for k in re.findall(r"^graph (\d+)$", res.stderr, re.M)]
+        ok = res.returncode == 0 and not _reported(res.stderr)
+        data, at = np.fromfile(out, dtype="<i4"), 0
+        for k in started if ok else started[:-1]:
+            logits[k] = data[at:at + n * graphs[k].num_classes].reshape(n, -1).astype(np.int32)
+            at += n * graphs[k].num_classes
+        if ok:
+            break
+        culprit = started[-1] if started else start
+        report = res.stderr.split(f"graph {culprit}\n")[-1]  # what followed the culprit's marker
+        failures[culprit] = f"exit {res.returncode}: {report[-3000:]}"
+        start = culprit + 1
+    return logits, failures
+
+
+def _reported(stderr: str) -> bool:
+    return "runtime error" in stderr or "Sanitizer" in stderr
+
+
+@dataclass
+class Verdict:
+    """One graph's outcome: the backends whose logits differ from the oracle's, and any
+    backend that failed (an exception, or for C a sanitizer report or a crash)."""
+
+    differs: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.differs or self.errors)
+
+    @property
+    def sanitizer(self) -> bool:
+        return _reported(self.errors.get("c", ""))
+
+
+def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
+    return run(graph, x_q) if name == "numpy" else run_onnx(to_onnx(graph), x_q)
+
+
+def check_graphs(graphs: list[IntGraph], inputs: list[np.ndarray], workdir: Path,
+                 backends: tuple[str, ...] = BACKENDS, jobs: int = 2) -> list[Verdict]:
+    """Run every graph on its inputs in the oracle and in ``backends`` (C: ``jobs`` compiler runs
+    at a time); one :class:`Verdict` per graph."""
+    verdicts = [Verdict() for _ in graphs]
+    c_logits, c_failures = ([None] * len(graphs), {})
+    if "c" in backends:
+        c_logits, c_failures = run_c_many(build_c_many(graphs, workdir, jobs), graphs, inputs)
+    for k, (graph, x_q, v) in enumerate(zip(graphs, inputs, verdicts)):
+        expected = oracle.run(graph, x_q)
+        got = {}
+        for name in backends:
+            try:
+                got[name] = c_logits[k] if name == "c" else _python_backend(name, graph, x_q)
+            except Exception as e:  # a backend refusing a valid graph is a finding too
+                v.errors[name] = f"{type(e).__name__}: {e}"
+        if k in c_failures:
+            v.errors["c"] = c_failures[k]
+        v.differs = [name for name, y in got.items() if y is not None and y.tolist() != expected]
+    return verdicts
+
+
+def campaign_inputs(seed: int, graph: IntGraph, n: int) -> np.ndarray:
+    return random_inputs(np.random.default_rng([seed, 1]), graph.in_shape, n)
+
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) installed")
+
+
+@pytest.fixture(scope="module")
+def graphs() -> list[IntGraph]:
+    return [random_graph(seed) for seed in SEEDS]
+
+
+@needs_cc
+def test_backends_agree_with_the_oracle_on_random_graphs(graphs, tmp_path):
+    inputs = [campaign_inputs(seed, g, N_INPUTS) for seed, g in zip(SEEDS, graphs)]
+    verdicts = check_graphs(graphs, inputs, tmp_path)
+    bad = {seed: v for seed, v in zip(SEEDS, verdicts) if v}
+    assert not bad, f"{len(bad)} of {len(graphs)} graphs disagree: {bad}"
+
+
+def test_campaign_covers_every_op_and_feature(graphs):
+    seen = sum((features(g) for g in graphs), Counter())
+    assert [f for f in FEATURES if not seen[f]] == []
+
+
+def test_graphs_are_seeded(graphs):
+    again = random_graph(SEEDS[3])
+    assert [n.meta() for n in again.layers] == [n.meta() for n in graphs[3].layers]
+    assert all(np.array_equal(a.w_q, b.w_q) for a, b in zip(again.int_layers(), graphs[3].int_layers()))
+
+
+def test_a_broken_backend_is_caught(graphs, monkeypatch, tmp_path):
+    """The campaign is not vacuous: numpy truncating instead of rounding (E3) is reported."""
+    import fiqnn.execute
+
+    monkeypatch.setattr(fiqnn.execute, "rshift_round", lambda x, s: np.asarray(x, np.int64) >> s)
+    verdicts = check_graphs(graphs[:8], [campaign_inputs(s, g, 16) for s, g in zip(SEEDS, graphs[:8])], tmp_path,
+                            backends=("numpy",))
+    assert sum(v.differs == ["numpy"] for v in verdicts) >= 4
+
+
+@needs_cc
+def test_sanitizer_report_is_a_failure_of_its_graph(graphs, monkeypatch, tmp_path):
+    """An arena one word short overflows under ASan: the run fails on that graph and resumes after it."""
+    import fiqnn.export.c99 as c99
+
+    real_plan = c99.plan
+    i = next(i for i in range(1, len(graphs)) if real_plan(graphs[i])["total"] >= 16)
+    trio = graphs[i - 1:i + 2]
+    monkeypatch.setattr(c99, "plan", lambda g: {**real_plan(g), "total": real_plan(g)["total"] - 4 * (g is trio[1])})
+    verdicts = check_graphs(trio, [campaign_inputs(s, g, 4) for s, g in enumerate(trio)], tmp_path, backends=("c",))
+    assert [v.sanitizer for v in verdicts] == [False, True, False]
+    assert "AddressSanitizer: global-buffer-overflow" in verdicts[1].errors["c"]
+
+
+def _fc(name: str, o: int, i: int, in_bits: int, a_bits: int | None, rng) -> IntLayer:
+    return IntLayer(name=name, kind="fc", w_q=rng.integers(-7, 8, (o, i)).astype(np.int8),
+                    bias_q=rng.integers(-200, 200, o).astype(np.int32), mult=np.array([2**30], np.int32),
+                    shift=np.array([38], np.int32), in_bits=in_bits, w_bits=4, a_bits=a_bits)
+
+
+@needs_cc
+def test_fc_output_feeds_a_conv_and_an_add(tmp_path):
+    """Regression: the numpy executor returned an fc layer's output as (N, O), not the (O, 1, 1) map
+    IntGraph gives it, so a conv reading it failed and an add of it and a conv's (O, 1, 1) output
+    broadcast to (N, O, N, O); ONNX had the same shape."""
+    from fiqnn.graph import IntAdd
+
+    rng = np.random.default_rng(0)
+    conv = IntLayer(name="c", kind="conv", w_q=rng.integers(-7, 8, (4, 1, 2, 3)).astype(np.int8),
+                    bias_q=np.zeros(4, np.int32), mult=np.array([2**30], np.int32), shift=np.array([38], np.int32),
+                    in_bits=8, w_bits=4, a_bits=None, inputs=("input",))
+    add = IntAdd(name="s", inputs=("f", "c"), mult=np.array([2**20, 2**20], np.int32), shift=np.array([30], np.int32),
+                 a_bits=4)
+    head = IntLayer(name="h", kind="conv", w_q=rng.integers(-7, 8, (3, 4, 1, 1)).astype(np.int8),
+                    bias_q=np.zeros(3, np.int32), mult=np.array([2**30], np.int32), shift=np.array([30], np.int32),
+                    in_bits=4, w_bits=4, a_bits=None)
+    graph = IntGraph((1, 2, 3), 3, (_fc("f", 4, 6, 8, None, rng), conv, add, head))
+    x_q = campaign_inputs(0, graph, 16)
+    assert check_graphs([graph], [x_q], tmp_path) == [Verdict()]
+
+
+def test_oracle_rshift_round_array_matches_the_scalar_definition():
+    x = [3, -3, 5, -5, 6, 7, -6, -7, 1, 2**61, -(2**61), 9, 2**62 - 1, -(2**62) + 1]
+    shifts = [1, 1, 1, 1, 2, 2, 2, 2, 62, 62, 62, 0, 61, 61]
+    got = oracle.rshift_round_array(np.array(x, dtype=object), np.array(shifts, dtype=object))
+    assert got.tolist() == [oracle.rshift_round(v, s) for v, s in zip(x, shifts)]
+    assert got.tolist()[:12] == [2, -1, 3, -2, 2, 2, -1, -2, 0, 1, 0, 9]  # the worked table of (E3)
