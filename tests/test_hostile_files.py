@@ -153,6 +153,8 @@ def _conv(**change) -> IntLayer:
     ({"pool": (2, 0, 0)}, "stride >= 1"),
     ({"pool": (2, 2, 2)}, "0 <= padding <= kernel / 2"),
     ({"pool": (2, 2, 0), "a_bits": None}, "a max-pool needs codes to pool"),
+    ({"kind": "fc", "w_q": np.ones((2, 9), np.int8), "padding": (1, 1)}, "an fc layer has no stride, padding"),
+    ({"kind": "fc", "w_q": np.ones((2, 9), np.int8), "groups": 3}, "an fc layer has no stride, padding"),
 ])
 def test_geometry_out_of_range_is_refused(change, message):
     with pytest.raises(ModelFileError, match=message.replace("(", r"\(")):

@@ -17,6 +17,7 @@ its contents, checked on load, so a flipped bit is caught rather than trained on
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import _io
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, RunDirError, TrainingError
 
 CONFIG, METRICS, CHECKPOINT, LOG, MODEL = "config.json", "metrics.json", "checkpoint.pt", "train.log", "model.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -141,3 +142,16 @@ def load_torch(path: Path) -> dict[str, Any]:
         if _io.content_digest(state) != expected:
             raise CheckpointError(f"{path} is corrupt: its contents do not match the SHA-256 saved with them")
     return state
+
+
+def check_finite(modules: list[torch.nn.Module], loss: float, where: str) -> None:
+    """Stop a diverged phase before its epoch is checkpointed (the last checkpoint stays the last
+    good state): a non-finite loss, weight or BN statistic would otherwise surface later as a bare
+    error from requantization."""
+    bad = [] if math.isfinite(loss) else ["the loss"]
+    bad += [name for m in modules for name, t in m.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())][:3]
+    if bad:
+        raise TrainingError(f"{where}: training diverged ({', '.join(bad)} became inf or NaN; loss {loss:.4g}); "
+                            "the run stopped before saving this epoch. Try a lower learning rate (--lr, "
+                            "--teacher-lr) or more bits, in a new --out")

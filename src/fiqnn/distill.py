@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,10 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ._run import check_finite
 from .arith import act_range
 from .config import DistillConfig
 from .data import DataBundle, batches, num_batches, to_float
-from .errors import DataError, TrainingError
+from .errors import DataError
 from .fold import local_init
 from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
 from .parallel import Runtime
@@ -303,7 +303,7 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
             if i % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
         loss_total = rt.sum(float(loss_sum))[0] / rt.world
-        _check_finite(modules, loss_total / stream.steps, f"{desc} epoch {epoch + 1}")
+        check_finite(modules, loss_total / stream.steps, f"{desc} epoch {epoch + 1}")
         rt.sync_buffers(modules)
         acc = evaluate()
         rows.append({"epoch": epoch + 1, "loss": loss_total / stream.steps, "val_acc": acc,
@@ -322,19 +322,6 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
     for m, s in zip(modules, best_state):
         m.load_state_dict(s)
     return rows
-
-
-def _check_finite(modules: list[nn.Module], loss: float, where: str) -> None:
-    """Stop a diverged phase before its epoch is checkpointed (the last checkpoint stays the last
-    good state): a non-finite loss, weight or BN statistic would otherwise surface later as a bare
-    error from requantization."""
-    bad = [] if math.isfinite(loss) else ["the loss"]
-    bad += [name for m in modules for name, t in m.state_dict().items()
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())][:3]
-    if bad:
-        raise TrainingError(f"{where}: training diverged ({', '.join(bad)} became inf or NaN; loss {loss:.4g}); "
-                            "the run stopped before saving this epoch. Try a lower learning rate (--lr, "
-                            "--teacher-lr) or more bits, in a new --out")
 
 
 # --- the pipeline -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import _io
-from ._run import MODEL, RunDir, load_torch
+from ._run import MODEL, RunDir, check_finite, load_torch
 from .config import TeacherConfig
 from .data import batches, load_data, num_batches, to_float
 from .errors import CheckpointError, ConfigError
@@ -140,10 +140,11 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
             loss_sum += loss.detach()
             if i % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
+        loss_total = rt.sum(float(loss_sum))[0] / rt.world
+        check_finite([model], loss_total / steps, f"epoch {epoch + 1}")
         rt.sync_buffers([model])  # BN statistics: rank 0's, so every rank validates one network
         rt.check_same([model], f"epoch {epoch + 1}")
         val_acc = evaluate(model, data.val, runtime=rt)
-        loss_total = rt.sum(float(loss_sum))[0] / rt.world
         row = {"epoch": epoch + 1, "train_loss": loss_total / steps, "val_acc": val_acc,
                "wall_s": time.perf_counter() - t0}
         history.append(row)
