@@ -147,13 +147,15 @@ class _Builder:
         return 1, o
 
     def conv(self, src: str) -> str:
-        """A conv with random geometry (padding up to 2, dilation up to 3) and, sometimes, a max-pool."""
+        """A conv with random geometry (padding up to 2 but inside the kernel, dilation up to 3) and, sometimes,
+        a max-pool."""
         rng = self.rng
         c, h, w = self.shape[src]
         groups, o = self._groups(c, int(rng.integers(1, 9)))
         pad = tuple(int(v) for v in rng.integers(0, 3, 2) * (rng.random() < 0.6))
         dil = tuple(int(v) for v in rng.integers(1, 4, 2)) if rng.random() < 0.25 else (1, 1)
         kern = [min(int(rng.integers(1, 4)), (size + 2 * p - 1) // d + 1) for size, p, d in zip((h, w), pad, dil)]
+        pad = tuple(min(p, d * (k - 1)) for p, d, k in zip(pad, dil, kern))  # no window of padding alone
         stride = tuple(int(v) for v in rng.integers(1, 4, 2)) if rng.random() < 0.35 else (1, 1)
         a_bits = self._a_bits()
         ho, wo = (_out(size, k, s, p, d) for size, k, s, p, d in zip((h, w), kern, stride, pad, dil))
@@ -253,7 +255,7 @@ class _Builder:
         geometry = []
         for size in (h, w):
             s, p, d = int(rng.integers(1, 4)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
-            ks = [k for k in range(1, size + 2 * p + 1) if 0 <= size + 2 * p - d * (k - 1) - 1 < s]
+            ks = [k for k in range(1, size + 2 * p + 1) if 0 <= size + 2 * p - d * (k - 1) - 1 < s and p <= d * (k - 1)]
             geometry.append((int(rng.choice(ks)), s, p, d) if ks else (size, 1, 0, 1))
         groups = max(g for g in range(1, c + 1) if c % g == 0 and classes % g == 0 and (g == 1 or rng.random() < .5))
         (kh, sh, ph, dh), (kw, sw, pw, dw) = geometry

@@ -170,3 +170,94 @@ def test_geometry_out_of_range_in_a_file_is_one_line(cli, valid, tmp_path):
     _write(bad, m)
     code, _, err = cli("info", bad)
     assert code == 2 and len(err) == 1 and "stride must be two integers >= 1" in err[0]
+
+
+# --- every case of the model-file validation issue: one line, exit 2, from load, info and eval --------------------
+
+def _mutated(meta_change, members: dict[str, bytes]) -> dict[str, bytes]:
+    meta = json.loads(members["meta.json"])
+    meta_change(meta)
+    return {**members, "meta.json": json.dumps(meta).encode()}
+
+
+def _set(i: int, key: str, value):
+    return lambda meta: meta["layers"][i].__setitem__(key, value)
+
+
+def _zero_fc_file(path) -> None:
+    """A checksum-valid file of one fc layer with 2^28 zero weights (256 MB unpacked, ~260 KB packed)."""
+    n = 1 << 28
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|i1", "fortran_order": False, "shape": (1, n)})
+    sha, small = hashlib.sha256(header.getvalue()), {}
+    for key, value in (("bias_q", np.zeros(1, np.int32)), ("mult", np.array([2**30], np.int32)),
+                       ("shift", np.array([31], np.int32))):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, value)
+        small[f"fc.{key}.npy"] = buf.getvalue()
+    chunk = bytes(MB)
+    for _ in range(n // MB):
+        sha.update(chunk)
+    meta = {"format": "fiqnn-intgraph", "arith_version": 1, "in_shape": [1, 1 << 14, 1 << 14], "num_classes": 1,
+            "info": {}, "layers": [{"name": "fc", "kind": "fc", "in_bits": 8, "w_bits": 8, "a_bits": None,
+                                    "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1,
+                                    "pool": None, "inputs": []}],
+            "sha256": {"fc.w_q.npy": sha.hexdigest(), **{k: hashlib.sha256(v).hexdigest() for k, v in small.items()}}}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("fc.w_q.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            for _ in range(n // MB):
+                f.write(chunk)
+        for k, v in small.items():
+            z.writestr(k, v)
+        z.writestr("meta.json", json.dumps(meta))
+
+
+CASES = {  # case -> (how to make the file from the digits student's model.npz members, expected message)
+    "stride 0": (lambda m: _mutated(_set(0, "stride", [0, 1]), m), "stride must be two integers >= 1"),
+    "dilation 0": (lambda m: _mutated(_set(0, "dilation", [0, 0]), m), "dilation must be two integers >= 1"),
+    "pool kernel 0": (lambda m: _mutated(_set(1, "pool", [0, 1, 0]), m), "needs kernel >= 1"),
+    "pool padding >= kernel": (lambda m: _mutated(_set(1, "pool", [2, 2, 2]), m), "0 <= padding <= kernel / 2"),
+    "max-pool on the logits": (lambda m: _mutated(_set(-1, "pool", [1, 1, 0]), m), "a max-pool needs codes"),
+}
+
+
+@pytest.fixture
+def student_files(digits_student, tmp_path):
+    """``make(case) -> run dir`` holding a copy of the digits student's config and the case's model.npz."""
+    members = _members(digits_student / "model.npz")
+
+    def make(case: str):
+        run = tmp_path / case.replace(" ", "_").replace(">=", "ge")
+        run.mkdir()
+        (run / "config.json").write_bytes((digits_student / "config.json").read_bytes())
+        model = run / "model.npz"
+        if case == "zip bomb":
+            _write(model, members, big=("pad.npy", 128 * MB))
+        elif case == "2^40 header":
+            m = dict(members)
+            m["conv1.w_q.npy"] = _npy({"descr": "|i1", "fortran_order": False, "shape": (2**40,)}, b"\0" * 72)
+            _write(model, m)
+        elif case == "2^28 zero weights":
+            _zero_fc_file(model)
+        else:
+            _write(model, CASES[case][0](members))
+        return run
+
+    return make
+
+
+@pytest.mark.parametrize("case, message", [*((c, msg) for c, (_, msg) in CASES.items()),
+                                           ("zip bomb", "would unpack to"), ("2^40 header", "declares shape"),
+                                           ("2^28 zero weights", "would unpack to")])
+def test_each_bad_model_file_is_one_line_from_load_info_and_eval(cli, student_files, case, message):
+    import time
+
+    run = student_files(case)
+    t0 = time.perf_counter()
+    peak, msg = _peak_while_refused(run / "model.npz")
+    assert message in msg and "\n" not in msg
+    assert peak < 200 * MB and time.perf_counter() - t0 < 2.0, (peak, time.perf_counter() - t0)
+    for cmd in (["info", run / "model.npz"], ["eval", run / "model.npz"], ["eval", run, "--backend", "c"]):
+        code, _, err = cli(*cmd)
+        assert code == 2 and len(err) == 1 and err[0].startswith("fiqnn: error: ") and message in err[0], (cmd, err)

@@ -173,6 +173,8 @@ def import_model(model: nn.Module) -> list[Unit]:
         elif isinstance(mod, nn.Conv2d):
             if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                 raise refuse(node, "uses padding other than explicit zero padding")
+            if any(p > d * (k - 1) for p, d, k in zip(mod.padding, mod.dilation, mod.kernel_size)):
+                raise refuse(node, "pads past its (dilated) kernel, so some outputs see only padding")
             src = source(node, first)
             if src in flattened:
                 raise refuse(node, "convolves a flattened tensor")

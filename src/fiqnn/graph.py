@@ -60,6 +60,13 @@ _ARRAYS = {"w_q": np.int8, "bias_q": np.int32, "mult": np.int32, "shift": np.int
 
 # Node names come from model files, i.e. from strangers: one identifier, so that no name can
 # carry a newline, a comment terminator or a path into a message, generated code or a zip member.
+def _is_int(v: object) -> bool:
+    """An integer that is not a bool (JSON's true and false would pass as 1 and 0)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+MAX_DIM = 1 << 16  # the largest input channel count, height or width a model file may declare
+
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -105,14 +112,14 @@ class IntLayer:
         if self.kind not in ("conv", "fc"):
             raise bad(f"unknown kind {self.kind!r}")
         _check_geometry(bad, stride=(self.stride, 1), dilation=(self.dilation, 1), padding=(self.padding, 0))
-        if not (isinstance(self.groups, int) and self.groups >= 1):
+        if not (_is_int(self.groups) and self.groups >= 1):
             raise bad(f"groups must be a positive integer, got {self.groups!r}")
         if self.kind == "fc" and (self.stride, self.padding, self.dilation, self.groups) != ((1, 1), (0, 0), (1, 1), 1):
             raise bad("an fc layer has no stride, padding, dilation or groups (a file that says otherwise "
                       "describes a conv)")
         if self.pool is not None:
             if not (isinstance(self.pool, tuple) and len(self.pool) == 3
-                    and all(isinstance(v, int) for v in self.pool)):
+                    and all(_is_int(v) for v in self.pool)):
                 raise bad(f"pool must be (kernel, stride, padding), got {self.pool!r}")
             k, s_, p_ = self.pool
             if k < 1 or s_ < 1 or not 0 <= 2 * p_ <= k:
@@ -124,14 +131,18 @@ class IntLayer:
             if not isinstance(a, np.ndarray) or a.dtype != dtype:
                 raise bad(f"{key} must be a {np.dtype(dtype).name} array")
         o = len(self.w_q)
-        if self.w_q.ndim != (4 if self.kind == "conv" else 2) or o == 0:
+        if self.w_q.ndim != (4 if self.kind == "conv" else 2) or self.w_q.size == 0:
             raise bad(f"w_q has shape {self.w_q.shape}")
+        if self.kind == "conv" and any(p > d * (k - 1) for p, d, k in zip(self.padding, self.dilation,
+                                                                            self.w_q.shape[2:])):
+            raise bad(f"padding {self.padding} reaches past the (dilated) kernel: some outputs would see only "
+                      "padding")
         if self.bias_q.shape != (o,) or self.mult.shape not in ((1,), (o,)) or self.shift.shape != self.mult.shape:
             raise bad(f"bias/mult/shift shapes {self.bias_q.shape}/{self.mult.shape}/{self.shift.shape} do not "
                       f"fit {o} output channels")
         for bits_name in ("in_bits", "w_bits") + (("a_bits",) if self.a_bits is not None else ()):
             b = getattr(self, bits_name)
-            if not (isinstance(b, int) and 2 <= b <= 8):
+            if not (_is_int(b) and 2 <= b <= 8):
                 raise bad(f"{bits_name} must be in 2..8, got {b!r}")
         lo, hi = weight_range(self.w_bits)
         if self.w_q.min() < lo or self.w_q.max() > hi:
@@ -172,7 +183,7 @@ class IntLayer:
 def _check_geometry(bad, **fields: tuple) -> None:
     """Each field a pair of integers no smaller than its minimum (stride and dilation 1, padding 0)."""
     for key, (value, low) in fields.items():
-        if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and v >= low for v in value)):
+        if not (isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) and v >= low for v in value)):
             raise bad(f"{key} must be two integers >= {low}, got {value!r}")
 
 
@@ -193,7 +204,7 @@ def _check_requant(name: str, mult: np.ndarray, shift: np.ndarray, n_mult: int, 
         raise ModelFileError(f"node {name}: mult/shift shapes {mult.shape}/{shift.shape}, expected ({n_mult},)/(1,)")
     if mult.min() < 1 or not SHIFT_MIN <= int(shift[0]) <= SHIFT_MAX:
         raise ModelFileError(f"node {name}: mult must be positive and shift in [{SHIFT_MIN}, {SHIFT_MAX}]")
-    if not (isinstance(a_bits, int) and 2 <= a_bits <= 8):
+    if not (_is_int(a_bits) and 2 <= a_bits <= 8):
         raise ModelFileError(f"node {name}: a_bits must be in 2..8, got {a_bits!r}")
 
 
@@ -245,7 +256,7 @@ class IntAvgPool:
         if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
             raise ModelFileError(f"node {self.name}: padding {self.padding} is more than half the window {self.kernel}")
         _check_requant(self.name, self.mult, self.shift, 1, self.a_bits)
-        if not (isinstance(self.in_bits, int) and 2 <= self.in_bits <= 8):
+        if not (_is_int(self.in_bits) and 2 <= self.in_bits <= 8):
             raise ModelFileError(f"node {self.name}: in_bits must be in 2..8, got {self.in_bits!r}")
         if act_range(self.in_bits)[1] * self.kernel[0] * self.kernel[1] * int(self.mult[0]) >= 2**62:
             raise OverflowProofError(f"node {self.name}: window sum * mult could leave the (E3) range")
@@ -276,6 +287,14 @@ class IntGraph:
         if self.arith_version != ARITH_VERSION:
             raise ModelFileError(f"model uses ARITH_VERSION {self.arith_version}, this fiqnn implements "
                                  f"{ARITH_VERSION}; re-export the model with this version")
+        if not (isinstance(self.in_shape, tuple) and len(self.in_shape) == 3
+                and all(_is_int(v) and 1 <= v <= MAX_DIM for v in self.in_shape)):
+            raise ModelFileError(f"the input shape must be three integers (C, H, W) in 1..{MAX_DIM}, got "
+                                 f"{repr(self.in_shape)[:60]}")
+        if not (_is_int(self.num_classes) and self.num_classes >= 1):
+            raise ModelFileError(f"num_classes must be a positive integer, got {repr(self.num_classes)[:40]}")
+        if not isinstance(self.info, dict):
+            raise ModelFileError("info must be a JSON object")
         last = self.layers[-1] if self.layers else None
         if not isinstance(last, IntLayer) or last.a_bits is not None:
             raise ModelFileError("the last node must be a conv or fc layer producing logits (a_bits None)")
@@ -449,7 +468,7 @@ def _read_array(z: zipfile.ZipFile, member: str, dtype: type, sha256: object) ->
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
             shape, fortran, got = read_header(f)
-            if got != np.dtype(dtype) or fortran or not all(isinstance(d, int) and d >= 0 for d in shape):
+            if got != np.dtype(dtype) or fortran or not all(_is_int(d) and d >= 0 for d in shape):
                 raise ModelFileError(f"array {member} is {got}{list(shape)}, expected a C-ordered "
                                      f"{np.dtype(dtype).name} array")
             count = 1

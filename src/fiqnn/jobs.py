@@ -206,6 +206,9 @@ def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: st
         logits = torch_logits(load_student(run_dir), data.test)
     else:
         graph = load(target if target.suffix == ".npz" else run_dir / MODEL_FILE)
+        if tuple(graph.in_shape) != tuple(data.in_shape) or graph.num_classes != data.num_classes:
+            raise FiqnnError(f"the model takes {graph.in_shape} images into {graph.num_classes} classes, but the "
+                             f"run's data set has {tuple(data.in_shape)} images and {data.num_classes} classes")
         logits = run_backend(graph, data.test.x_q, backend)
     acc = float((logits.argmax(1) == data.test.y).mean() * 100)
     return {"backend": backend, "test_acc": acc, "images": len(data.test.y), "wall_s": time.perf_counter() - t0}
