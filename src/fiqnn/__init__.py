@@ -6,13 +6,20 @@ torch; onnx, onnxruntime and a C compiler load only when an export asks for them
 """
 
 import importlib as _importlib
+import logging as _logging
 import sys as _sys
 import types as _types
 
 __version__ = "0.1.0"
 
+# Library code logs progress to the "fiqnn" logger (info level) and prints nothing; an
+# application shows it with logging.basicConfig(level=logging.INFO), the CLI on stderr.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 _SOURCES = {  # public name -> the submodule that defines it
     "ARITH_VERSION": "arith",
+    "ArraySplit": "data",
+    "DataBundle": "data",
     "DistillConfig": "config",
     "FiqnnError": "errors",
     "IntGraph": "graph",

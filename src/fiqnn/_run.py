@@ -34,15 +34,16 @@ CONFIG, METRICS, CHECKPOINT, LOG, MODEL = "config.json", "metrics.json", "checkp
 PREVIOUS = "checkpoint.prev.pt"
 
 
-def check_writable(out: Path) -> None:
-    """Fail early (before any work) if ``out`` cannot become a writable directory."""
+def check_writable(out: Path, target: Path | None = None) -> None:
+    """Fail early (before any work) if ``out`` cannot become a writable directory; the error
+    names ``target`` (what is to be written there, default ``out`` itself)."""
     p = Path(out)
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise RunDirError(f"cannot write to {out}: {p} is not a directory")
+        raise RunDirError(f"cannot write to {target or out}: {p} is not a directory")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write to {out}: {p} is not writable")
+        raise RunDirError(f"cannot write to {target or out}: {p} is not writable")
 
 
 class RunDir:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,6 +44,8 @@ from . import _io
 from ._run import METRICS, read_json
 from .config import DistillConfig
 from .errors import FiqnnError
+
+logger = logging.getLogger(__name__)  # "fiqnn.bench"
 
 METHODS = ("fold", "qat-fold", "scratch", "oneshot", "ptl", "ptl-no-target", "ptl-no-comp")
 
@@ -119,9 +122,11 @@ def grid(methods: Iterable[str], bits: Iterable[int], scales: Iterable[str], see
 
 def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list[Row], budget: Budget, *,
               lr_by_bits: Callable[[int], float | None] = lambda bits: None, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``rows`` (skipping those already in ``out/results.json``) and write the results,
-    the table (``results.md``) and the plots (``plots/``) after every row."""
+    the table (``results.md``) and the plots (``plots/``) after every row. Progress lines go
+    to ``log`` (default: info records of the ``fiqnn.bench`` logger)."""
+    log = log or logger.info
     from .jobs import distill_run, teacher_data
     from .layers import teacher_units
     from .teacher import load_teacher
@@ -175,9 +180,14 @@ def status(out: str | os.PathLike, rows: list[Row]) -> list[dict[str, Any]]:
     """Where each row of a grid stands in bench directory ``out``: ``done`` (with its test
     accuracy), ``running`` (a bench process holds its claim), ``started`` (a run directory
     that ``fiqnn bench`` resumes) or ``pending``; unfinished rows carry their log's last line.
-    It creates no file. Testing a claim takes a free one for an instant: a bench process that
-    reaches that row in the same instant skips it, and its next run picks it up."""
+    It creates no file, and ``out`` must be a directory. Testing a claim takes a free one for an
+    instant: a bench process that reaches that row in the same instant skips it, and its next
+    run picks it up."""
     out = Path(out)
+    if not out.is_dir():
+        why = "not a directory" if out.exists() else "no such directory"
+        raise FiqnnError(f"{out} holds no bench results ({why}); start one with "
+                         f"`fiqnn bench --teacher DIR --out {out}`")
     done = {r["key"]: r for r in (read_json(out / "results.json") if (out / "results.json").exists()
                                   else {}).get("rows", [])}
     lines = []
@@ -336,7 +346,8 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
                          title=f"{t['arch']} on {t['data']}")
 
 
-def quick(out: str | os.PathLike, *, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def quick(out: str | os.PathLike, *, progress: bool = False,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``fiqnn bench --quick``: the same machinery at a tiny budget (digits, tiny model), for CI."""
     from .config import TeacherConfig
     from .teacher import train_teacher

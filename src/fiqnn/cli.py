@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._archs import ARCHS
 from .errors import FiqnnError, OutputError
 
 
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-teacher", parents=[common, train], help="train a float BatchNorm teacher",
                        description="Train a float BatchNorm teacher into a run directory "
                                    "(config.json, metrics.json, checkpoint.pt, train.log, model.pt).")
-    t.add_argument("--arch", help="alexnet-s | alexnet-bn | tiny")
+    t.add_argument("--arch", help=" | ".join(ARCHS))
     t.add_argument("--data", help="fashion-mnist | digits | cifar10 | imagefolder | synthetic")
     t.add_argument("--data-dir", help="folder of the data set (default for fashion-mnist: "
                                       "/usr/share/datasets/fashion-mnist)")

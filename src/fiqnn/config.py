@@ -80,7 +80,7 @@ TEACHER_QUANTIZERS = ("lsq", "dorefa")
 
 @dataclass(frozen=True)
 class DistillConfig(_Dict):
-    """How to turn a BN teacher into a BN-free integer student (METHOD.md).
+    """How to turn a BN teacher into a BN-free integer student (docs/method.md).
 
     Bits: ``w_bits``/``a_bits`` everywhere, except the weights of the first and last
     layers, which get ``first_last_bits`` (set it equal to ``w_bits`` for none).

@@ -9,7 +9,7 @@ activation inside the network is a residual branch: in the teacher it outputs th
 real-valued BN output, in the student its int32 accumulators (``IntUnit(raw=True)``),
 and the add scales each input by its own factor, (E9).
 
-:func:`fold` is step 1 of METHOD.md for a DAG (every unit from the frozen teacher on
+:func:`fold` is phase 1 of docs/method.md for a DAG (every unit from the frozen teacher on
 the teacher's own inputs); :func:`convert` turns the student into an IntGraph.
 """
 
@@ -276,7 +276,7 @@ def stages(qnn: GraphNet) -> list[list[str]]:
     """PTL stages of a DAG: runs of units between cut points. A unit is a cut point when it
     outputs codes and no edge jumps over it, so a residual block (its branch, shortcut and
     add) is one stage and its output, the add's codes, is the stage's target; in a chain
-    every unit is its own stage (METHOD.md's layer-by-layer conversion)."""
+    every unit is its own stage (docs/method.md: layer-by-layer conversion)."""
     names = list(qnn.units)
     index = {n: i for i, n in enumerate(names)} | {"input": -1}
     edges = [(index[src], index[n]) for n in names for src in qnn.inputs[n]]

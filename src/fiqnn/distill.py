@@ -1,4 +1,4 @@
-"""Progressive tandem learning (METHOD.md): teacher QNN, local init, stages, fine-tune.
+"""Progressive tandem learning (docs/method.md): teacher QNN, local init, stages, fine-tune.
 
 ``distill(teacher, data, config) -> Student`` runs, for ``method="ptl"``:
 
@@ -14,7 +14,7 @@
    at lr x 0.1.
 3. Fine-tune the whole student with CE + KD at lr x 0.1.
 
-Design choice (METHOD.md leaves it open): S_k is initialised at the start of its
+Design choice (docs/method.md: the papers leave it open): S_k is initialised at the start of its
 stage from the *compensated* T_k, calibrated on the codes the already-converted
 S_1..S_{k-1} produce, so each conversion starts from the network as it now is.
 ``method="fold"`` is step 1 alone, every layer from the frozen teacher QNN;
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
 from .parallel import Runtime
 
 Log = Callable[[str], None]
+logger = logging.getLogger(__name__)  # "fiqnn.distill"
 
 
 @dataclass
@@ -357,7 +359,7 @@ def calibration(data: DataBundle, n: int) -> torch.Tensor:
 
 def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             checkpoint: Callable[[dict[str, Any]], None] | None = None, resume_state: dict[str, Any] | None = None,
-            progress: bool = True, log: Log = print, runtime: Runtime | None = None) -> Student:
+            progress: bool = True, log: Log | None = None, runtime: Runtime | None = None) -> Student:
     """Turn the BN ``teacher`` into a BN-free integer :class:`Student` (see module doc).
 
     Args:
@@ -367,10 +369,12 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         checkpoint: called with a resumable state after every phase.
         resume_state: a state passed earlier to ``checkpoint``; its finished phases are skipped.
         progress: show progress bars.
-        log: where progress lines go.
+        log: where progress lines go (default: info records of the ``fiqnn.distill`` logger;
+            nothing is printed unless the application configures :mod:`logging`).
         runtime: device, mixed precision and data-parallel rank (default: this process,
             CPU, float32); ``config.batch_size`` is the global batch.
     """
+    log = log or logger.info
     rt = runtime or Runtime()
     rt.check_batch(config.batch_size)
     check_distillable(teacher)

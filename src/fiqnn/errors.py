@@ -33,3 +33,7 @@ class CheckpointError(FiqnnError):
 
 class TrainingError(FiqnnError):
     """Training diverged (a non-finite loss or weight); the last good checkpoint is kept."""
+
+
+class MissingExtraError(FiqnnError, ImportError):
+    """An optional dependency (an extra of the fiqnn package) is not installed; the message names it."""

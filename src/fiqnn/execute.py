@@ -19,13 +19,15 @@ integer array (``trace`` lets a test check that).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
-from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node
+from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, load
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -119,19 +121,39 @@ def run_node(inputs: list[np.ndarray], node: Node) -> np.ndarray:
     return run_layer(inputs[0], node)
 
 
-def run(graph: IntGraph, x_q: np.ndarray, *, batch_size: int = 250, trace: Trace | None = None) -> np.ndarray:
-    """Run ``graph`` on uint8 images ``x_q`` (N, C, H, W); return int32 logits (N, classes).
+def as_graph(model: IntGraph | str | os.PathLike) -> IntGraph:
+    """The first argument of every backend's run function (:func:`run`,
+    :func:`fiqnn.export.onnx.run_onnx`, :func:`fiqnn.export.c99.run_c`): an IntGraph as it is,
+    or a model file (a distill run directory: its ``model.npz``), read with :func:`fiqnn.graph.load`."""
+    if isinstance(model, IntGraph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        return load(path / "model.npz" if path.is_dir() else path)
+    raise TypeError(f"expected an IntGraph or the path of a model file, got {type(model).__name__}")
 
-    Args:
-        graph: the integer network.
-        x_q: uint8 pixel codes, the shape ``graph.in_shape`` per image.
-        batch_size: images per step (memory only; results do not depend on it).
-        trace: called as ``trace(layer_name, array)`` with every array handed between steps.
-    """
+
+def check_input(graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
+    """``x_q`` as an array, if it is uint8 images of ``graph``'s input shape; else ValueError."""
     x_q = np.asarray(x_q)
     if x_q.dtype != np.uint8 or x_q.shape[1:] != tuple(graph.in_shape):
         raise ValueError(f"input must be uint8 of shape (N, {', '.join(map(str, graph.in_shape))}), "
                          f"got {x_q.dtype} {x_q.shape}")
+    return x_q
+
+
+def run(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, *, batch_size: int = 250,
+        trace: Trace | None = None) -> np.ndarray:
+    """Run ``graph`` on uint8 images ``x_q`` (N, C, H, W); return int32 logits (N, classes).
+
+    Args:
+        graph: the integer network, or its model file (see :func:`as_graph`).
+        x_q: uint8 pixel codes, the shape ``graph.in_shape`` per image.
+        batch_size: images per step (memory only; results do not depend on it).
+        trace: called as ``trace(layer_name, array)`` with every array handed between steps.
+    """
+    graph = as_graph(graph)
+    x_q = check_input(graph, x_q)
     out = np.empty((len(x_q), graph.num_classes), dtype=np.int32)
     for start in range(0, len(x_q), batch_size):
         env = {"input": x_q[start:start + batch_size]}

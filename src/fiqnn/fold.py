@@ -1,4 +1,4 @@
-"""Step 1 of METHOD.md, local initialisation: one BN-free integer layer from one teacher layer.
+"""Phase 1 of docs/method.md, local initialisation: one BN-free integer layer from one teacher layer.
 
 For a teacher unit computing ``y = BN(conv(x_q * s_in, w_hat))`` followed by
 ReLU and A-bit codes of step ``s_out``, BatchNorm folds into the weights and

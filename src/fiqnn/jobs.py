@@ -141,9 +141,13 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str) -> np.ndarray:
     if backend == "numpy":
         return run(graph, x_q)
     if backend == "onnx":
-        from .export.onnx import run_onnx, to_onnx
+        from ._optional import optional_import
 
-        return run_onnx(to_onnx(graph), x_q)
+        for module in ("onnx", "onnxruntime"):
+            optional_import(module, "the onnx backend")
+        from .export.onnx import run_onnx
+
+        return run_onnx(graph, x_q)
     if backend == "c":
         from .export.c99 import run_c
 
@@ -151,14 +155,32 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str) -> np.ndarray:
     raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx or c")
 
 
+EXPORT_FORMATS = ("npz", "onnx", "c")
+
+
 def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
-    """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx or C."""
-    target, out = Path(target), Path(out)
-    graph = load(target / MODEL_FILE if target.is_dir() else target)
-    parent = out.parent if fmt != "c" else out
+    """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx or C.
+
+    ``out`` is a file (npz, onnx) or a directory (c); for every format, missing parent
+    directories are created, after checking that they can be."""
+    from . import _io
     from ._run import check_writable
 
-    check_writable(parent)
+    if fmt not in EXPORT_FORMATS:
+        raise FiqnnError(f"unknown format {fmt!r}; choose {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}")
+    target, out = Path(target), Path(out)
+    graph = load(target / MODEL_FILE if target.is_dir() else target)
+    what = f"the {fmt} model {out}"
+    if fmt == "onnx":
+        from ._optional import optional_import
+
+        optional_import("onnx", "the onnx export")
+    directory = out if fmt == "c" else out.parent
+    check_writable(directory, what)
+    if fmt != "c" and out.is_dir():
+        raise FiqnnError(f"cannot write {what}: it is a directory")
+    with _io.writing(what):
+        directory.mkdir(parents=True, exist_ok=True)
     try:
         if fmt == "npz":
             save(graph, out)
@@ -166,14 +188,12 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> P
             from .export.onnx import export_onnx
 
             export_onnx(graph, out)
-        elif fmt == "c":
+        else:
             from .export.c99 import export_c
 
             export_c(graph, out)
-        else:
-            raise FiqnnError(f"unknown format {fmt!r}; choose npz, onnx or c")
     except OSError as e:
-        raise FiqnnError(f"cannot write {out}: {e.strerror or e}") from None
+        raise FiqnnError(f"cannot write {what}: {e.strerror or e}") from None
     return out
 
 

@@ -1,7 +1,7 @@
 """Code-domain units: the teacher QNN's and the BN-free student's layers.
 
 Both kinds map *codes in* to *codes out* (float tensors holding exact small
-integers), so a hybrid network S_1..S_k + T_{k+1}..T_L (METHOD.md, step 2) is a
+integers), so a hybrid network S_1..S_k + T_{k+1}..T_L (docs/method.md, phase 2) is a
 plain chain of units. The network input is the uint8 pixel code ``x_q`` (0..255).
 
 - :class:`QnnUnit` (teacher, step 0): ``codes * in_scale`` -> conv/linear with

@@ -5,7 +5,7 @@ Every model is an ``nn.Sequential`` of units, and every unit is an
 ``fc``, ``bn`` (all but the classifier), ``act`` (ReLU, all but the classifier)
 and ``pool`` (optional), in that order; a ``flatten`` unit sits between the
 convolutional and the linear units. This is the "layer l = conv/linear -> BN ->
-ReLU (-> pool)" of METHOD.md, and it is what the student conversion walks.
+ReLU (-> pool)" of docs/method.md, and it is what the student conversion walks.
 
 ``MODELS`` maps a name to ``constructor(num_classes, in_shape) -> nn.Sequential``.
 """
@@ -249,3 +249,8 @@ MODELS.update({
     "resnet18": resnet18,
     "mobilenetv2-s": MobileNetV2S,
 })
+
+from ._archs import ARCHS  # noqa: E402  (the CLI's torch-free copy of the names)
+
+if tuple(MODELS) != ARCHS:
+    raise ImportError(f"fiqnn._archs.ARCHS {ARCHS} must list the keys of fiqnn.models.MODELS {tuple(MODELS)}")

@@ -16,8 +16,9 @@ from . import _io
 
 
 def _figure(*args, **kwargs):
-    import matplotlib
+    from ._optional import optional_import
 
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -118,6 +118,9 @@ def to_html(b: list[Block], image_dir: Path) -> str:
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write report.md and report.html for a finished distill run; return their paths. The run is
     read and ``out`` checked before anything is created."""
+    from ._optional import optional_import
+
+    optional_import("matplotlib", "fiqnn report (its plots)")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
     run = load_run(run_dir)

@@ -1,4 +1,4 @@
-"""Step 0 of METHOD.md: train the float BatchNorm teacher.
+"""Train the float BatchNorm teacher (the input of docs/method.md).
 
 ``train_teacher(config, out)`` trains ``config.arch`` on ``config.data`` with
 the default recipe of :class:`~fiqnn.config.TeacherConfig`, checkpointing

@@ -31,6 +31,7 @@ import numpy as np
 from .. import _io
 from ..arith import act_range
 from ..errors import FiqnnError
+from ..execute import as_graph, check_input
 from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
 
 HERE = Path(__file__).resolve().parent
@@ -521,12 +522,16 @@ def build_c(src_dir: str | os.PathLike, cc: str | None = None, flags: list[str] 
     return src / exe
 
 
-def run_c(graph: IntGraph, x_q: np.ndarray, cc: str | None = None, runner: list[str] | None = None,
-          flags: list[str] | None = None) -> np.ndarray:
+def run_c(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, cc: str | None = None,
+          runner: list[str] | None = None, flags: list[str] | None = None) -> np.ndarray:
     """Export, compile and run ``graph`` on uint8 images; int32 logits (N, classes).
 
-    ``runner`` prefixes the command (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``).
+    ``graph`` is what :func:`fiqnn.run` and :func:`fiqnn.export.onnx.run_onnx` take: an IntGraph
+    or its model file (see :func:`fiqnn.execute.as_graph`). ``runner`` prefixes the command
+    (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``).
     """
+    graph = as_graph(graph)
+    x_q = check_input(graph, x_q)
     with tempfile.TemporaryDirectory(prefix="fiqnn-c-") as tmp:
         exe = build_c(export_c(graph, tmp), cc, flags)
         images, logits = Path(tmp) / "images.u8", Path(tmp) / "logits.i32"

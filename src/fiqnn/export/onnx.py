@@ -29,14 +29,18 @@ strings of the model file, which the ONNX file therefore does not contain.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from .. import _io
+from .._optional import optional_import
 from ..arith import act_range
+from ..execute import as_graph, check_input
 from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
+
+onnx = optional_import("onnx", "fiqnn.export.onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (onnx is known to import by now)
 
 OPSET = 13
 
@@ -158,11 +162,23 @@ def export_onnx(graph: IntGraph, path: str | os.PathLike) -> None:
     _io.write_bytes(path, to_onnx(graph).SerializeToString())
 
 
-def run_onnx(model: onnx.ModelProto | str | os.PathLike, x_q: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """Run an exported model in ONNX Runtime (CPU); int32 logits."""
-    import onnxruntime as ort
+def run_onnx(model: IntGraph | str | os.PathLike | onnx.ModelProto, x_q: np.ndarray,
+             batch_size: int = 250) -> np.ndarray:
+    """Run ``model`` in ONNX Runtime (CPU) on uint8 images ``x_q``; int32 logits (N, classes).
 
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    ``model`` is what :func:`fiqnn.run` and :func:`fiqnn.export.c99.run_c` take, an IntGraph or
+    its model file (see :func:`fiqnn.execute.as_graph`), or an exported model: an
+    ``onnx.ModelProto`` or a ``.onnx`` file.
+    """
+    ort = optional_import("onnxruntime", "run_onnx")
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+    elif isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".onnx":
+        data = str(model)
+    else:
+        graph = as_graph(model)
+        x_q = check_input(graph, x_q)
+        data = to_onnx(graph).SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
