@@ -180,3 +180,54 @@ def test_bring_your_own_arrays():
                                                          calib_images=32), progress=False)
     assert fiqnn.run(fiqnn.convert(student), data.test.x_q).shape == (16, 3)
     assert {"ArraySplit", "DataBundle"} <= set(fiqnn.__all__)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (tqdm shows bars only there) and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("backend, desc", [("numpy", "numpy executor"), ("onnx", "ONNX Runtime"),
+                                           ("c", "compiled C"), ("torch", "torch student")])
+def test_eval_shows_progress_on_a_terminal_only(cli, student_run, monkeypatch, backend, desc):
+    if backend == "c" and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli("eval", student_run, "--backend", backend)[0] == 0
+    assert desc in terminal.text  # a bar on a terminal
+    terminal.text = ""
+    assert cli("eval", student_run, "--backend", backend, "--no-progress")[0] == 0
+    assert desc not in terminal.text  # none with --no-progress
+    monkeypatch.undo()
+    code, _, err = cli("eval", student_run, "--backend", backend)  # stderr captured: not a terminal
+    assert code == 0 and not any(desc in line for line in err)
+
+
+def test_fold_and_the_test_split_comparison_show_progress(cli, tiny_teacher, tmp_path, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli("distill", "--teacher", tiny_teacher, "--wbits", "4", "--abits", "4", "--method", "fold",
+               "--teacher-epochs", "0", "--out", tmp_path / "run")[0] == 0
+    for desc in ("fold", "torch student", "numpy executor", "teacher QNN, test"):
+        assert desc in terminal.text, desc
+
+
+def test_synthetic_takes_a_shape():
+    data = fiqnn.load_data("synthetic", image_size=12, channels=3)
+    assert data.in_shape == (3, 12, 12) and data.train.x_q.shape[1:] == (3, 12, 12)
+    assert np.array_equal(fiqnn.load_data("synthetic").train.x_q, fiqnn.load_data("synthetic", channels=1).train.x_q)
+    with pytest.raises(fiqnn.FiqnnError, match="channels is a setting of the synthetic set"):
+        fiqnn.load_data("digits", channels=3)

@@ -102,7 +102,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .jobs import evaluate_run
 
-    m = evaluate_run(args.run, args.backend)
+    m = evaluate_run(args.run, args.backend, progress=not args.no_progress)
     _report(args, m, f"{args.backend}: test accuracy {m['test_acc']:.2f}% on {m['images']} images "
                      f"({m['wall_s']:.1f} s)")
     return 0

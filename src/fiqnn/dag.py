@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._progress import bar as progress_bar
 from .arith import act_range, quantize_multiplier
 from .config import DistillConfig
 from .fold import local_init
@@ -259,7 +260,7 @@ def init_unit(name: str, t: nn.Module, srcs: list[str], env: dict[str, torch.Ten
 
 
 @torch.no_grad()
-def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor) -> GraphNet:
+def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor, progress: bool = False) -> GraphNet:
     """Step 1 for a DAG: every student unit from its teacher unit, on the teacher's own inputs.
 
     Residual branches get one scale per layer even with ``per-channel`` (the add's (E9)
@@ -267,7 +268,7 @@ def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor) -> GraphNe
     env = qnn.eval().outputs(calib_x)
     last = list(qnn.units)[-1]
     students: dict[str, nn.Module] = {}
-    for name, t in qnn.units.items():
+    for name, t in progress_bar(qnn.units.items(), progress=progress, desc="fold", total=len(qnn.units), unit="unit"):
         students[name] = init_unit(name, t, qnn.inputs[name], env, students, config, name == last)
     return GraphNet([(n, m, qnn.inputs[n]) for n, m in students.items()]).eval()
 
@@ -360,8 +361,9 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
 
 
 @torch.no_grad()
-def fold_into(student: GraphNet, source: GraphNet, config: DistillConfig, calib: torch.Tensor) -> list[dict]:
+def fold_into(student: GraphNet, source: GraphNet, config: DistillConfig, calib: torch.Tensor,
+              progress: bool = False) -> list[dict]:
     """Step 1 for every unit at once (the fold / oneshot / scratch start), into ``student``."""
-    for name, unit in fold(source, config, calib).units.items():
+    for name, unit in fold(source, config, calib, progress).units.items():
         student.units[name].load_state_dict(unit.state_dict())
     return []

@@ -152,7 +152,7 @@ def num_batches(split, batch_size: int, drop_last: bool = False) -> int:
 
 
 def load_data(name: str, data_dir: str | Path | None = None, *, val_fraction: float = 0.1,
-              image_size: int | None = None) -> DataBundle:
+              image_size: int | None = None, channels: int | None = None) -> DataBundle:
     """Load data set ``name`` (one of :data:`DATASETS`) as a :class:`DataBundle`.
 
     Args:
@@ -162,6 +162,7 @@ def load_data(name: str, data_dir: str | Path | None = None, *, val_fraction: fl
         val_fraction: share of the training images held out for validation.
         image_size: side of the square images of imagefolder (default 224) and
             synthetic (default 8).
+        channels: channels of the synthetic images (default 1; the other sets have their own).
 
     Raises:
         DataError: the files are missing, truncated or malformed.
@@ -170,10 +171,13 @@ def load_data(name: str, data_dir: str | Path | None = None, *, val_fraction: fl
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if channels is not None and (name != "synthetic" or not 1 <= channels <= 16):
+        raise DataError(f"channels is a setting of the synthetic set (1..16), not of {name}" if name != "synthetic"
+                        else f"channels must be in 1..16, got {channels}")
     if name == "imagefolder":
         return _load_imagefolder(_need_dir(name, data_dir), val_fraction, image_size or 224)
     if name == "synthetic":
-        train, test, num_classes = _load_synthetic(image_size or 8)
+        train, test, num_classes = _load_synthetic(image_size or 8, channels or 1)
     elif name == "digits":
         train, test, num_classes = _load_digits()
     elif name == "fashion-mnist":
@@ -343,16 +347,16 @@ def _load_cifar10(d: Path) -> tuple[ArraySplit, ArraySplit, int]:
 
 # --- Synthetic (tests only) ------------------------------------------------------------------
 
-def _load_synthetic(size: int, n_train: int = 640, n_test: int = 160,
+def _load_synthetic(size: int, channels: int = 1, n_train: int = 640, n_test: int = 160,
                     num_classes: int = 4) -> tuple[ArraySplit, ArraySplit, int]:
-    """Seeded images: one fixed random template per class plus noise. Learnable, so
-    training code can be exercised, but never an accuracy claim."""
+    """Seeded (channels, size, size) images: one fixed random template per class plus noise.
+    Learnable, so training code can be exercised, but never an accuracy claim."""
     rng = np.random.default_rng(1234)
-    templates = rng.integers(0, 256, (num_classes, 1, size, size))
+    templates = rng.integers(0, 256, (num_classes, channels, size, size))
 
     def make(n: int) -> ArraySplit:
         y = rng.integers(0, num_classes, n)
-        x = templates[y] * 0.6 + rng.integers(0, 256, (n, 1, size, size)) * 0.4
+        x = templates[y] * 0.6 + rng.integers(0, 256, (n, channels, size, size)) * 0.4
         return ArraySplit(np.rint(x).astype(np.uint8), y.astype(np.int64))
 
     return make(n_train), make(n_test), num_classes

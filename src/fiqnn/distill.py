@@ -49,8 +49,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from ._progress import bar as progress_bar
 from ._run import check_finite
 from .arith import act_range
 from .config import DistillConfig
@@ -184,13 +184,15 @@ def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: flo
 
 
 @torch.no_grad()
-def accuracy(chain: nn.Module, split, batch_size: int = 500, runtime: Runtime | None = None) -> float:
+def accuracy(chain: nn.Module, split, batch_size: int = 500, runtime: Runtime | None = None,
+             progress: bool = False, desc: str = "accuracy") -> float:
     """Top-1 accuracy (%) of a code-domain chain on ``split`` (eval mode; student layers exact).
     Data-parallel ranks each count their share of the images; all get the same number."""
     rt = runtime or Runtime()
     chain.eval()
     correct = total = 0
-    for x_q, y in batches(split, batch_size, rank=rt.rank, world=rt.world):
+    for x_q, y in progress_bar(batches(split, batch_size, rank=rt.rank, world=rt.world), progress=progress and rt.main,
+                               desc=desc, total=num_batches(split, batch_size)):
         correct += int((chain(rt.to_device(x_q)).argmax(1) == rt.to_device(y)).sum())
         total += len(y)
     correct, total = rt.sum(correct, total)
@@ -293,8 +295,8 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
         t0 = time.perf_counter()
         set_modes()
         loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
-        bar = tqdm(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}",
-                   disable=not (progress and rt.main), leave=False, dynamic_ncols=True)
+        bar = progress_bar(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}",
+                           progress=progress and rt.main)
         for i, (x_q, y) in enumerate(bar):
             with rt.autocast():
                 loss = net(x_q, y)
@@ -396,7 +398,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             return _hybrid(state, k)
 
         def fold_from(source: nn.Module) -> list[dict[str, Any]]:
-            return _fold_all(state, config, calib, source)
+            return _fold_all(state, config, calib, source, progress and rt.main)
 
         def random_qnn() -> nn.Module:
             return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib.cpu()).to(rt.device)
@@ -407,7 +409,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
         units = import_model(teacher)
         verify_import(teacher, units, to_float(calib[:64]))
         qnn = dag.build_teacher_qnn(units, config, calib)
-        student = dag.fold(qnn, config, calib)  # the skeleton (and fold's result)
+        student = dag.fold(qnn, config, calib, progress and rt.main)  # the skeleton (and fold's result)
         student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
         state = _State(qnn, copy.deepcopy(qnn), student)
         groups = dag.stages(qnn)
@@ -421,7 +423,7 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             return dag.hybrid(state.student, state.qnn, groups, k)
 
         def fold_from(source: nn.Module) -> list[dict[str, Any]]:
-            return dag.fold_into(state.student, source, config, calib)
+            return dag.fold_into(state.student, source, config, calib, progress and rt.main)
 
         def random_qnn() -> nn.Module:
             qnn = dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
@@ -537,11 +539,12 @@ def _teacher_qat(state: _State, config: DistillConfig, stream: _Stream, evaluate
 
 
 @torch.no_grad()
-def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor, source: Chain) -> list[dict[str, Any]]:
+def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor, source: Chain,
+              progress: bool = False) -> list[dict[str, Any]]:
     """Step 1 for every layer at once, each from ``source`` (the frozen teacher QNN, or a
     random one for ``scratch``) on that network's own inputs."""
     x = calib
-    for k, t in enumerate(source.units):
+    for k, t in enumerate(progress_bar(source.units, progress=progress, desc="fold", unit="layer")):
         s = local_init(t, x, state.student.units[k].in_bits, state.student.units[k].w_bits,
                        config.scale == "per-channel")
         state.student.units[k].load_state_dict(s.state_dict())

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ._progress import bar as progress_bar
 from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
 from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, load
 
@@ -143,7 +144,7 @@ def check_input(graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
 
 
 def run(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, *, batch_size: int = 250,
-        trace: Trace | None = None) -> np.ndarray:
+        trace: Trace | None = None, progress: bool = False) -> np.ndarray:
     """Run ``graph`` on uint8 images ``x_q`` (N, C, H, W); return int32 logits (N, classes).
 
     Args:
@@ -151,11 +152,13 @@ def run(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, *, batch_size: int
         x_q: uint8 pixel codes, the shape ``graph.in_shape`` per image.
         batch_size: images per step (memory only; results do not depend on it).
         trace: called as ``trace(layer_name, array)`` with every array handed between steps.
+        progress: a progress bar on a terminal.
     """
     graph = as_graph(graph)
     x_q = check_input(graph, x_q)
     out = np.empty((len(x_q), graph.num_classes), dtype=np.int32)
-    for start in range(0, len(x_q), batch_size):
+    for start in progress_bar(range(0, len(x_q), batch_size), progress=progress, desc="numpy executor",
+                              unit="batch"):
         env = {"input": x_q[start:start + batch_size]}
         for node in graph.layers:
             y = run_node([env[src] for src in graph.sources(node)], node)

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._progress import bar as progress_bar
 from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
 from .config import DistillConfig
 from .convert import convert
-from .data import DataBundle, batches, load_data
+from .data import DataBundle, batches, load_data, num_batches
 from .distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
 from .errors import CheckpointError, FiqnnError
 from .execute import run
@@ -100,10 +101,11 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
 
         graph = dag.convert(student, student.in_shape, student.num_classes, info=info)
     save(graph, run_dir.path / MODEL_FILE)
-    check = compare_backends(student, graph, data.test)
+    check = compare_backends(student, graph, data.test, progress)
+    qnn_acc = accuracy(qnn, data.test, progress=progress, desc="teacher QNN, test")
     metrics = {"status": "done", "method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits,
                "scale": config.scale, "seed": config.seed, "arch": tcfg["arch"], "data": tcfg["data"],
-               "teacher_acc": teacher_metrics.get("test_acc"), "teacher_qnn_acc": accuracy(qnn, data.test),
+               "teacher_acc": teacher_metrics.get("test_acc"), "teacher_qnn_acc": qnn_acc,
                "test_acc": check["numpy_acc"],
                "torch_acc": check["torch_acc"], "bit_exact": check["bit_exact"],
                "max_abs_logit_diff": check["max_abs_diff"], "test_images": check["images"],
@@ -117,17 +119,18 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
 
 
 @torch.no_grad()
-def torch_logits(student: Student, split) -> np.ndarray:
+def torch_logits(student: Student, split, progress: bool = False) -> np.ndarray:
     """The eval-mode (exact) student's integer logits on ``split``, as int64."""
     student.eval()
-    return torch.cat([student(x_q) for x_q, _ in batches(split, 500)]).to(torch.int64).numpy()
+    parts = progress_bar(batches(split, 500), progress=progress, desc="torch student", total=num_batches(split, 500))
+    return torch.cat([student(x_q) for x_q, _ in parts]).to(torch.int64).numpy()
 
 
-def compare_backends(student: Student, graph: IntGraph, split) -> dict[str, Any]:
+def compare_backends(student: Student, graph: IntGraph, split, progress: bool = False) -> dict[str, Any]:
     """Run the torch student and the numpy executor on every image of ``split``."""
     y = split.y
-    t = torch_logits(student, split)
-    n = run(graph, split.x_q).astype(np.int64)
+    t = torch_logits(student, split, progress)
+    n = run(graph, split.x_q, progress=progress).astype(np.int64)
     return {"images": len(y), "torch_acc": float((t.argmax(1) == y).mean() * 100),
             "numpy_acc": float((n.argmax(1) == y).mean() * 100), "bit_exact": bool(np.array_equal(t, n)),
             "max_abs_diff": int(np.abs(t - n).max())}
@@ -136,10 +139,10 @@ def compare_backends(student: Student, graph: IntGraph, split) -> dict[str, Any]
 BACKENDS = ("numpy", "torch", "onnx", "c")
 
 
-def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str) -> np.ndarray:
+def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool = False) -> np.ndarray:
     """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, or compiled C."""
     if backend == "numpy":
-        return run(graph, x_q)
+        return run(graph, x_q, progress=progress)
     if backend == "onnx":
         from ._optional import optional_import
 
@@ -147,11 +150,11 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str) -> np.ndarray:
             optional_import(module, "the onnx backend")
         from .export.onnx import run_onnx
 
-        return run_onnx(graph, x_q)
+        return run_onnx(graph, x_q, progress=progress)
     if backend == "c":
         from .export.c99 import run_c
 
-        return run_c(graph, x_q)
+        return run_c(graph, x_q, progress=progress)
     raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx or c")
 
 
@@ -212,7 +215,8 @@ def load_student(run_dir: str | os.PathLike) -> Student:
     return student.eval()
 
 
-def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: str | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """``fiqnn eval``: test accuracy of a distill run (or a model file inside one)."""
     target = Path(target)
     run_dir = target.parent if target.suffix == ".npz" else target
@@ -223,12 +227,12 @@ def evaluate_run(target: str | os.PathLike, backend: str = "numpy", data_dir: st
         raise FiqnnError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
     if backend == "torch":
-        logits = torch_logits(load_student(run_dir), data.test)
+        logits = torch_logits(load_student(run_dir), data.test, progress)
     else:
         graph = load(target if target.suffix == ".npz" else run_dir / MODEL_FILE)
         if tuple(graph.in_shape) != tuple(data.in_shape) or graph.num_classes != data.num_classes:
             raise FiqnnError(f"the model takes {graph.in_shape} images into {graph.num_classes} classes, but the "
                              f"run's data set has {tuple(data.in_shape)} images and {data.num_classes} classes")
-        logits = run_backend(graph, data.test.x_q, backend)
+        logits = run_backend(graph, data.test.x_q, backend, progress)
     acc = float((logits.argmax(1) == data.test.y).mean() * 100)
     return {"backend": backend, "test_acc": acc, "images": len(data.test.y), "wall_s": time.perf_counter() - t0}

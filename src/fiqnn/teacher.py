@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import _io
+from ._progress import bar as progress_bar
 from ._run import MODEL, RunDir, check_finite, load_torch
 from .config import TeacherConfig
 from .data import batches, load_data, num_batches, to_float
@@ -125,10 +125,10 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
-        bar = tqdm(batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
-                           seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank, world=rt.world),
-                   total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and rt.main),
-                   leave=False, dynamic_ncols=True)
+        bar = progress_bar(batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
+                                   seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank,
+                                   world=rt.world),
+                           total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress and rt.main)
         for i, (x_q, y) in enumerate(bar):
             x_q, y = rt.to_device(x_q), rt.to_device(y)
             with rt.autocast():

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _io
+from .._progress import bar as progress_bar
 from ..arith import act_range
 from ..errors import FiqnnError
 from ..execute import as_graph, check_input
@@ -523,20 +524,27 @@ def build_c(src_dir: str | os.PathLike, cc: str | None = None, flags: list[str] 
 
 
 def run_c(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, cc: str | None = None,
-          runner: list[str] | None = None, flags: list[str] | None = None) -> np.ndarray:
+          runner: list[str] | None = None, flags: list[str] | None = None, progress: bool = False,
+          chunk: int = 1000) -> np.ndarray:
     """Export, compile and run ``graph`` on uint8 images; int32 logits (N, classes).
 
     ``graph`` is what :func:`fiqnn.run` and :func:`fiqnn.export.onnx.run_onnx` take: an IntGraph
     or its model file (see :func:`fiqnn.execute.as_graph`). ``runner`` prefixes the command
-    (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``).
+    (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``). The compiled model runs on
+    ``chunk`` images at a time, so that ``progress`` can show a bar.
     """
     graph = as_graph(graph)
     x_q = check_input(graph, x_q)
     with tempfile.TemporaryDirectory(prefix="fiqnn-c-") as tmp:
         exe = build_c(export_c(graph, tmp), cc, flags)
         images, logits = Path(tmp) / "images.u8", Path(tmp) / "logits.i32"
-        np.ascontiguousarray(x_q, dtype=np.uint8).tofile(images)
-        res = subprocess.run([*(runner or []), str(exe), str(images), str(logits)], capture_output=True, text=True)
-        if res.returncode:
-            raise CompilerError(f"compiled model failed: {res.stderr.strip()[:200]}")
-        return np.fromfile(logits, dtype="<i4").reshape(len(x_q), graph.num_classes).astype(np.int32)
+        out = []
+        for start in progress_bar(range(0, len(x_q), chunk), progress=progress, desc="compiled C", unit="chunk"):
+            part = np.ascontiguousarray(x_q[start:start + chunk])
+            part.tofile(images)
+            res = subprocess.run([*(runner or []), str(exe), str(images), str(logits)], capture_output=True,
+                                 text=True)
+            if res.returncode:
+                raise CompilerError(f"compiled model failed: {res.stderr.strip()[:200]}")
+            out.append(np.fromfile(logits, dtype="<i4").reshape(len(part), graph.num_classes).astype(np.int32))
+        return np.concatenate(out) if out else np.empty((0, graph.num_classes), np.int32)

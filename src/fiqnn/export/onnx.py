@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import _io
 from .._optional import optional_import
+from .._progress import bar as progress_bar
 from ..arith import act_range
 from ..execute import as_graph, check_input
 from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
@@ -163,7 +164,7 @@ def export_onnx(graph: IntGraph, path: str | os.PathLike) -> None:
 
 
 def run_onnx(model: IntGraph | str | os.PathLike | onnx.ModelProto, x_q: np.ndarray,
-             batch_size: int = 250) -> np.ndarray:
+             batch_size: int = 250, progress: bool = False) -> np.ndarray:
     """Run ``model`` in ONNX Runtime (CPU) on uint8 images ``x_q``; int32 logits (N, classes).
 
     ``model`` is what :func:`fiqnn.run` and :func:`fiqnn.export.c99.run_c` take, an IntGraph or
@@ -182,5 +183,5 @@ def run_onnx(model: IntGraph | str | os.PathLike | onnx.ModelProto, x_q: np.ndar
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(["logits"], {"x_q": x_q[i:i + batch_size]})[0]
-                           for i in range(0, len(x_q), batch_size)])
+    starts = progress_bar(range(0, len(x_q), batch_size), progress=progress, desc="ONNX Runtime", unit="batch")
+    return np.concatenate([sess.run(["logits"], {"x_q": x_q[i:i + batch_size]})[0] for i in starts])
