@@ -31,11 +31,12 @@ def test_recipes_map_methods_to_configs():
 
 @pytest.mark.parametrize("method", bench.METHODS)
 def test_row_command_reproduces_its_config(method):
-    from fiqnn.cli import _DISTILL_FLAGS, build_parser
+    from fiqnn.cli import build_parser
+    from fiqnn.config import DISTILL_FLAGS
 
     config = bench.recipe(method, 2, "per-layer", 1, bench.Budget(), layers=7, lr=1e-3)
     args = build_parser().parse_args(shlex.split(bench.command_line("T", config, "OUT"))[1:])
-    given = {field: getattr(args, flag) for flag, field in _DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    given = {field: getattr(args, flag) for flag, field in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_compensation:
         given["compensation"] = False
     assert DistillConfig(**given) == config

@@ -42,7 +42,7 @@ from typing import Any
 
 from . import _io
 from ._run import METRICS, read_json
-from .config import DistillConfig
+from .config import DISTILL_FLAGS, DistillConfig
 from .errors import FiqnnError
 
 logger = logging.getLogger(__name__)  # "fiqnn.bench"
@@ -84,11 +84,9 @@ def recipe(method: str, bits: int, scale: str, seed: int, budget: Budget, layers
 
 def command_line(teacher: str, config: DistillConfig, out: str) -> str:
     """The ``fiqnn distill`` command that reproduces a row."""
-    from .cli import _DISTILL_FLAGS
-
     default = DistillConfig()
     parts = ["fiqnn distill", f"--teacher {teacher}", f"--out {out}"]
-    for flag, field in _DISTILL_FLAGS.items():
+    for flag, field in DISTILL_FLAGS.items():
         v = getattr(config, field)
         if field in ("w_bits", "a_bits") or v != getattr(default, field):
             parts.append(f"--{flag.replace('_', '-')} {v}")

@@ -58,22 +58,14 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-_DISTILL_FLAGS = {  # CLI flag -> DistillConfig field
-    "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "first_last_bits": "first_last_bits",
-    "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
-    "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
-    "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
-    "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
-    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images", "seed": "seed",
-}
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from ._run import CONFIG, read_json
-    from .config import DistillConfig
+    from .config import DISTILL_FLAGS, DistillConfig
     from .jobs import distill_run, teacher_dir_of
 
-    given = {field: getattr(args, flag) for flag, field in _DISTILL_FLAGS.items() if getattr(args, flag) is not None}
+    given = {field: getattr(args, flag) for flag, field in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_compensation:
         given["compensation"] = False
     saved = Path(args.out) / CONFIG

@@ -134,3 +134,13 @@ class DistillConfig(_Dict):
         _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
         _check(0 < self.teacher_lr < math.inf, f"teacher-lr must be positive and finite, got {self.teacher_lr}")
         _check(0 < self.scratch_lr < math.inf, f"scratch-lr must be positive and finite, got {self.scratch_lr}")
+
+
+DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
+    "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "first_last_bits": "first_last_bits",
+    "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
+    "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
+    "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
+    "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
+    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images", "seed": "seed",
+}

@@ -31,6 +31,7 @@ from .fximport import Unit
 from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
 from .layers import Geometry, IntUnit, QnnUnit, _Cached, _version_key, requantize_sum
 from .quantizers import LsqAct, round_half_up
+from .train import ptl_loss, train_stage
 
 
 class GraphNet(nn.Module):
@@ -327,8 +328,6 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
     compensated teacher on the codes the converted stages produce), train them with the
     downstream teacher units on CE + lambda_target * MSE(stage output codes, frozen teacher's)
     + KD; the patience rule picks the best epoch."""
-    from .distill import ptl_loss, train_stage
-
     student, qnn, frozen = state.student, state.qnn, state.frozen
     group, names = groups[k], list(qnn.units)
     last_name = names[-1]
