@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from . import _io
-from ._progress import bar as progress_bar
 from ._run import MODEL, RunDir, check_finite, load_torch
 from .config import TeacherConfig
 from .data import batches, load_data, num_batches, to_float
 from .errors import CheckpointError, ConfigError
 from .models import build_model
 from .parallel import Runtime
+from .train import train_epoch
 
 
 @torch.no_grad()
@@ -124,28 +124,16 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
-        bar = progress_bar(batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
-                                   seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank,
-                                   world=rt.world),
-                           total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress and rt.main)
-        for i, (x_q, y) in enumerate(bar):
-            x_q, y = rt.to_device(x_q), rt.to_device(y)
-            with rt.autocast():
-                loss = loss_fn(net(to_float(x_q)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach()
-            if i % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
-        loss_total = rt.sum(float(loss_sum))[0] / rt.world
-        check_finite([model], loss_total / steps, f"epoch {epoch + 1}")
+        train_batches = batches(data.train, config.batch_size, shuffle=True, augment=data.augment,
+                                seed=config.seed * 1_000_003 + epoch, drop_last=True, rank=rt.rank, world=rt.world)
+        train_loss = train_epoch(
+            train_batches, lambda x_q, y: loss_fn(net(to_float(rt.to_device(x_q))), rt.to_device(y)), opt, rt,
+            steps=steps, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress, after_step=sched.step)
+        check_finite([model], train_loss, f"epoch {epoch + 1}")
         rt.sync_buffers([model])  # BN statistics: rank 0's, so every rank validates one network
         rt.check_same([model], f"epoch {epoch + 1}")
         val_acc = evaluate(model, data.val, runtime=rt)
-        row = {"epoch": epoch + 1, "train_loss": loss_total / steps, "val_acc": val_acc,
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": val_acc,
                "wall_s": time.perf_counter() - t0}
         history.append(row)
         run.save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -115,6 +115,28 @@ class _Loss(nn.Module):
         return self.loss_fn(x_q, y)
 
 
+def train_epoch(batches: Iterator, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                opt: torch.optim.Optimizer, rt: Runtime, *, steps: int, desc: str, progress: bool,
+                after_step: Callable[[], None] | None = None) -> float:
+    """One epoch of optimizer steps on ``loss_of(x_q, y)`` over ``batches`` (``steps`` of them;
+    ``after_step``, e.g. a learning-rate schedule, after each); returns the mean loss over the
+    epoch and the data-parallel ranks. The loss is summed on the device: no host sync per step."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    bar = progress_bar(batches, total=steps, desc=desc, progress=progress and rt.main)
+    for i, (x_q, y) in enumerate(bar):
+        with rt.autocast():
+            loss = loss_of(x_q, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        loss_sum += loss.detach()
+        if i % 20 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
+    return rt.sum(float(loss_sum))[0] / rt.world / steps
+
+
 def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], None],
                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], evaluate: Callable[[], float],
                         stream: Stream, lr: float, weight_decay: float, max_epochs: int, patience: int,
@@ -153,23 +175,12 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
     for epoch in range(start, max_epochs if not stopped else start):
         t0 = time.perf_counter()
         set_modes()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)  # no host sync per step
-        bar = progress_bar(stream.epoch(), total=stream.steps, desc=f"{desc} epoch {epoch + 1}",
-                           progress=progress and rt.main)
-        for i, (x_q, y) in enumerate(bar):
-            with rt.autocast():
-                loss = net(x_q, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            if i % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{float(loss_sum) / (i + 1):.4f}")
-        loss_total = rt.sum(float(loss_sum))[0] / rt.world
-        check_finite(modules, loss_total / stream.steps, f"{desc} epoch {epoch + 1}")
+        loss = train_epoch(stream.epoch(), net, opt, rt, steps=stream.steps, desc=f"{desc} epoch {epoch + 1}",
+                           progress=progress)
+        check_finite(modules, loss, f"{desc} epoch {epoch + 1}")
         rt.sync_buffers(modules)
         acc = evaluate()
-        rows.append({"epoch": epoch + 1, "loss": loss_total / stream.steps, "val_acc": acc,
+        rows.append({"epoch": epoch + 1, "loss": loss, "val_acc": acc,
                      "wall_s": time.perf_counter() - t0})
         if acc > best_acc:
             best_acc, bad = acc, 0
