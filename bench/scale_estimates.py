@@ -38,12 +38,13 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from fiqnn import _io
+    from fiqnn import _io, dag
     from fiqnn.config import DistillConfig
     from fiqnn.data import ArraySplit, DataBundle, FolderSplit, to_float
-    from fiqnn.distill import build_teacher_qnn, distill, kd_loss, stage_loss
-    from fiqnn.layers import Chain
+    from fiqnn.distill import distill
+    from fiqnn.fximport import import_model
     from fiqnn.models import build_model
+    from fiqnn.train import kd_loss
 
     torch.manual_seed(0)
     shape, classes = (3, 224, 224), 1000
@@ -71,9 +72,9 @@ def main() -> int:
     data = DataBundle("synthetic", split(8), split(4), split(4), classes, shape)
     student = distill(teacher, data, config, progress=False, log=lambda m: None)  # fold: the student's layout
     calib = torch.from_numpy(split(8).x_q).float()
-    qnn = build_teacher_qnn(teacher, config, calib)
-    frozen = build_teacher_qnn(teacher, config, calib).eval()
-    n_units = len(qnn.units)
+    qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
+    frozen = dag.build_teacher_qnn(import_model(teacher), config, calib).eval()
+    groups = dag.stages(qnn)
 
     def teacher_step(x_q, y):
         teacher.train()
@@ -85,10 +86,14 @@ def main() -> int:
 
     def stage_step(k):
         def step(x_q, y):
-            prefix, s_k, rest = Chain(list(student.units[:k])), student.units[k], Chain(list(qnn.units[k + 1:]))
-            prefix.eval(), s_k.train(), rest.train()
-            loss = stage_loss(prefix, s_k, rest, frozen, k, config)(x_q, y)  # the stage's own loss
-            return loss, list(s_k.parameters()) + list(rest.parameters())
+            net, loss_fn = dag.stage_loss(student, qnn, frozen, groups, k, config)
+            stage = [student.units[n] for n in groups[k]]
+            rest = [qnn.units[n] for g in groups[k + 1:] for n in g]
+            net.eval()
+            for m in stage + rest:
+                m.train()
+            loss = loss_fn(x_q, y)  # the stage's own loss
+            return loss, [p for m in stage + rest for p in m.parameters()]
         return step
 
     def finetune_step(x_q, y):
@@ -99,7 +104,8 @@ def main() -> int:
         return F.cross_entropy(logits, y) + kd_loss(logits, t, 4.0), list(student.parameters())
 
     steps = [("teacher (float, BN)", teacher_step), ("teacher QNN QAT", qat_step)]
-    steps += [(f"PTL stage {k + 1} ({student.names[k]})", stage_step(k)) for k in range(n_units)]
+    steps += [(f"PTL stage {k + 1} ({'..'.join(dict.fromkeys((g[0], g[-1])))})", stage_step(k))
+              for k, g in enumerate(groups)]
     steps += [("fine-tune", finetune_step)]
 
     def saved_bytes(step, n):

@@ -14,6 +14,7 @@ from torch import nn
 
 from fiqnn import dag
 from fiqnn.config import DistillConfig
+from fiqnn.convert import convert
 from fiqnn.execute import run
 from fiqnn.fximport import import_model
 from fiqnn.graph import IntAdd, IntAvgPool, IntLayer
@@ -41,7 +42,8 @@ def _student(family: str, bits: int, scale: str):
     x = torch.floor(torch.rand(48, *SHAPE, generator=gen) * torch.linspace(20, 255, 48).reshape(-1, 1, 1, 1))
     qnn = dag.build_teacher_qnn(import_model(model), config, x)
     student = dag.fold(qnn, config, x)
-    return student, dag.convert(student, SHAPE, 5), x.numpy().astype(np.uint8)
+    student.in_shape, student.num_classes = SHAPE, 5
+    return student, convert(student), x.numpy().astype(np.uint8)
 
 
 @pytest.mark.parametrize("family, bits, scale", [

@@ -55,8 +55,8 @@ def test_per_channel_logits_rank_classes_as_the_real_logits(digits, fold_student
     the last layer keeps one scale. (With one per class, 4 of the 360 digits test images
     changed class at W8A8, and the student lost 1.1 points.)"""
     student = fold_student(bits, "per-channel")
-    assert all(u.alpha.numel() > 1 for u in student.units[:-1])
-    last = student.units[-1]
+    *hidden, last = student.units.values()
+    assert all(u.alpha.numel() > 1 for u in hidden)
     assert last.alpha.numel() == 1
     logits = torch_logits(student, digits[1].test)
     real = logits * last.alpha.detach().double().numpy()
@@ -81,7 +81,7 @@ def test_student_has_no_batchnorm(fold_student):
     student = fold_student()
     kinds = {type(m).__name__ for m in student.modules()}
     assert not any("BatchNorm" in k for k in kinds)
-    assert all(isinstance(u, IntUnit) for u in student.units)
+    assert all(isinstance(u, IntUnit) for u in student.units.values())
     graph = convert(student)  # walk the IntGraph: integer arrays and ints only, nothing from BN
     for layer in graph.layers:
         for key, value in vars(layer).items():
@@ -213,3 +213,25 @@ def test_sigkill_mid_stage_resumes_that_stage(digits_teacher, tmp_path):
     whole = subprocess.run(cmd(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert (tmp_path / "run" / "model.npz").read_bytes() == (tmp_path / "whole" / "model.npz").read_bytes()
+
+
+def test_a_student_file_of_the_older_chain_form_still_loads(tmp_path, digits, fold_student):
+    """Before one pipeline, chain students were saved as a unit list (no unit types or inputs,
+    parameters under ``units.<i>.``): such a file loads as the same network."""
+    import dataclasses
+
+    from fiqnn import _io
+
+    student = fold_student(4, "per-channel")
+    names = list(student.units)
+    spec = {"in_shape": list(student.in_shape), "num_classes": student.num_classes, "units": [
+        {"name": n, "geometry": dataclasses.asdict(u.geometry), "weight_shape": list(u.weight.shape),
+         "in_bits": u.in_bits, "w_bits": u.w_bits, "a_bits": u.a_bits, "per_channel": u.per_channel}
+        for n, u in student.units.items()]}
+    state = {re.sub(r"^units\.(\w+)\.", lambda m: f"units.{names.index(m[1])}.", k): v
+             for k, v in student.state_dict().items()}
+    assert any(k.startswith("units.0.") for k in state)
+    _io.torch_save({"spec": spec, "config": {}, "state_dict": state}, tmp_path / "student.pt")
+    loaded = load_student(tmp_path)
+    assert list(loaded.units) == names
+    assert np.array_equal(torch_logits(loaded, digits[1].test), torch_logits(student, digits[1].test))

@@ -87,7 +87,7 @@ def test_bn_free_training_on_two_ranks_equals_one(cli, digits_teacher, tmp_path)
     m = torchrun("distill", *args, "--out", tmp_path / "ddp")
     assert cli("distill", *args, "--out", tmp_path / "one", "--no-progress")[0] == 0
     a, b = load_student(tmp_path / "one"), load_student(tmp_path / "ddp")
-    for ua, ub in zip(a.units, b.units):
+    for ua, ub in zip(a.units.values(), b.units.values()):
         assert (ua.weight - ub.weight).abs().max() <= 1e-5
         assert (ua.integer_params()["w_q"] == ub.integer_params()["w_q"]).float().mean() >= 0.999
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())

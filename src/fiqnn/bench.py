@@ -125,13 +125,13 @@ def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list
     the table (``results.md``) and the plots (``plots/``) after every row. Progress lines go
     to ``log`` (default: info records of the ``fiqnn.bench`` logger)."""
     log = log or logger.info
+    from .dag import stage_count
     from .jobs import distill_run, teacher_data
-    from .layers import teacher_units
     from .teacher import load_teacher
 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    layers = len(teacher_units(load_teacher(teacher_dir)))
+    layers = stage_count(load_teacher(teacher_dir))
     tcfg, _ = teacher_data(teacher_dir)
     tmetrics = read_json(Path(teacher_dir) / METRICS)
     path = out / "results.json"

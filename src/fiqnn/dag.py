@@ -1,7 +1,8 @@
-"""Residual and other DAG networks: teacher QNN, local initialisation and conversion.
+"""The networks distill trains: teacher QNN, local initialisation, PTL stages, conversion.
 
-The units come from :func:`fiqnn.import_model`. A :class:`GraphNet` runs units wired
-by name (the DAG counterpart of :class:`fiqnn.layers.Chain`): the teacher QNN
+The units come from :func:`fiqnn.import_model`, for a chain of layers (the models of
+:mod:`fiqnn.models`) and a residual network alike. A :class:`GraphNet` runs units wired
+by name: the teacher QNN
 (:class:`~fiqnn.layers.QnnUnit`, :class:`QnnAdd`, :class:`QnnAvgPool`, BN kept) and
 the BN-free student (:class:`~fiqnn.layers.IntUnit`, :class:`IntAddUnit`,
 :class:`IntAvgPoolUnit`), both in the code domain. A conv/fc unit without an
@@ -9,16 +10,17 @@ activation inside the network is a residual branch: in the teacher it outputs th
 real-valued BN output, in the student its int32 accumulators (``IntUnit(raw=True)``),
 and the add scales each input by its own factor, (E9).
 
-:func:`fold` is phase 1 of docs/method.md for a DAG (every unit from the frozen teacher on
-the teacher's own inputs); :func:`convert` turns the student into an IntGraph.
+:func:`fold` is phase 1 of docs/method.md (every unit from the frozen teacher on the
+teacher's own inputs), :func:`stages` and :func:`ptl_stage` are phase 2;
+:func:`fiqnn.convert` turns the trained student into an IntGraph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +29,7 @@ from ._progress import bar as progress_bar
 from .arith import act_range, quantize_multiplier
 from .config import DistillConfig
 from .fold import local_init
-from .fximport import Unit
-from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
+from .fximport import Unit, import_model
 from .layers import Geometry, IntUnit, QnnUnit, _Cached, _version_key, requantize_sum
 from .quantizers import LsqAct, round_half_up
 from .train import ptl_loss, train_stage
@@ -73,8 +74,12 @@ class GraphNet(nn.Module):
 
     @staticmethod
     def from_spec(spec: dict) -> GraphNet:
-        built = []
+        """The (untrained) student ``spec`` describes; the chain specs of older student files
+        (units with no type and no inputs, each reading the one before) load too."""
+        built, previous = [], "input"
         for d in spec["units"]:
+            d = {"type": "int", "inputs": [previous], "raw": False, **d}
+            previous = d["name"]
             if d["type"] == "int":
                 g = d["geometry"]
                 geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
@@ -89,6 +94,18 @@ class GraphNet(nn.Module):
         net = GraphNet(built)
         net.in_shape, net.num_classes = tuple(spec["in_shape"]), spec["num_classes"]
         return net
+
+
+def upgrade_state(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """A state dict of a network with units ``names``, from either form fiqnn has saved: a
+    GraphNet's (``units.<name>.``) or the unit list of older chain checkpoints (``units.<i>.``)."""
+    if not any(k.startswith("units.0.") for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        head, i, rest = k.split(".", 2) if k.count(".") >= 2 else (k, "", "")
+        out[f"{head}.{names[int(i)]}.{rest}" if head == "units" and i.isdigit() and int(i) < len(names) else k] = v
+    return out
 
 
 def _act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
@@ -205,7 +222,8 @@ def build_teacher_qnn(units: list[Unit], config: DistillConfig, calib_x: torch.T
         xs = [env[s] for s in u.inputs]
         relu6 = u.act == "relu6"
         if u.kind in ("conv", "fc"):
-            parts = [(u.kind, u.layer)] + ([("bn", u.bn)] if u.bn is not None else [])
+            parts = [("drop", u.drop)] if u.drop is not None else []
+            parts += [(u.kind, u.layer)] + ([("bn", u.bn)] if u.bn is not None else [])
             if u.act:
                 parts.append(("act", nn.ReLU6() if relu6 else nn.ReLU()))
             if u.pool:
@@ -275,18 +293,26 @@ def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor, progress: 
 
 
 def stages(qnn: GraphNet) -> list[list[str]]:
-    """PTL stages of a DAG: runs of units between cut points. A unit is a cut point when it
+    """PTL stages of a network: runs of units between cut points. A unit is a cut point when it
     outputs codes and no edge jumps over it, so a residual block (its branch, shortcut and
     add) is one stage and its output, the add's codes, is the stage's target; in a chain
     every unit is its own stage (docs/method.md: layer-by-layer conversion)."""
-    names = list(qnn.units)
+    return _cut(list(qnn.units), qnn.inputs, {n for n, u in qnn.units.items() if getattr(u, "a_bits", None)})
+
+
+def stage_count(teacher: nn.Module) -> int:
+    """How many PTL stages distilling ``teacher`` runs (:func:`stages` of its units)."""
+    units = import_model(teacher)
+    codes = {u.name for u in units if u.kind in ("add", "avgpool") or u.act is not None}
+    return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, codes))
+
+
+def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str]) -> list[list[str]]:
     index = {n: i for i, n in enumerate(names)} | {"input": -1}
-    edges = [(index[src], index[n]) for n in names for src in qnn.inputs[n]]
+    edges = [(index[src], index[n]) for n in names for src in inputs[n]]
     out, start = [], 0
     for i, n in enumerate(names):
-        unit = qnn.units[n]
-        codes = getattr(unit, "a_bits", None) is not None
-        if i == len(names) - 1 or (codes and all(a == i for a, b in edges if a <= i < b)):
+        if i == len(names) - 1 or (n in codes and all(a == i for a, b in edges if a <= i < b)):
             out.append(names[start:i + 1])
             start = i + 1
     return out
@@ -298,28 +324,23 @@ def hybrid(student: GraphNet, qnn: GraphNet, groups: list[list[str]], k: int) ->
     return GraphNet([(n, student.units[n] if n in converted else qnn.units[n], qnn.inputs[n]) for n in qnn.units])
 
 
-def convert(student: GraphNet, in_shape: tuple[int, int, int], num_classes: int, info: dict | None = None) -> IntGraph:
-    """The IntGraph of a DAG student (every node names its inputs)."""
-    nodes = []
-    student.eval()
-    for name, u in student.units.items():
-        inputs = tuple(student.inputs[name])
-        p = u.integer_params()
-        mult, shift = (p["mult"].numpy().astype(np.int32), p["shift"].numpy().astype(np.int32))
-        if isinstance(u, IntUnit):
-            g = u.geometry
-            nodes.append(IntLayer(
-                name=name, kind=g.kind, w_q=p["w_q"].numpy().astype(np.int8),
-                bias_q=p["bias_q"].numpy().astype(np.int32), mult=mult, shift=shift, in_bits=u.in_bits,
-                w_bits=u.w_bits, a_bits=u.a_bits, stride=tuple(g.stride), padding=tuple(g.padding),
-                dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs))
-        elif isinstance(u, IntAddUnit):
-            nodes.append(IntAdd(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=u.a_bits))
-        else:
-            k, s, pd = u.window
-            nodes.append(IntAvgPool(name=name, kernel=tuple(k), stride=tuple(s), padding=tuple(pd), mult=mult,
-                                    shift=shift, in_bits=u.in_bits, a_bits=u.a_bits, inputs=inputs))
-    return IntGraph(tuple(in_shape), num_classes, tuple(nodes), info=dict(info or {}))
+def stage_loss(student: GraphNet, qnn: GraphNet, frozen: GraphNet, groups: list[list[str]], k: int,
+               config: DistillConfig) -> tuple[GraphNet, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The hybrid network of stage k+1 (stages 1..k+1 converted) and its loss,
+    ``CE + lambda_target * MSE(stage output, frozen teacher's) + lambda_kd * KD``, codes scaled
+    by the activation range so that the target term does not depend on the bits."""
+    net = hybrid(student, qnn, groups, k + 1)
+    out_name, final = groups[k][-1], k == len(groups) - 1
+    out_unit = qnn.units[out_name]
+    qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else float(act_range(out_unit.a_bits)[1])
+
+    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_env = frozen.outputs(x_q)
+        env = net.outputs(x_q)
+        return ptl_loss(net.logits(env), y, env[out_name], t_env[out_name], frozen.logits(t_env), qmax, config)
+
+    return net, loss_fn
 
 
 def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, stream, calib: torch.Tensor,
@@ -341,20 +362,11 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
             if isinstance(init, IntUnit):
                 student.units[n].raw = init.raw
             done[n] = student.units[n]
-    net = hybrid(student, qnn, groups, k + 1)
+    net, loss_fn = stage_loss(student, qnn, frozen, groups, k, config)
     prefix = [student.units[n] for g in groups[:k] for n in g]
     stage = [student.units[n] for n in group]
     rest = [qnn.units[n] for g in groups[k + 1:] for n in g]
-    out_name, final = group[-1], k == len(groups) - 1
-    out_unit = qnn.units[out_name]
-    qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else float(act_range(out_unit.a_bits)[1])
-
-    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t_env = frozen.outputs(x_q)
-        env = net.outputs(x_q)
-        return ptl_loss(net.logits(env), y, env[out_name], t_env[out_name], frozen.logits(t_env), qmax, config)
-
+    final = k == len(groups) - 1
     return train_stage(prefix=prefix, stage=stage, rest=rest, loss_fn=loss_fn, evaluate=val_acc(net), stream=stream,
                        k=k, final=final, config=config, progress=progress, log=log)
 

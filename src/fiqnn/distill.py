@@ -1,12 +1,15 @@
 """Progressive tandem learning (docs/method.md): teacher QNN, local init, stages, fine-tune.
 
-``distill(teacher, data, config) -> Student`` runs, for ``method="ptl"``:
+``distill(teacher, data, config) -> GraphNet`` imports the teacher into units
+(:func:`fiqnn.import_model`: a chain of layers and a residual network alike) and runs,
+for ``method="ptl"``:
 
 0. Teacher QNN: wrap the float BN teacher with W/A-bit quantizers (activation
    steps calibrated for minimum MSE), then QAT for ``teacher_epochs``; BN is kept.
-1. Local initialisation of each student layer from the (current) teacher layer
+1. Local initialisation of each student unit from the (current) teacher unit
    (:func:`fiqnn.fold.local_init`).
-2. Stages k = 1..L: the network is S_1..S_k + T_{k+1}..T_L. S_k and, with
+2. Stages k = 1..L (:func:`fiqnn.dag.stages`: every layer of a chain, every residual
+   block as a whole): the network is S_1..S_k + T_{k+1}..T_L. S_k and, with
    compensation, T_{k+1}..T_L train on
    ``CE + lambda_target * MSE(S_k out, frozen T_k out) + lambda_kd * KD``;
    the PTL patience rule on validation accuracy picks the best epoch (at most
@@ -48,60 +51,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dag
 from ._progress import bar as progress_bar
-from .arith import act_range
 from .config import DistillConfig
+from .dag import GraphNet, upgrade_state
 from .data import DataBundle, batches, num_batches, to_float
 from .errors import DataError
-from .fold import local_init
-from .layers import Chain, IntUnit, QnnUnit, Student, teacher_units
+from .fximport import Unit, import_model, verify_import
 from .parallel import Runtime
-from .train import EPOCH_HOOK, EpochHook, Log, Stream, freeze, kd_loss, ptl_loss, train_stage, train_with_patience
+from .train import EPOCH_HOOK, EpochHook, Log, Stream, freeze, kd_loss, train_with_patience
 
 logger = logging.getLogger(__name__)  # "fiqnn.distill"
 
 
 # --- building blocks --------------------------------------------------------------------------
 
-def unit_bits(i: int, n: int, config: DistillConfig) -> tuple[int, int, int | None]:
-    """(in_bits, w_bits, a_bits) of layer ``i`` of ``n``: 8-bit network input,
-    ``first_last_bits`` weights at both ends, no activation bits for the logits."""
-    in_bits = 8 if i == 0 else config.a_bits
-    w_bits = config.first_last_bits if i in (0, n - 1) else config.w_bits
-    return in_bits, w_bits, (None if i == n - 1 else config.a_bits)
-
-
-@torch.no_grad()
-def build_teacher_qnn(teacher: nn.Sequential, config: DistillConfig, calib_x: torch.Tensor) -> Chain:
-    """Step 0 before training: the teacher in the code domain with W/A-bit quantizers,
-    each activation step set for minimum MSE on the calibration images. ``teacher`` is
-    copied, never mutated."""
-    named = teacher_units(teacher)
-    units, in_scale, x = [], 1.0 / 255.0, calib_x
-    for i, (_, u) in enumerate(named):
-        _, w_bits, a_bits = unit_bits(i, len(named), config)
-        q = QnnUnit(u, in_scale, w_bits, a_bits, config.teacher_quantizer).eval()
-        if q.aq is not None:
-            q.aq.init_step(F.relu(q.pre_act(x)))
-            in_scale = float(q.aq.step)
-        x = q(x)
-        units.append(q)
-    return Chain(units)
-
-
-def is_chain(teacher: nn.Module) -> bool:
-    """A model of :mod:`fiqnn.models` built as a chain of named units (distilled unit by unit)."""
-    return isinstance(teacher, nn.Sequential) and bool(teacher_units(teacher))
-
-
-def check_distillable(teacher: nn.Module) -> None:
-    """Refuse, before any work, a teacher with an op that has no integer form (naming the
-    node): chains of units distill layer by layer, other networks through torch.fx
-    (:func:`fiqnn.import_model`) with PTL over blocks."""
-    if not is_chain(teacher):
-        from .fximport import import_model
-
-        import_model(teacher)
+def check_distillable(teacher: nn.Module) -> list[Unit]:
+    """The teacher's units (:func:`fiqnn.import_model`), or, before any work, the refusal of a
+    teacher with an op that has no integer form (naming the module)."""
+    return import_model(teacher)
 
 
 @torch.no_grad()
@@ -140,26 +108,12 @@ def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
     return fresh
 
 
-def teacher_qnn_from_state(teacher: nn.Sequential, config: DistillConfig, state: dict[str, Any],
-                           calib: torch.Tensor) -> Chain:
+def teacher_qnn_from_state(teacher: nn.Module, config: DistillConfig, state: dict[str, Any],
+                           calib: torch.Tensor) -> GraphNet:
     """The trained teacher QNN (after step 0) of a distill checkpoint ``state``."""
-    if is_chain(teacher):
-        qnn = build_teacher_qnn(teacher, config, calib)
-    else:
-        from .dag import build_teacher_qnn as build_dag_qnn
-        from .fximport import import_model
-
-        qnn = build_dag_qnn(import_model(teacher), config, calib)
-    qnn.load_state_dict(state["frozen"])
+    qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
+    qnn.load_state_dict(upgrade_state(state["frozen"], list(qnn.units)))
     return qnn.eval()
-
-
-def student_skeleton(qnn: Chain, names: list[str], config: DistillConfig, in_shape, num_classes) -> Student:
-    """An uninitialised student with the right structure (used to load checkpoints)."""
-    n = len(qnn.units)
-    units = [IntUnit(t.geometry, tuple(t.layer.weight.shape), *unit_bits(i, n, config),
-                     per_channel=config.scale == "per-channel" and i < n - 1) for i, t in enumerate(qnn.units)]
-    return Student(units, names, in_shape, num_classes)
 
 
 @torch.no_grad()
@@ -183,7 +137,7 @@ def accuracy(chain: nn.Module, split, batch_size: int = 500, runtime: Runtime | 
 class _State:
     """Everything a distill run carries between phases (and saves in its checkpoint)."""
 
-    def __init__(self, qnn: Chain, frozen: Chain, student: Student):
+    def __init__(self, qnn: GraphNet, frozen: GraphNet, student: GraphNet):
         self.qnn, self.frozen, self.student = qnn, frozen, student
         self.done = 0  # phases finished
         self.history: list[dict[str, Any]] = []
@@ -193,9 +147,10 @@ class _State:
                 "frozen": self.frozen.state_dict(), "student": self.student.state_dict()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.qnn.load_state_dict(d["qnn"])
-        self.frozen.load_state_dict(d["frozen"])
-        self.student.load_state_dict(d["student"])
+        names = list(self.qnn.units)
+        self.qnn.load_state_dict(upgrade_state(d["qnn"], names))
+        self.frozen.load_state_dict(upgrade_state(d["frozen"], names))
+        self.student.load_state_dict(upgrade_state(d["student"], names))
         self.done, self.history = d["done"], d["history"]
 
 
@@ -209,13 +164,15 @@ def calibration(data: DataBundle, n: int) -> torch.Tensor:
     return torch.cat(x)[:n]
 
 
-def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
+def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
             checkpoint: Callable[[dict[str, Any]], None] | None = None, resume_state: dict[str, Any] | None = None,
-            progress: bool = True, log: Log | None = None, runtime: Runtime | None = None) -> Student:
-    """Turn the BN ``teacher`` into a BN-free integer :class:`Student` (see module doc).
+            progress: bool = True, log: Log | None = None, runtime: Runtime | None = None) -> GraphNet:
+    """Turn the BN ``teacher`` into a BN-free integer student, a :class:`~fiqnn.dag.GraphNet`
+    (see module doc).
 
     Args:
-        teacher: a float BN model from :mod:`fiqnn.models` (not modified).
+        teacher: a float BN model: one of :mod:`fiqnn.models`, or any module
+            :func:`fiqnn.import_model` accepts (not modified).
         data: the data set (train for learning, val for the schedulers; test is not used).
         config: the method and its settings.
         checkpoint: called with a resumable state after every phase.
@@ -229,55 +186,23 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     log = log or logger.info
     rt = runtime or Runtime()
     rt.check_batch(config.batch_size)
-    check_distillable(teacher)
+    units = check_distillable(teacher)
     torch.manual_seed(config.seed)
     calib = calibration(data, config.calib_images)  # built on the CPU; moved with the networks below
     check_fits(teacher, data, calib[:8])
-    if is_chain(teacher):
-        names = [n for n, _ in teacher_units(teacher)]
-        qnn = build_teacher_qnn(teacher, config, calib)
-        state = _State(qnn, copy.deepcopy(qnn), student_skeleton(qnn, names, config, data.in_shape,
-                                                                  data.num_classes))
-        n = len(qnn.units)
-        stage_names = names
+    verify_import(teacher, units, to_float(calib[:64]))
+    qnn = dag.build_teacher_qnn(units, config, calib)
+    student = dag.fold(qnn, config, calib, progress and rt.main)  # the skeleton (and fold's result)
+    student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
+    state = _State(qnn, copy.deepcopy(qnn), student)
+    groups = dag.stages(qnn)
+    n = len(groups)
+    stage_names = [f"{g[0]}..{g[-1]}" if len(g) > 1 else g[0] for g in groups]
 
-        def run_stage(k: int) -> list[dict[str, Any]]:
-            return _ptl_stage(state, k, config, stream, calib, val_acc, progress, log)
+    def random_qnn() -> nn.Module:
+        fresh = dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
+        return fresh.to(rt.device)
 
-        def hybrid(k: int) -> nn.Module:
-            return _hybrid(state, k)
-
-        def fold_from(source: nn.Module) -> list[dict[str, Any]]:
-            return _fold_all(state, config, calib, source, progress and rt.main)
-
-        def random_qnn() -> nn.Module:
-            return build_teacher_qnn(reinitialised(teacher, config.seed), config, calib.cpu()).to(rt.device)
-    else:  # a residual / DAG network: PTL over blocks (fiqnn.dag)
-        from . import dag
-        from .fximport import import_model, verify_import
-
-        units = import_model(teacher)
-        verify_import(teacher, units, to_float(calib[:64]))
-        qnn = dag.build_teacher_qnn(units, config, calib)
-        student = dag.fold(qnn, config, calib, progress and rt.main)  # the skeleton (and fold's result)
-        student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
-        state = _State(qnn, copy.deepcopy(qnn), student)
-        groups = dag.stages(qnn)
-        n = len(groups)
-        stage_names = [f"{g[0]}..{g[-1]}" if len(g) > 1 else g[0] for g in groups]
-
-        def run_stage(k: int) -> list[dict[str, Any]]:
-            return dag.ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log)
-
-        def hybrid(k: int) -> nn.Module:
-            return dag.hybrid(state.student, state.qnn, groups, k)
-
-        def fold_from(source: nn.Module) -> list[dict[str, Any]]:
-            return dag.fold_into(state.student, source, config, calib, progress and rt.main)
-
-        def random_qnn() -> nn.Module:
-            qnn = dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
-            return qnn.to(rt.device)
     if resume_state is not None:
         state.load_state_dict(resume_state)
         log(f"resuming after phase {state.done}")
@@ -302,11 +227,13 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
     phases: list[Phase] = [("teacher-qat", lambda: _teacher_qat(state, config, stream, val_acc(state.qnn),
                                                                 progress, log), lambda: state.qnn)]
     if config.method == "ptl":
-        phases += [(f"stage {k + 1}/{n} ({stage_names[k]})", lambda k=k: run_stage(k), lambda k=k: hybrid(k + 1))
-                   for k in range(n)]
+        phases += [(f"stage {k + 1}/{n} ({stage_names[k]})",
+                    lambda k=k: dag.ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log),
+                    lambda k=k: dag.hybrid(state.student, state.qnn, groups, k + 1)) for k in range(n)]
     else:
         source = random_qnn if config.method == "scratch" else (lambda: state.frozen)
-        phases.append(("fold", lambda: fold_from(source()), lambda: state.student))
+        phases.append(("fold", lambda: dag.fold_into(state.student, source(), config, calib, progress and rt.main),
+                       lambda: state.student))
         if config.method in ("oneshot", "scratch"):
             scratch = config.method == "scratch"
             phases.append((config.method, lambda: _finetune(
@@ -320,6 +247,11 @@ def distill(teacher: nn.Sequential, data: DataBundle, config: DistillConfig, *,
             epochs=config.finetune_epochs, desc="finetune"), lambda: state.student))
 
     in_phase = (resume_state or {}).get("in_phase")
+    if in_phase is not None and any(k.startswith("units.0.") for k in resume_state["student"]):
+        # A chain checkpoint of fiqnn before one pipeline: its networks load (upgrade_state), but
+        # its mid-phase snapshot lists the trained modules in another grouping.
+        log(f"checkpoint from an older fiqnn: phase {in_phase['phase'] + 1} starts again from its beginning")
+        in_phase = None
     for i, (name, run_phase, network) in enumerate(phases):
         if i < state.done:
             continue
@@ -366,11 +298,6 @@ def _set_rng_state(d: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(d["cuda"], device)
 
 
-def _hybrid(state: _State, k: int) -> Chain:
-    """S_1..S_k followed by T_{k+1}..T_L."""
-    return Chain(list(state.student.units[:k]) + list(state.qnn.units[k:]))
-
-
 def _teacher_qat(state: _State, config: DistillConfig, stream: Stream, evaluate, progress: bool,
                  log: Log) -> list[dict[str, Any]]:
     """Step 0: QAT of the BN teacher at W/A bits; the frozen copy is taken afterwards."""
@@ -386,61 +313,6 @@ def _teacher_qat(state: _State, config: DistillConfig, stream: Stream, evaluate,
     state.frozen.eval()
     freeze(state.frozen)
     return rows
-
-
-@torch.no_grad()
-def _fold_all(state: _State, config: DistillConfig, calib: torch.Tensor, source: Chain,
-              progress: bool = False) -> list[dict[str, Any]]:
-    """Step 1 for every layer at once, each from ``source`` (the frozen teacher QNN, or a
-    random one for ``scratch``) on that network's own inputs."""
-    x = calib
-    for k, t in enumerate(progress_bar(source.units, progress=progress, desc="fold", unit="layer")):
-        s = local_init(t, x, state.student.units[k].in_bits, state.student.units[k].w_bits,
-                       config.scale == "per-channel")
-        state.student.units[k].load_state_dict(s.state_dict())
-        x = t(x)
-    return []
-
-
-def stage_loss(prefix: nn.Module, s_k: nn.Module, rest: nn.Module, frozen: Chain, k: int,
-               config: DistillConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss of PTL stage k+1 on a chain: ``CE + lambda_target * MSE(S_k out, frozen T_k out)
-    + lambda_kd * KD`` through the converted ``prefix``, ``s_k`` and the downstream ``rest``
-    (codes scaled by the activation range, so the target term does not depend on the bits)."""
-    qmax = 1.0 if k == len(frozen.units) - 1 else float(act_range(config.a_bits)[1])
-
-    def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x_q.float()
-        with torch.no_grad():
-            h = prefix(x)
-            t = x
-            for i, unit in enumerate(frozen.units):
-                t = unit(t)
-                if i == k:
-                    target = t
-            teacher_logits = t
-        out_k = s_k(h)
-        return ptl_loss(rest(out_k), y, out_k, target, teacher_logits, qmax, config)
-
-    return loss_fn
-
-
-def _ptl_stage(state: _State, k: int, config: DistillConfig, stream: Stream, calib: torch.Tensor, val_acc,
-               progress: bool, log: Log) -> list[dict[str, Any]]:
-    """Stage k+1: convert layer k (0-based), train it with the downstream teacher layers."""
-    student, qnn, frozen = state.student, state.qnn, state.frozen
-    prefix = Chain(list(student.units[:k]))
-    s_k = student.units[k]
-    with torch.no_grad():
-        prefix.eval()
-        h = prefix(calib)
-        init = local_init(qnn.units[k], h, s_k.in_bits, s_k.w_bits, config.scale == "per-channel")
-        s_k.load_state_dict(init.state_dict())
-    rest = Chain(list(qnn.units[k + 1:]))
-    loss_fn = stage_loss(prefix, s_k, rest, frozen, k, config)
-    return train_stage(prefix=[prefix], stage=[s_k], rest=[rest], loss_fn=loss_fn,
-                       evaluate=val_acc(_hybrid(state, k + 1)), stream=stream, k=k,
-                       final=k == len(qnn.units) - 1, config=config, progress=progress, log=log)
 
 
 def _finetune(state: _State, config: DistillConfig, stream: Stream, evaluate, progress: bool, log: Log, *,
@@ -465,7 +337,7 @@ def _finetune(state: _State, config: DistillConfig, stream: Stream, evaluate, pr
     return rows
 
 
-def save_student(student: Student, path: str | os.PathLike, config: DistillConfig) -> None:
+def save_student(student: GraphNet, path: str | os.PathLike, config: DistillConfig) -> None:
     """Write the trained student (structure + weights; loads without the teacher)."""
     from . import _io
 

@@ -12,7 +12,8 @@ avgpool    AvgPool2d, AdaptiveAvgPool2d to 1x1 (a global average), F.avg_pool2d,
            F.adaptive_avg_pool2d, ``x.mean((2, 3))``
 =========  ===============================================================================
 
-Dropout and Identity vanish (inference semantics); Flatten, ``torch.flatten`` and
+Identity vanishes; a Dropout right before a conv or fc is kept with that unit (it acts in
+training only) and vanishes elsewhere; Flatten, ``torch.flatten`` and
 ``x.view(x.size(0), -1)`` / ``reshape`` mark where an fc unit flattens its input.
 Anything else (a sigmoid gate, LayerNorm, a concatenation, an activation that is not
 ReLU/ReLU6, a max-pool with no ReLU before it, ...) is refused before any training
@@ -53,6 +54,7 @@ class Unit:
     act: str | None = None  # "relu" | "relu6" | None (int32 accumulators out)
     pool: tuple[int, int, int] | None = None  # max-pool (kernel, stride, padding) after the act
     window: tuple | None = None  # avgpool: (kernel, stride, padding), or "global"
+    drop: nn.Module | None = None  # a Dropout right before the conv/fc (training only)
     fx_nodes: list[str] = field(default_factory=list)  # the traced nodes this unit covers
 
 
@@ -130,6 +132,28 @@ def import_model(model: nn.Module) -> list[Unit]:
             raise refuse(node, "takes an input fiqnn cannot follow")
         return alias[arg]
 
+    taken = {node.name for node in gm.graph.nodes}
+    original = dict(model.named_modules())  # (the traced module's own holders are plain Modules)
+
+    def unit_name(node: fx.Node) -> str:
+        """The traced node's name, or, for the conv/fc of a unit-form ``nn.Sequential`` (named
+        children among drop, conv|fc, bn, act, pool: the models of :mod:`fiqnn.models`), the
+        name of that Sequential, so that ``conv1.conv`` becomes unit ``conv1``."""
+        parent, _, child = node.target.rpartition(".")
+        holder = original.get(parent) if parent else None
+        if child in ("conv", "fc") and isinstance(holder, nn.Sequential) and \
+                set(dict(holder.named_children())) <= {"drop", "conv", "fc", "bn", "act", "pool"}:
+            name = parent.replace(".", "_")
+            if name.isidentifier() and name not in taken:
+                taken.add(name)
+                return name
+        return node.name
+
+    def dropout_before(arg) -> nn.Module | None:
+        """The Dropout module whose output only the layer reading ``arg`` reads, if any."""
+        mod = modules.get(arg.target) if isinstance(arg, fx.Node) and arg.op == "call_module" else None
+        return mod if isinstance(mod, nn.Dropout) and len(users[arg]) == 1 else None
+
     def fuse_target(node: fx.Node, arg) -> Unit | None:
         """The unit ``node`` may fuse into: the one whose output only ``node`` reads."""
         name = source(node, arg)
@@ -178,11 +202,12 @@ def import_model(model: nn.Module) -> list[Unit]:
             src = source(node, first)
             if src in flattened:
                 raise refuse(node, "convolves a flattened tensor")
-            unit = Unit(node.name, "conv", [src], layer=mod, fx_nodes=[node.name])
+            unit = Unit(unit_name(node), "conv", [src], layer=mod, drop=dropout_before(first), fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
         elif isinstance(mod, nn.Linear):
-            unit = Unit(node.name, "fc", [source(node, first)], layer=mod, fx_nodes=[node.name])
+            unit = Unit(unit_name(node), "fc", [source(node, first)], layer=mod, drop=dropout_before(first),
+                        fx_nodes=[node.name])
             units.append(unit)
             owner[unit.name], alias[node] = unit, unit.name
         elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):

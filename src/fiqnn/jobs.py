@@ -21,12 +21,12 @@ from ._progress import bar as progress_bar
 from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
 from .config import DistillConfig
 from .convert import convert
+from .dag import GraphNet, upgrade_state
 from .data import DataBundle, batches, load_data, num_batches
 from .distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
 from .errors import CheckpointError, FiqnnError
 from .execute import run
 from .graph import IntGraph, load, save
-from .layers import Student
 from .parallel import Runtime
 from .teacher import load_teacher
 
@@ -94,12 +94,7 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     teacher_metrics = read_json(Path(teacher_dir) / METRICS) if (Path(teacher_dir) / METRICS).exists() else {}
     info = {"method": config.method, "w_bits": config.w_bits, "a_bits": config.a_bits, "scale": config.scale,
             "arch": tcfg["arch"], "data": tcfg["data"]}
-    if isinstance(student, Student):
-        graph = convert(student, info=info)
-    else:  # a residual / DAG student
-        from . import dag
-
-        graph = dag.convert(student, student.in_shape, student.num_classes, info=info)
+    graph = convert(student, info=info)
     save(graph, run_dir.path / MODEL_FILE)
     check = compare_backends(student, graph, data.test, progress)
     qnn_acc = accuracy(qnn, data.test, progress=progress, desc="teacher QNN, test")
@@ -119,14 +114,14 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
 
 
 @torch.no_grad()
-def torch_logits(student: Student, split, progress: bool = False) -> np.ndarray:
+def torch_logits(student: GraphNet, split, progress: bool = False) -> np.ndarray:
     """The eval-mode (exact) student's integer logits on ``split``, as int64."""
     student.eval()
     parts = progress_bar(batches(split, 500), progress=progress, desc="torch student", total=num_batches(split, 500))
     return torch.cat([student(x_q) for x_q, _ in parts]).to(torch.int64).numpy()
 
 
-def compare_backends(student: Student, graph: IntGraph, split, progress: bool = False) -> dict[str, Any]:
+def compare_backends(student: GraphNet, graph: IntGraph, split, progress: bool = False) -> dict[str, Any]:
     """Run the torch student and the numpy executor on every image of ``split``."""
     y = split.y
     t = torch_logits(student, split, progress)
@@ -200,16 +195,11 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> P
     return out
 
 
-def load_student(run_dir: str | os.PathLike) -> Student:
+def load_student(run_dir: str | os.PathLike) -> GraphNet:
     blob = load_torch(Path(run_dir) / STUDENT)
     try:
-        if blob["spec"].get("graph"):
-            from .dag import GraphNet
-
-            student = GraphNet.from_spec(blob["spec"])
-        else:
-            student = Student.from_spec(blob["spec"])
-        student.load_state_dict(blob["state_dict"])
+        student = GraphNet.from_spec(blob["spec"])  # (older chain students too)
+        student.load_state_dict(upgrade_state(blob["state_dict"], list(student.units)))
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / STUDENT} is not a fiqnn student ({e})") from None
     return student.eval()

@@ -2,7 +2,7 @@
 
 Both kinds map *codes in* to *codes out* (float tensors holding exact small
 integers), so a hybrid network S_1..S_k + T_{k+1}..T_L (docs/method.md, phase 2) is a
-plain chain of units. The network input is the uint8 pixel code ``x_q`` (0..255).
+plain :class:`fiqnn.dag.GraphNet` of units. The network input is the uint8 pixel code ``x_q`` (0..255).
 
 - :class:`QnnUnit` (teacher, step 0): ``codes * in_scale`` -> conv/linear with
   fake-quantized weights -> BatchNorm -> ReLU -> A-bit activation codes [-> max-pool].
@@ -17,7 +17,6 @@ plain chain of units. The network input is the uint8 pixel code ``x_q`` (0..255)
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +88,6 @@ def requantize_sum(total: torch.Tensor, shift, a_bits: int) -> torch.Tensor:
     ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift."""
     codes = (total + ((1 << shift) >> 1)) >> shift
     return codes.clamp(0, act_range(a_bits)[1]).to(torch.float32)
-
-
-def teacher_units(model: nn.Sequential) -> list[tuple[str, nn.Sequential]]:
-    """The named conv/fc units of a model from :mod:`fiqnn.models` (flatten dropped)."""
-    return [(n, u) for n, u in model.named_children() if hasattr(u, "conv") or hasattr(u, "fc")]
 
 
 class QnnUnit(_Cached):
@@ -247,47 +241,3 @@ class IntUnit(_Cached):
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
-
-
-class Chain(nn.Module):
-    """Units run in order: the teacher QNN, the student, or a hybrid of both."""
-
-    def __init__(self, units: list[nn.Module]):
-        super().__init__()
-        self.units = nn.ModuleList(units)
-
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        """Run the units in order on codes ``x_q`` (any dtype)."""
-        x = x_q.to(torch.float32)
-        for unit in self.units:
-            x = unit(x)
-        return x
-
-
-class Student(Chain):
-    """The BN-free integer student: a chain of :class:`IntUnit`, plus what it was built for.
-
-    ``spec()`` describes its structure in plain JSON values, so a saved student
-    loads without the teacher it came from (:meth:`from_spec`).
-    """
-
-    def __init__(self, units: list[IntUnit], names: list[str], in_shape: tuple[int, int, int], num_classes: int):
-        super().__init__(units)
-        self.names, self.in_shape, self.num_classes = list(names), tuple(in_shape), num_classes
-
-    def spec(self) -> dict:
-        return {"in_shape": list(self.in_shape), "num_classes": self.num_classes, "units": [
-            {"name": n, "geometry": dataclasses.asdict(u.geometry), "weight_shape": list(u.weight.shape),
-             "in_bits": u.in_bits, "w_bits": u.w_bits, "a_bits": u.a_bits, "per_channel": u.per_channel}
-            for n, u in zip(self.names, self.units)]}
-
-    @staticmethod
-    def from_spec(spec: dict) -> Student:
-        units = []
-        for u in spec["units"]:
-            g = u["geometry"]
-            geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
-                                tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
-            units.append(IntUnit(geometry, tuple(u["weight_shape"]), u["in_bits"], u["w_bits"], u["a_bits"],
-                                 u["per_channel"]))
-        return Student(units, [u["name"] for u in spec["units"]], tuple(spec["in_shape"]), spec["num_classes"])
