@@ -32,10 +32,10 @@ def main() -> int:
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from fiqnn.data import load_data
-    from fiqnn.execute import run
     from fiqnn.export.c99 import CFLAGS, run_c
     from fiqnn.export.onnx import run_onnx, to_onnx
-    from fiqnn.graph import load
+    from fiqnn.integer.execute import run
+    from fiqnn.integer.modelfile import load
 
     test = load_data("fashion-mnist").test
     rows = []

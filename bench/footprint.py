@@ -28,7 +28,7 @@ M4 = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wa
 def main(runs: list[str]) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from fiqnn.export.c99 import export_c, footprint
-    from fiqnn.graph import load
+    from fiqnn.integer.modelfile import load
 
     rows = []
     for run in runs:

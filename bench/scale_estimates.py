@@ -4,7 +4,7 @@
 
 On this machine (CPU only), for alexnet-bn at 224x224x3, 1000 classes, random weights and
 images (shapes are all that matter here), each training step of the pipeline built as
-fiqnn.distill builds it:
+fiqnn.train.distill builds it:
 
 - parameters and multiply-accumulates per image (forward);
 - activation memory per image: the bytes autograd saves for the backward pass (counted with
@@ -38,13 +38,15 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from fiqnn import _io, dag
+    from fiqnn import _io
     from fiqnn.config import DistillConfig
     from fiqnn.data import ArraySplit, DataBundle, FolderSplit, to_float
-    from fiqnn.distill import distill
-    from fiqnn.fximport import import_model
-    from fiqnn.models import build_model
-    from fiqnn.train import kd_loss
+    from fiqnn.nets.fximport import import_model
+    from fiqnn.nets.models import build_model
+    from fiqnn.train.distill import distill
+    from fiqnn.train.loop import kd_loss
+    from fiqnn.train.ptl import stage_loss, stages
+    from fiqnn.train.qnn import build_teacher_qnn
 
     torch.manual_seed(0)
     shape, classes = (3, 224, 224), 1000
@@ -72,9 +74,9 @@ def main() -> int:
     data = DataBundle("synthetic", split(8), split(4), split(4), classes, shape)
     student = distill(teacher, data, config, progress=False, log=lambda m: None)  # fold: the student's layout
     calib = torch.from_numpy(split(8).x_q).float()
-    qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
-    frozen = dag.build_teacher_qnn(import_model(teacher), config, calib).eval()
-    groups = dag.stages(qnn)
+    qnn = build_teacher_qnn(import_model(teacher), config, calib)
+    frozen = build_teacher_qnn(import_model(teacher), config, calib).eval()
+    groups = stages(qnn)
 
     def teacher_step(x_q, y):
         teacher.train()
@@ -86,7 +88,7 @@ def main() -> int:
 
     def stage_step(k):
         def step(x_q, y):
-            net, loss_fn = dag.stage_loss(student, qnn, frozen, groups, k, config)
+            net, loss_fn = stage_loss(student, qnn, frozen, groups, k, config)
             stage = [student.units[n] for n in groups[k]]
             rest = [qnn.units[n] for g in groups[k + 1:] for n in g]
             net.eval()

@@ -52,12 +52,12 @@ def main() -> int:
     import onnxruntime as ort
 
     from fiqnn.data import load_data
-    from fiqnn.execute import run
     from fiqnn.export.c99 import CFLAGS, build_c, export_c
     from fiqnn.export.c99 import macs as count_macs
     from fiqnn.export.onnx import to_onnx
-    from fiqnn.graph import load
-    from fiqnn.teacher import load_teacher
+    from fiqnn.integer.execute import run
+    from fiqnn.integer.modelfile import load
+    from fiqnn.train.teacher import load_teacher
 
     torch.set_num_threads(os.cpu_count() or 1)
     x_q = load_data("fashion-mnist").test.x_q

@@ -52,7 +52,7 @@ def digits_student(digits_teacher, tmp_path_factory) -> Path:
 def digits(digits_teacher):
     """(teacher, data) of the digits teacher run."""
     from fiqnn.jobs import teacher_data
-    from fiqnn.teacher import load_teacher
+    from fiqnn.train.teacher import load_teacher
 
     return load_teacher(digits_teacher), teacher_data(digits_teacher)[1]
 
@@ -61,7 +61,7 @@ def digits(digits_teacher):
 def fold_student(digits):
     """``fold_student(bits, scale)``: a fold (local-init only) W{bits}A{bits} student on digits, cached."""
     from fiqnn.config import DistillConfig
-    from fiqnn.distill import distill
+    from fiqnn.train.distill import distill
 
     cache = {}
 

@@ -19,8 +19,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from fiqnn.arith import INT32_MAX, INT32_MIN, MULT_MAX, SHIFT_MAX, quantize_multiplier
-from fiqnn.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, node_shapes
+from fiqnn.integer.arith import INT32_MAX, INT32_MIN, MULT_MAX, SHIFT_MAX, quantize_multiplier
+from fiqnn.integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, node_shapes
 
 E9_LIMIT = 2**62
 

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from fiqnn.config import DistillConfig
-from fiqnn.convert import convert
 from fiqnn.data import ArraySplit, DataBundle
-from fiqnn.distill import distill
 from fiqnn.jobs import compare_backends
-from fiqnn.models import build_model
+from fiqnn.nets.models import build_model
+from fiqnn.train.convert import convert
+from fiqnn.train.distill import distill
 
 
 def _split(n: int, seed: int) -> ArraySplit:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fiqnn import arith
+from fiqnn.integer import arith
 from tests import oracle
 
 INT32 = st.integers(arith.INT32_MIN, arith.INT32_MAX)

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from fiqnn.execute import run
-from fiqnn.graph import load
+from fiqnn.integer.execute import run
+from fiqnn.integer.modelfile import load
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "onnx", "c"])

@@ -12,13 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from fiqnn import dag
 from fiqnn.config import DistillConfig
-from fiqnn.convert import convert
-from fiqnn.execute import run
-from fiqnn.fximport import import_model
-from fiqnn.graph import IntAdd, IntAvgPool, IntLayer
-from fiqnn.models import VGG, MobileNetV2S, ResNet, _conv_bn, build_model
+from fiqnn.integer.execute import run
+from fiqnn.integer.graph import IntAdd, IntAvgPool, IntLayer
+from fiqnn.nets.fximport import import_model
+from fiqnn.nets.models import VGG, MobileNetV2S, ResNet, _conv_bn, build_model
+from fiqnn.train.convert import convert
+from fiqnn.train.fold import fold
+from fiqnn.train.ptl import stages
+from fiqnn.train.qnn import build_teacher_qnn
 
 SHAPE = (3, 12, 12)
 FAMILIES = {  # tiny instances of each family (CI), and resnet20 itself at a small input
@@ -40,8 +42,8 @@ def _student(family: str, bits: int, scale: str):
     config = DistillConfig(w_bits=bits, a_bits=bits, scale=scale)
     gen = torch.Generator().manual_seed(1)  # images of different brightness, so global pools differ
     x = torch.floor(torch.rand(48, *SHAPE, generator=gen) * torch.linspace(20, 255, 48).reshape(-1, 1, 1, 1))
-    qnn = dag.build_teacher_qnn(import_model(model), config, x)
-    student = dag.fold(qnn, config, x)
+    qnn = build_teacher_qnn(import_model(model), config, x)
+    student = fold(qnn, config, x)
     student.in_shape, student.num_classes = SHAPE, 5
     return student, convert(student), x.numpy().astype(np.uint8)
 
@@ -84,8 +86,8 @@ def test_family_codes_are_not_degenerate(family):
 
 def test_ptl_stages_are_residual_blocks():
     model = build_model("resnet20", 5, SHAPE).eval()
-    qnn = dag.build_teacher_qnn(import_model(model), DistillConfig(), torch.rand(8, *SHAPE) * 255)
-    groups = dag.stages(qnn)
+    qnn = build_teacher_qnn(import_model(model), DistillConfig(), torch.rand(8, *SHAPE) * 255)
+    groups = stages(qnn)
     assert len(groups) == 1 + 9 + 2  # stem, nine blocks, pool, fc
     assert groups[0] == ["stem_0"] and groups[-2:] == [["pool"], ["fc"]]
     for g in groups[1:-2]:

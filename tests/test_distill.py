@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from fiqnn.config import DistillConfig
-from fiqnn.convert import convert
-from fiqnn.distill import accuracy, distill
-from fiqnn.execute import run
+from fiqnn.integer.execute import run
 from fiqnn.jobs import compare_backends, load_student, torch_logits
-from fiqnn.layers import IntUnit
+from fiqnn.train.convert import convert
+from fiqnn.train.distill import accuracy, distill
+from fiqnn.train.units import IntUnit
 
 from .procs import kill_when_logged, resume_after_mid_stage_kill
 
@@ -64,7 +64,7 @@ def test_per_channel_logits_rank_classes_as_the_real_logits(digits, fold_student
 
 
 def test_a_logits_layer_cannot_have_per_channel_scales():
-    from fiqnn.layers import Geometry
+    from fiqnn.train.units import Geometry
 
     with pytest.raises(ValueError, match="one scale, not one per channel"):
         IntUnit(Geometry("fc", 3), (3, 4), in_bits=4, w_bits=8, a_bits=None, per_channel=True)
@@ -160,7 +160,7 @@ def test_distill_teacher_without_checkpoint(cli, tmp_path):
 def test_model_file_errors_exit_2(cli, tmp_path, member, message):
     import zipfile
 
-    from fiqnn.graph import save
+    from fiqnn.integer.modelfile import save
     from tests.test_graph import _graph, _rewrite
 
     p = tmp_path / "m.npz"

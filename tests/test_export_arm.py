@@ -12,9 +12,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from fiqnn.convert import convert
-from fiqnn.execute import run
 from fiqnn.export.c99 import CFLAGS, export_c, run_c
+from fiqnn.integer.execute import run
+from fiqnn.train.convert import convert
 
 ARM_LINUX_CC, QEMU, M4_CC = "arm-linux-gnueabihf-gcc", "qemu-arm", "arm-none-eabi-gcc"
 

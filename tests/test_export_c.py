@@ -9,10 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from fiqnn.convert import convert
-from fiqnn.execute import run
 from fiqnn.export.c99 import CFLAGS, CompilerError, build_c, export_c, footprint, packed_weights, plan, run_c
-from fiqnn.graph import IntGraph
+from fiqnn.integer.execute import run
+from fiqnn.integer.graph import IntGraph
+from fiqnn.train.convert import convert
 from tests.graphgen import random_graph, renamed
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) installed")

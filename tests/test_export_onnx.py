@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from fiqnn.convert import convert
-from fiqnn.execute import run
 from fiqnn.export.onnx import export_onnx, run_onnx, to_onnx
+from fiqnn.integer.execute import run
+from fiqnn.train.convert import convert
 
 INTEGER_TYPES = {TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT64}
 

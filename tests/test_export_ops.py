@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from fiqnn.arith import act_range
-from fiqnn.execute import run
-from fiqnn.graph import IntAdd, IntAvgPool, IntGraph, IntLayer
+from fiqnn.integer.arith import act_range
+from fiqnn.integer.execute import run
+from fiqnn.integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer
 
 
 def _layer(rng, name, kind, shape, in_bits, w_bits, a_bits, **geometry) -> IntLayer:
@@ -124,7 +124,7 @@ def test_residual_graph_is_not_degenerate(res_images):
 @pytest.mark.parametrize("w_bits", [2, 4, 8])
 def test_residual_graph_onnx_and_c_equal_numpy(res_images, w_bits, tmp_path):
     from fiqnn.export.onnx import run_onnx, to_onnx
-    from fiqnn.graph import load, save
+    from fiqnn.integer.modelfile import load, save
 
     graph = residual_graph(10 + w_bits, w_bits)
     ref = run(graph, res_images)
@@ -162,7 +162,7 @@ def _replace(graph: IntGraph, name: str, **change) -> tuple:
     ("dw", {"groups": 5}, "do not fit 12 input channels"),
 ])
 def test_bad_residual_graphs_are_refused_naming_the_node(name, change, message):
-    from fiqnn.graph import ModelFileError
+    from fiqnn.integer.graph import ModelFileError
 
     graph = residual_graph(0, 4)
     with pytest.raises(ModelFileError, match=re.escape(message)):
@@ -170,7 +170,7 @@ def test_bad_residual_graphs_are_refused_naming_the_node(name, change, message):
 
 
 def test_unused_node_is_refused():
-    from fiqnn.graph import ModelFileError
+    from fiqnn.integer.graph import ModelFileError
 
     graph = residual_graph(0, 4)
     layers = list(graph.layers)
@@ -184,7 +184,7 @@ def test_unused_node_is_refused():
 
 
 def test_add_whose_int64_sum_could_overflow_is_refused():
-    from fiqnn.graph import OverflowProofError
+    from fiqnn.integer.graph import OverflowProofError
 
     big = [IntLayer(name=n, kind="fc", w_q=np.full((2, 60_000), 127, np.int8), bias_q=np.zeros(2, np.int32),
                     mult=np.array([2**30], np.int32), shift=np.array([31], np.int32), in_bits=8, w_bits=8,

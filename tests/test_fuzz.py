@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fiqnn.execute import run
 from fiqnn.export.c99 import export_c, find_compiler
 from fiqnn.export.onnx import run_onnx, to_onnx
-from fiqnn.graph import IntGraph, IntLayer
+from fiqnn.integer.execute import run
+from fiqnn.integer.graph import IntGraph, IntLayer
 from tests import oracle
 from tests.graphgen import FEATURES, features, random_graph, random_inputs
 
@@ -210,9 +210,9 @@ def test_graphs_are_seeded(graphs):
 
 def test_a_broken_backend_is_caught(graphs, monkeypatch, tmp_path):
     """The campaign is not vacuous: numpy truncating instead of rounding (E3) is reported."""
-    import fiqnn.execute
+    import fiqnn.integer.execute
 
-    monkeypatch.setattr(fiqnn.execute, "rshift_round", lambda x, s: np.asarray(x, np.int64) >> s)
+    monkeypatch.setattr(fiqnn.integer.execute, "rshift_round", lambda x, s: np.asarray(x, np.int64) >> s)
     verdicts = check_graphs(graphs[:8], [campaign_inputs(s, g, 16) for s, g in zip(SEEDS, graphs[:8])], tmp_path,
                             backends=("numpy",))
     assert sum(v.differs == ["numpy"] for v in verdicts) >= 4
@@ -243,7 +243,7 @@ def test_fc_output_feeds_a_conv_and_an_add(tmp_path):
     """Regression: the numpy executor returned an fc layer's output as (N, O), not the (O, 1, 1) map
     IntGraph gives it, so a conv reading it failed and an add of it and a conv's (O, 1, 1) output
     broadcast to (N, O, N, O); ONNX had the same shape."""
-    from fiqnn.graph import IntAdd
+    from fiqnn.integer.graph import IntAdd
 
     rng = np.random.default_rng(0)
     conv = IntLayer(name="c", kind="conv", w_q=rng.integers(-7, 8, (4, 1, 2, 3)).astype(np.int8),

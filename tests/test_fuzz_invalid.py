@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fiqnn.errors import FiqnnError
-from fiqnn.graph import load, save
+from fiqnn.integer.modelfile import load, save
 from tests.graphgen import random_graph
 
 # Per field of a node's meta.json entry: values no valid node can hold there.

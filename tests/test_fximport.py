@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fiqnn.fximport import UnsupportedModelError, import_model
-from fiqnn.models import build_model
+from fiqnn.nets.fximport import UnsupportedModelError, import_model
+from fiqnn.nets.models import build_model
 
 
 @pytest.mark.parametrize("arch, shape, n_units, n_adds", [
@@ -128,7 +128,7 @@ def test_unsupported_ops_are_refused_naming_the_node(model, message):
 
 def test_distill_refuses_an_unsupported_model_before_any_work():
     from fiqnn.config import DistillConfig
-    from fiqnn.distill import distill
+    from fiqnn.train.distill import distill
 
     with pytest.raises(UnsupportedModelError, match="node 'sigmoid'"):
         distill(Gate(), None, DistillConfig(), progress=False)  # data is never touched

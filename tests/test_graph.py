@@ -9,8 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from fiqnn.arith import ARITH_VERSION
-from fiqnn.graph import IntGraph, IntLayer, ModelFileError, OverflowProofError, load, save
+from fiqnn.integer.arith import ARITH_VERSION
+from fiqnn.integer.graph import IntGraph, IntLayer, ModelFileError, OverflowProofError
+from fiqnn.integer.modelfile import load, save
 
 
 def _layer(name="fc", w=None, o=3, i=5, **change) -> IntLayer:

@@ -12,7 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from fiqnn.graph import IntGraph, IntLayer, ModelFileError, load, save
+from fiqnn.integer.graph import IntGraph, IntLayer, ModelFileError
+from fiqnn.integer.modelfile import load, save
 
 MB = 1 << 20
 

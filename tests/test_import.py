@@ -27,7 +27,7 @@ def test_public_api_is_all():
     """__all__ is what dir() lists and what loads on first use; submodules named like a public
     function (fiqnn.distill, fiqnn.convert), imported meanwhile, do not hide it."""
     import fiqnn
-    import fiqnn.jobs  # noqa: F401  (imports the submodules fiqnn.distill and fiqnn.convert)
+    import fiqnn.jobs  # noqa: F401  (imports the submodules fiqnn.train.distill and fiqnn.train.convert)
     from fiqnn import convert, distill
 
     public = {n for n in dir(fiqnn) if not n.startswith("_") and not inspect.ismodule(getattr(fiqnn, n))}

@@ -10,8 +10,8 @@ from torch import nn
 
 from fiqnn import DistillConfig, distill, load_data
 from fiqnn.errors import DataError, TrainingError
-from fiqnn.fximport import UnsupportedModelError, import_model, verify_import
-from fiqnn.models import build_model
+from fiqnn.nets.fximport import UnsupportedModelError, import_model, verify_import
+from fiqnn.nets.models import build_model
 
 SHORT = dict(w_bits=4, a_bits=4, steps_per_epoch=2, teacher_epochs=0, max_epochs_per_stage=1, finetune_epochs=1)
 

@@ -51,9 +51,49 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = imports()
-    assert "fiqnn.distill" in graph and graph["fiqnn.jobs"], "the import walk found nothing"
+    assert "fiqnn.train.distill" in graph and graph["fiqnn.jobs"], "the import walk found nothing"
     found = cycles(graph)
     assert not found, "modules that import each other: " + "; ".join(", ".join(c) for c in found)
+
+
+# The pipeline's order (docs/architecture.md): a module imports only from its own layer or the
+# layers above it in this list.
+LAYERS = [
+    ("foundation", ("fiqnn._archs", "fiqnn._io", "fiqnn._optional", "fiqnn._progress", "fiqnn._run", "fiqnn.errors",
+                    "fiqnn.config", "fiqnn.data", "fiqnn.parallel")),
+    ("integer", ("fiqnn.integer",)),
+    ("nets", ("fiqnn.nets",)),
+    ("train", ("fiqnn.train",)),
+    ("export", ("fiqnn.export",)),
+    ("front end", ("fiqnn.cli", "fiqnn.jobs", "fiqnn.bench", "fiqnn.report", "fiqnn.plots", "fiqnn.__main__")),
+]
+
+
+def layer_of(mod: str) -> int:
+    if mod == "fiqnn":
+        return 0  # the package's __init__: __version__ and a lazy public API that imports nothing up front
+    found = [i for i, (_, prefixes) in enumerate(LAYERS)
+             if any(mod == p or mod.startswith(p + ".") for p in prefixes)]
+    assert found, f"{mod} is in no layer of tests/test_layout.py's LAYERS (add it where it belongs)"
+    return found[0]
+
+
+def test_every_import_goes_up_the_layers():
+    def name(mod: str) -> str:
+        return mod if mod == "fiqnn" else f"{mod} ({LAYERS[layer_of(mod)][0]})"
+
+    wrong = [f"{name(mod)} imports {name(dep)}"
+             for mod, deps in imports().items() for dep in deps if layer_of(dep) > layer_of(mod)]
+    assert not wrong, "; ".join(wrong)
+
+
+def test_the_integer_side_needs_no_torch():
+    """A deployer reads and runs an IntGraph (fiqnn.integer, fiqnn.export) without torch."""
+    for path in [*(SRC / "integer").glob("*.py"), *(SRC / "export").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path.name} imports torch"
 
 
 def test_the_cycle_check_can_fail():

@@ -187,7 +187,7 @@ def test_mixed_precision_distill_is_still_bit_exact(cli, digits_teacher, tmp_pat
 
 
 def test_residual_network_on_two_ranks(cli, tmp_path):
-    """PTL over blocks (fiqnn.dag) under DDP: residual adds and average pools train on both ranks."""
+    """PTL over blocks (fiqnn.train.ptl) under DDP: residual adds and average pools train on both ranks."""
     assert cli("train-teacher", "--arch", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "64",
                "--out", tmp_path / "teacher", "--no-progress")[0] == 0
     m = torchrun("distill", "--teacher", tmp_path / "teacher", "--wbits", "4", "--abits", "4", "--steps-per-epoch", "3",

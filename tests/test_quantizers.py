@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fiqnn.quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
+from fiqnn.train.quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
 
 
 def test_round_half_up_is_the_contract_not_torch_round():

@@ -7,8 +7,6 @@ torch; onnx, onnxruntime and a C compiler load only when an export asks for them
 
 import importlib as _importlib
 import logging as _logging
-import sys as _sys
-import types as _types
 
 __version__ = "0.1.0"
 
@@ -17,24 +15,24 @@ __version__ = "0.1.0"
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 _SOURCES = {  # public name -> the submodule that defines it
-    "ARITH_VERSION": "arith",
+    "ARITH_VERSION": "integer.arith",
     "ArraySplit": "data",
     "DataBundle": "data",
     "DistillConfig": "config",
     "FiqnnError": "errors",
-    "IntGraph": "graph",
-    "MODELS": "models",
+    "IntGraph": "integer.graph",
+    "MODELS": "nets.models",
     "TeacherConfig": "config",
-    "build_model": "models",
-    "convert": "convert",
-    "distill": "distill",
-    "import_model": "fximport",
-    "load": "graph",
+    "build_model": "nets.models",
+    "convert": "train.convert",
+    "distill": "train.distill",
+    "import_model": "nets.fximport",
+    "load": "integer.modelfile",
     "load_data": "data",
-    "load_teacher": "teacher",
-    "run": "execute",
-    "save": "graph",
-    "train_teacher": "teacher",
+    "load_teacher": "train.teacher",
+    "run": "integer.execute",
+    "save": "integer.modelfile",
+    "train_teacher": "train.teacher",
 }
 
 __all__ = sorted(_SOURCES)
@@ -57,17 +55,3 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(_types.ModuleType):
-    """fiqnn's module type. Importing a submodule binds it as an attribute of the package; for
-    ``fiqnn.distill`` and ``fiqnn.convert`` that would hide the public function of the same name
-    (``fiqnn.distill(...)``), so the function is bound instead, as an eager import would leave it."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.{_SOURCES.get(name)}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package

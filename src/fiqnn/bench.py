@@ -125,9 +125,9 @@ def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list
     the table (``results.md``) and the plots (``plots/``) after every row. Progress lines go
     to ``log`` (default: info records of the ``fiqnn.bench`` logger)."""
     log = log or logger.info
-    from .dag import stage_count
     from .jobs import distill_run, teacher_data
-    from .teacher import load_teacher
+    from .train.ptl import stage_count
+    from .train.teacher import load_teacher
 
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def quick(out: str | os.PathLike, *, progress: bool = False,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``fiqnn bench --quick``: the same machinery at a tiny budget (digits, tiny model), for CI."""
     from .config import TeacherConfig
-    from .teacher import train_teacher
+    from .train.teacher import train_teacher
 
     out = Path(out)
     teacher_dir = out / "teacher"

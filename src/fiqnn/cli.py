@@ -38,7 +38,7 @@ _TEACHER_FIELDS = ["arch", "data", "data_dir", "epochs", "batch_size", "lr", "se
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from ._run import CONFIG, read_json
     from .config import TeacherConfig
-    from .teacher import train_teacher
+    from .train.teacher import train_teacher
 
     given = _explicit(args, _TEACHER_FIELDS)
     saved = Path(args.out) / CONFIG
@@ -109,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .graph import layer_summary, load
+    from .integer.modelfile import layer_summary, load
     from .jobs import MODEL_FILE
 
     path = Path(args.model)
@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import DistillConfig, TeacherConfig
     from .data import fashion_mnist_available
     from .jobs import distill_run
-    from .teacher import train_teacher
+    from .train.teacher import train_teacher
 
     check_writable(Path(args.out))
     if fashion_mnist_available():

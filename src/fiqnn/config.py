@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ._archs import ARCHS
 from .data import DATASETS
 from .errors import ConfigError
-from .models import MODELS
 
 
 def _check(ok: bool, message: str) -> None:
@@ -58,7 +58,7 @@ class TeacherConfig(_Dict):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.arch in MODELS, f"unknown arch {self.arch!r}; choose one of {', '.join(MODELS)}")
+        _check(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         _check(self.data in DATASETS, f"unknown data set {self.data!r}; choose one of {', '.join(DATASETS)}")
         _check(isinstance(self.epochs, int) and self.epochs > 0,
                f"epochs must be a positive integer, got {self.epochs}")

@@ -20,15 +20,16 @@ import torch
 from ._progress import bar as progress_bar
 from ._run import CONFIG, METRICS, RunDir, load_torch, read_json
 from .config import DistillConfig
-from .convert import convert
-from .dag import GraphNet, upgrade_state
 from .data import DataBundle, batches, load_data, num_batches
-from .distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
 from .errors import CheckpointError, FiqnnError
-from .execute import run
-from .graph import IntGraph, load, save
+from .integer.execute import run
+from .integer.graph import IntGraph
+from .integer.modelfile import load, save
 from .parallel import Runtime
-from .teacher import load_teacher
+from .train.convert import convert
+from .train.distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
+from .train.graphnet import GraphNet, upgrade_state
+from .train.teacher import load_teacher
 
 STUDENT, MODEL_FILE = "student.pt", "model.npz"
 

@@ -93,7 +93,7 @@ def training_curve(history: list[dict[str, Any]], path: str | os.PathLike, title
 def code_histograms(graph, x_q: np.ndarray, path: str | os.PathLike) -> Path:
     """Per layer: the histogram of its weight codes and of the activation codes it outputs
     on ``x_q`` (the integer executor's own arrays)."""
-    from .execute import run
+    from .integer.execute import run
 
     acts: dict[str, list[np.ndarray]] = {}
     run(graph, x_q, trace=lambda name, a: acts.setdefault(name, []).append(a))

@@ -29,7 +29,7 @@ def _pct(v: float | None) -> str:
 def load_run(run_dir: Path) -> dict[str, Any]:
     """What the report shows of a finished distill run: its metrics, config, integer graph and
     the teacher's test images; read before anything is written, so a bad run creates nothing."""
-    from .graph import load
+    from .integer.modelfile import load
     from .jobs import MODEL_FILE, teacher_data, teacher_dir_of
 
     if not (run_dir / METRICS).exists() or not (run_dir / MODEL_FILE).exists():
@@ -40,7 +40,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 
 def blocks(run_dir: Path, run: dict[str, Any], out: Path, images: int = 256) -> list[Block]:
     """The report's content for ``run`` (from :func:`load_run`); plots are written into ``out`` on the way."""
-    from .graph import layer_summary
+    from .integer.modelfile import layer_summary
     from .plots import code_histograms, training_curve
 
     m, config, graph, test = run["metrics"], run["config"], run["graph"], run["test"]

@@ -30,10 +30,10 @@ import numpy as np
 
 from .. import _io
 from .._progress import bar as progress_bar
-from ..arith import act_range
 from ..errors import FiqnnError
-from ..execute import as_graph, check_input
-from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
+from ..integer.arith import act_range
+from ..integer.execute import as_graph, check_input
+from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
 
 HERE = Path(__file__).resolve().parent
 CFLAGS = ["-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -529,7 +529,7 @@ def run_c(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, cc: str | None =
     """Export, compile and run ``graph`` on uint8 images; int32 logits (N, classes).
 
     ``graph`` is what :func:`fiqnn.run` and :func:`fiqnn.export.onnx.run_onnx` take: an IntGraph
-    or its model file (see :func:`fiqnn.execute.as_graph`). ``runner`` prefixes the command
+    or its model file (see :func:`fiqnn.integer.execute.as_graph`). ``runner`` prefixes the command
     (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``). The compiled model runs on
     ``chunk`` images at a time, so that ``progress`` can show a bar.
     """

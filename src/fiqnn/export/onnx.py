@@ -36,9 +36,9 @@ import numpy as np
 from .. import _io
 from .._optional import optional_import
 from .._progress import bar as progress_bar
-from ..arith import act_range
-from ..execute import as_graph, check_input
-from ..graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
+from ..integer.arith import act_range
+from ..integer.execute import as_graph, check_input
+from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, node_shapes
 
 onnx = optional_import("onnx", "fiqnn.export.onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402  (onnx is known to import by now)
@@ -168,7 +168,7 @@ def run_onnx(model: IntGraph | str | os.PathLike | onnx.ModelProto, x_q: np.ndar
     """Run ``model`` in ONNX Runtime (CPU) on uint8 images ``x_q``; int32 logits (N, classes).
 
     ``model`` is what :func:`fiqnn.run` and :func:`fiqnn.export.c99.run_c` take, an IntGraph or
-    its model file (see :func:`fiqnn.execute.as_graph`), or an exported model: an
+    its model file (see :func:`fiqnn.integer.execute.as_graph`), or an exported model: an
     ``onnx.ModelProto`` or a ``.onnx`` file.
     """
     ort = optional_import("onnxruntime", "run_onnx")

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .arith import act_range, weight_range
+from ..integer.arith import act_range, weight_range
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Training one phase: the batch stream, the losses, the PTL scheduler and the stage trainer.
 
-Shared by every network form (chains in :mod:`fiqnn.distill`, DAGs in :mod:`fiqnn.dag`):
+Shared by every phase of :mod:`fiqnn.train.distill` (teacher QAT, PTL stages, fine-tune):
 :func:`train_with_patience` is the scheduler of docs/method.md (train an epoch, validate,
 keep the best, stop after ``patience`` epochs without improvement, restore the best), and
 :func:`train_stage` trains one PTL stage once its units are initialised and its loss built.
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._progress import bar as progress_bar
-from ._run import check_finite
-from .config import DistillConfig
-from .data import DataBundle, batches, num_batches
-from .parallel import Runtime
+from .._progress import bar as progress_bar
+from .._run import check_finite
+from ..config import DistillConfig
+from ..data import DataBundle, batches, num_batches
+from ..parallel import Runtime
 
 Log = Callable[[str], None]
 

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._progress import bar as progress_bar
+from .._progress import bar as progress_bar
 from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
-from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, load
+from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node
+from .modelfile import load
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -125,7 +126,7 @@ def run_node(inputs: list[np.ndarray], node: Node) -> np.ndarray:
 def as_graph(model: IntGraph | str | os.PathLike) -> IntGraph:
     """The first argument of every backend's run function (:func:`run`,
     :func:`fiqnn.export.onnx.run_onnx`, :func:`fiqnn.export.c99.run_c`): an IntGraph as it is,
-    or a model file (a distill run directory: its ``model.npz``), read with :func:`fiqnn.graph.load`."""
+    or a model file (a distill run directory: its ``model.npz``), read with :func:`fiqnn.integer.modelfile.load`."""
     if isinstance(model, IntGraph):
         return model
     if isinstance(model, (str, os.PathLike)):

@@ -19,9 +19,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-from .arith import act_range
-from .layers import IntUnit, QnnUnit
+from .._progress import bar as progress_bar
+from ..config import DistillConfig
+from ..integer.arith import act_range
+from .graphnet import GraphNet
+from .units import IntAddUnit, IntAvgPoolUnit, IntUnit, QnnAdd, QnnUnit
 
 
 @torch.no_grad()
@@ -131,3 +135,49 @@ def _median_ratio(acc: torch.Tensor, target: torch.Tensor, dims: list[int]) -> t
     """A scale for channels whose calibration targets are never in the linear region."""
     big = acc.abs().amax(dim=dims).clamp_min(1.0)
     return 1.0 / big
+
+
+@torch.no_grad()
+def init_unit(name: str, t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], students: dict[str, nn.Module],
+              config: DistillConfig, last: bool) -> nn.Module:
+    """Local initialisation of one student unit from teacher unit ``t``, whose inputs on the
+    calibration images are ``env[src]``; ``students`` holds the already initialised units
+    (an add reads the scale of the residual branch feeding it)."""
+    if isinstance(t, QnnUnit):
+        raw = t.a_bits is None and not last
+        in_bits = 8 if srcs == ["input"] else config.a_bits
+        s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel")
+        s.raw = raw
+        return s
+    out = float(t.aq.step)
+    if isinstance(t, QnnAdd):
+        s = IntAddUnit(len(srcs), t.a_bits)
+        betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
+                 for src, sc in zip(srcs, t.in_scales.tolist())]
+        s.log_beta.copy_(torch.tensor(betas).log())
+        return s
+    (kh, kw), _, _ = t.window
+    s = IntAvgPoolUnit(t.window, 8 if srcs == ["input"] else config.a_bits, t.a_bits)
+    s.log_beta.copy_(torch.tensor(float(t.in_scale) / (kh * kw * out)).log())
+    return s
+
+@torch.no_grad()
+def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor, progress: bool = False) -> GraphNet:
+    """Step 1 for a DAG: every student unit from its teacher unit, on the teacher's own inputs.
+
+    Residual branches get one scale per layer even with ``per-channel`` (the add's (E9)
+    multiplier is one per input)."""
+    env = qnn.eval().outputs(calib_x)
+    last = list(qnn.units)[-1]
+    students: dict[str, nn.Module] = {}
+    for name, t in progress_bar(qnn.units.items(), progress=progress, desc="fold", total=len(qnn.units), unit="unit"):
+        students[name] = init_unit(name, t, qnn.inputs[name], env, students, config, name == last)
+    return GraphNet([(n, m, qnn.inputs[n]) for n, m in students.items()]).eval()
+
+@torch.no_grad()
+def fold_into(student: GraphNet, source: GraphNet, config: DistillConfig, calib: torch.Tensor,
+              progress: bool = False) -> list[dict]:
+    """Step 1 for every unit at once (the fold / oneshot / scratch start), into ``student``."""
+    for name, unit in fold(source, config, calib, progress).units.items():
+        student.units[name].load_state_dict(unit.state_dict())
+    return []

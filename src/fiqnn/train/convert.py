@@ -1,7 +1,7 @@
 """Student -> IntGraph: the one step where the float training world meets the integer one.
 
-The integers come from each unit's ``integer_params()`` (:meth:`fiqnn.layers.IntUnit.integer_params`
-and the add and average-pool units of :mod:`fiqnn.dag`), the same method the student's eval
+The integers come from each unit's ``integer_params()`` (:meth:`fiqnn.train.units.IntUnit.integer_params`
+and the add and average-pool units of :mod:`fiqnn.train.units`), the same method the student's eval
 mode computes with, so the graph and the eval-mode student cannot drift apart.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dag import GraphNet, IntAddUnit
-from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer
-from .layers import IntUnit
+from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer
+from .graphnet import GraphNet
+from .units import IntAddUnit, IntUnit
 
 
 def convert(student: GraphNet, info: dict | None = None) -> IntGraph:

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _io
-from ._run import MODEL, RunDir, check_finite, load_torch
-from .config import TeacherConfig
-from .data import batches, load_data, num_batches, to_float
-from .errors import CheckpointError, ConfigError
-from .models import build_model
-from .parallel import Runtime
-from .train import train_epoch
+from .. import _io
+from .._run import MODEL, RunDir, check_finite, load_torch
+from ..config import TeacherConfig
+from ..data import batches, load_data, num_batches, to_float
+from ..errors import CheckpointError, ConfigError
+from ..nets.models import build_model
+from ..parallel import Runtime
+from .loop import train_epoch
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ starts, with one line naming the graph node and its op.
 
 A conv or fc unit without an activation has int32 accumulators as its output (like the
 classifier): besides the network output, those may only feed an add (a residual branch
-whose ReLU comes after the sum), exactly as :class:`fiqnn.graph.IntGraph` requires. An
+whose ReLU comes after the sum), exactly as :class:`fiqnn.integer.graph.IntGraph` requires. An
 add must be followed by a ReLU or ReLU6: activations are unsigned codes.
 """
 
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 
-from .errors import FiqnnError
+from ..errors import FiqnnError
 
 
 class UnsupportedModelError(FiqnnError):
@@ -137,7 +137,7 @@ def import_model(model: nn.Module) -> list[Unit]:
 
     def unit_name(node: fx.Node) -> str:
         """The traced node's name, or, for the conv/fc of a unit-form ``nn.Sequential`` (named
-        children among drop, conv|fc, bn, act, pool: the models of :mod:`fiqnn.models`), the
+        children among drop, conv|fc, bn, act, pool: the models of :mod:`fiqnn.nets.models`), the
         name of that Sequential, so that ``conv1.conv`` becomes unit ``conv1``."""
         parent, _, child = node.target.rpartition(".")
         holder = original.get(parent) if parent else None

@@ -7,8 +7,8 @@ for ``method="ptl"``:
 0. Teacher QNN: wrap the float BN teacher with W/A-bit quantizers (activation
    steps calibrated for minimum MSE), then QAT for ``teacher_epochs``; BN is kept.
 1. Local initialisation of each student unit from the (current) teacher unit
-   (:func:`fiqnn.fold.local_init`).
-2. Stages k = 1..L (:func:`fiqnn.dag.stages`: every layer of a chain, every residual
+   (:func:`fiqnn.train.fold.local_init`).
+2. Stages k = 1..L (:func:`fiqnn.stages`: every layer of a chain, every residual
    block as a whole): the network is S_1..S_k + T_{k+1}..T_L. S_k and, with
    compensation, T_{k+1}..T_L train on
    ``CE + lambda_target * MSE(S_k out, frozen T_k out) + lambda_kd * KD``;
@@ -51,17 +51,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dag
-from ._progress import bar as progress_bar
-from .config import DistillConfig
-from .dag import GraphNet, upgrade_state
-from .data import DataBundle, batches, num_batches, to_float
-from .errors import DataError
-from .fximport import Unit, import_model, verify_import
-from .parallel import Runtime
-from .train import EPOCH_HOOK, EpochHook, Log, Stream, freeze, kd_loss, train_with_patience
+from .._progress import bar as progress_bar
+from ..config import DistillConfig
+from ..data import DataBundle, batches, num_batches, to_float
+from ..errors import DataError
+from ..nets.fximport import Unit, import_model, verify_import
+from ..parallel import Runtime
+from .fold import fold, fold_into
+from .graphnet import GraphNet, upgrade_state
+from .loop import EPOCH_HOOK, EpochHook, Log, Stream, freeze, kd_loss, train_with_patience
+from .ptl import hybrid, ptl_stage, stages
+from .qnn import build_teacher_qnn
 
-logger = logging.getLogger(__name__)  # "fiqnn.distill"
+logger = logging.getLogger(__name__)  # "fiqnn.train.distill"
 
 
 # --- building blocks --------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def reinitialised(teacher: nn.Sequential, seed: int) -> nn.Sequential:
 def teacher_qnn_from_state(teacher: nn.Module, config: DistillConfig, state: dict[str, Any],
                            calib: torch.Tensor) -> GraphNet:
     """The trained teacher QNN (after step 0) of a distill checkpoint ``state``."""
-    qnn = dag.build_teacher_qnn(import_model(teacher), config, calib)
+    qnn = build_teacher_qnn(import_model(teacher), config, calib)
     qnn.load_state_dict(upgrade_state(state["frozen"], list(qnn.units)))
     return qnn.eval()
 
@@ -167,18 +169,18 @@ def calibration(data: DataBundle, n: int) -> torch.Tensor:
 def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
             checkpoint: Callable[[dict[str, Any]], None] | None = None, resume_state: dict[str, Any] | None = None,
             progress: bool = True, log: Log | None = None, runtime: Runtime | None = None) -> GraphNet:
-    """Turn the BN ``teacher`` into a BN-free integer student, a :class:`~fiqnn.dag.GraphNet`
+    """Turn the BN ``teacher`` into a BN-free integer student, a :class:`~fiqnn.train.graphnet.GraphNet`
     (see module doc).
 
     Args:
-        teacher: a float BN model: one of :mod:`fiqnn.models`, or any module
+        teacher: a float BN model: one of :mod:`fiqnn.nets.models`, or any module
             :func:`fiqnn.import_model` accepts (not modified).
         data: the data set (train for learning, val for the schedulers; test is not used).
         config: the method and its settings.
         checkpoint: called with a resumable state after every phase.
         resume_state: a state passed earlier to ``checkpoint``; its finished phases are skipped.
         progress: show progress bars.
-        log: where progress lines go (default: info records of the ``fiqnn.distill`` logger;
+        log: where progress lines go (default: info records of the ``fiqnn.train.distill`` logger;
             nothing is printed unless the application configures :mod:`logging`).
         runtime: device, mixed precision and data-parallel rank (default: this process,
             CPU, float32); ``config.batch_size`` is the global batch.
@@ -191,16 +193,16 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
     calib = calibration(data, config.calib_images)  # built on the CPU; moved with the networks below
     check_fits(teacher, data, calib[:8])
     verify_import(teacher, units, to_float(calib[:64]))
-    qnn = dag.build_teacher_qnn(units, config, calib)
-    student = dag.fold(qnn, config, calib, progress and rt.main)  # the skeleton (and fold's result)
+    qnn = build_teacher_qnn(units, config, calib)
+    student = fold(qnn, config, calib, progress and rt.main)  # the skeleton (and fold's result)
     student.in_shape, student.num_classes = tuple(data.in_shape), data.num_classes
     state = _State(qnn, copy.deepcopy(qnn), student)
-    groups = dag.stages(qnn)
+    groups = stages(qnn)
     n = len(groups)
     stage_names = [f"{g[0]}..{g[-1]}" if len(g) > 1 else g[0] for g in groups]
 
     def random_qnn() -> nn.Module:
-        fresh = dag.build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
+        fresh = build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
         return fresh.to(rt.device)
 
     if resume_state is not None:
@@ -228,11 +230,11 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
                                                                 progress, log), lambda: state.qnn)]
     if config.method == "ptl":
         phases += [(f"stage {k + 1}/{n} ({stage_names[k]})",
-                    lambda k=k: dag.ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log),
-                    lambda k=k: dag.hybrid(state.student, state.qnn, groups, k + 1)) for k in range(n)]
+                    lambda k=k: ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log),
+                    lambda k=k: hybrid(state.student, state.qnn, groups, k + 1)) for k in range(n)]
     else:
         source = random_qnn if config.method == "scratch" else (lambda: state.frozen)
-        phases.append(("fold", lambda: dag.fold_into(state.student, source(), config, calib, progress and rt.main),
+        phases.append(("fold", lambda: fold_into(state.student, source(), config, calib, progress and rt.main),
                        lambda: state.student))
         if config.method in ("oneshot", "scratch"):
             scratch = config.method == "scratch"
@@ -339,7 +341,7 @@ def _finetune(state: _State, config: DistillConfig, stream: Stream, evaluate, pr
 
 def save_student(student: GraphNet, path: str | os.PathLike, config: DistillConfig) -> None:
     """Write the trained student (structure + weights; loads without the teacher)."""
-    from . import _io
+    from .. import _io
 
     _io.torch_save({"spec": student.spec(), "config": config.to_dict(), "state_dict": student.state_dict()},
                    Path(path))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def conv_unit(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -250,7 +250,7 @@ MODELS.update({
     "mobilenetv2-s": MobileNetV2S,
 })
 
-from ._archs import ARCHS  # noqa: E402  (the CLI's torch-free copy of the names)
+from .._archs import ARCHS  # noqa: E402  (the CLI's torch-free copy of the names)
 
 if tuple(MODELS) != ARCHS:
-    raise ImportError(f"fiqnn._archs.ARCHS {ARCHS} must list the keys of fiqnn.models.MODELS {tuple(MODELS)}")
+    raise ImportError(f"fiqnn._archs.ARCHS {ARCHS} must list the keys of fiqnn.nets.models.MODELS {tuple(MODELS)}")
