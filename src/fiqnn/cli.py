@@ -58,8 +58,6 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def cmd_distill(args: argparse.Namespace) -> int:
     from ._run import CONFIG, read_json
     from .config import DISTILL_FLAGS, DistillConfig

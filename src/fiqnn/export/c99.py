@@ -199,26 +199,18 @@ def model_c(graph: IntGraph) -> str:
         descs.append("    {" + ", ".join(str(v) for v in (c, h, w, o, ho, wo, *geometry, bits))
                      + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {int(len(layer.mult) > 1)}, "
                      f"{0 if layer.a_bits is None else act_range(layer.a_bits)[1]}, {k}, {s_}, {p}, {ph_}, {pw_}}}")
-    kinds = {type(node) for node in graph.layers}
     parts.append(_KERNELS)
     if any(layer.pool for layer in graph.int_layers()):
         parts.append(_MAXPOOL)
-    if IntAdd in kinds:
-        parts.append(_ADD)
-    if IntAvgPool in kinds:
-        parts.append(_AVGPOOL)
+    kinds = {type(node) for node in graph.layers}
+    parts += [C_NODES[kind][1] for kind in C_NODES if kind in kinds and C_NODES[kind][1]]
     c, h, w = graph.in_shape
     if c > 1:
         parts.append(_TRANSPOSE.format(c=c, hw=h * w))
     parts.append(f"static const fiqnn_layer layers[{len(descs)}] = {{\n" + ",\n".join(descs) + "\n};\n\n")
     parts.append(f"static int32_t arena[{max(arena['total'] // 4, 1)}];  /* {arena['total']} bytes */\n\n")
 
-    def u8(name: str) -> str:
-        return "input" if name == "input" and c == 1 else f"(A + {off[name]})"
-
-    def i32(name: str) -> str:
-        return f"(const int32_t *)(const void *)(A + {off[name]})"
-
+    x = _Emit(graph, off, shapes, index, by_name, c == 1)
     wrow_off, wrow_size = arena["weight_row"]
     body = ["int fiqnn_run(const uint8_t *input, int32_t *logits)", "{",
             "    uint8_t *const A = (uint8_t *)arena;  /* int32 tensors sit at 4-byte aligned offsets */",
@@ -229,39 +221,62 @@ def model_c(graph: IntGraph) -> str:
     for node in graph.layers:
         src = graph.sources(node)
         body.append(f"    /* {where[node.name]} ({node.kind}) <- {', '.join(where[s] for s in src)} */")
-        if isinstance(node, IntLayer):
-            L = f"&layers[{index[node.name]}]"
-            if node is graph.layers[-1]:
-                body.append(f"    conv_hwc({L}, {u8(src[0])}, 0, logits, wrow);")
-            elif node.a_bits is None:
-                body.append(f"    conv_hwc({L}, {u8(src[0])}, 0, (int32_t *)(void *)(A + {off[node.name]}), wrow);")
-            elif node.pool:
-                body.append(f"    conv_hwc({L}, {u8(src[0])}, A + {off[node.name, 'prepool']}, 0, wrow);")
-                body.append(f"    max_pool_hwc({L}, A + {off[node.name, 'prepool']}, A + {off[node.name]});")
-            else:
-                body.append(f"    conv_hwc({L}, {u8(src[0])}, A + {off[node.name]}, 0, wrow);")
-        elif isinstance(node, IntAdd):
-            body.append("    {")
-            body.append(f"        fiqnn_term t[{len(src)}];")
-            for j, (name, m) in enumerate(zip(src, node.mult)):
-                acc = name != "input" and by_name[name].a_bits is None
-                body.append(f"        t[{j}].u8 = {'0' if acc else u8(name)};")
-                body.append(f"        t[{j}].i32 = {i32(name) if acc else '0'};")
-                body.append(f"        t[{j}].mult = {int(m)};")
-            body.append(f"        add_terms(t, {len(src)}, {int(np.prod(shapes[node.name]))}L, {int(node.shift[0])}, "
-                        f"{act_range(node.a_bits)[1]}, A + {off[node.name]});")
-            body.append("    }")
-        else:
-            (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
-            ci, hi, wi = shapes[src[0]]
-            _, ho, wo = shapes[node.name]
-            fields = (ci, hi, wi, kh, kw, sh, sw, ph, pw, ho, wo, int(node.mult[0]), int(node.shift[0]),
-                      act_range(node.a_bits)[1])
-            body.append(f"    {{ static const fiqnn_avgpool P = {{{', '.join(map(str, fields))}}};")
-            body.append(f"      avg_pool_hwc(&P, {u8(src[0])}, A + {off[node.name]}); }}")
+        body += C_NODES[type(node)][0](x, node, src)
     body += ["    return 0;", "}", ""]
     parts.append("\n".join(body))
     return "".join(parts)
+
+
+class _Emit:
+    """What a node's emitter needs: where each tensor lives in the arena, the shapes, and the
+    layer table's index of each conv/fc layer."""
+
+    def __init__(self, graph: IntGraph, off: dict, shapes: dict, index: dict, by_name: dict, input_in_place: bool):
+        self.graph, self.off, self.shapes, self.index, self.by_name = graph, off, shapes, index, by_name
+        self.input_in_place = input_in_place  # a one-channel image is read where it is
+
+    def u8(self, name: str) -> str:
+        return "input" if name == "input" and self.input_in_place else f"(A + {self.off[name]})"
+
+    def i32(self, name: str) -> str:
+        return f"(const int32_t *)(const void *)(A + {self.off[name]})"
+
+
+def _emit_layer(x: _Emit, node: IntLayer, src: tuple[str, ...]) -> list[str]:
+    """(E2), (E4), (E7): one conv_hwc call on the layer table's entry (and a max-pool)."""
+    L, off = f"&layers[{x.index[node.name]}]", x.off
+    if node is x.graph.layers[-1]:
+        return [f"    conv_hwc({L}, {x.u8(src[0])}, 0, logits, wrow);"]
+    if node.a_bits is None:
+        return [f"    conv_hwc({L}, {x.u8(src[0])}, 0, (int32_t *)(void *)(A + {off[node.name]}), wrow);"]
+    if node.pool:
+        return [f"    conv_hwc({L}, {x.u8(src[0])}, A + {off[node.name, 'prepool']}, 0, wrow);",
+                f"    max_pool_hwc({L}, A + {off[node.name, 'prepool']}, A + {off[node.name]});"]
+    return [f"    conv_hwc({L}, {x.u8(src[0])}, A + {off[node.name]}, 0, wrow);"]
+
+
+def _emit_add(x: _Emit, node: IntAdd, src: tuple[str, ...]) -> list[str]:
+    """(E9): one term per input (codes or accumulators, and its multiplier), then add_terms."""
+    body = ["    {", f"        fiqnn_term t[{len(src)}];"]
+    for j, (name, m) in enumerate(zip(src, node.mult)):
+        acc = name != "input" and x.by_name[name].a_bits is None
+        body.append(f"        t[{j}].u8 = {'0' if acc else x.u8(name)};")
+        body.append(f"        t[{j}].i32 = {x.i32(name) if acc else '0'};")
+        body.append(f"        t[{j}].mult = {int(m)};")
+    body.append(f"        add_terms(t, {len(src)}, {int(np.prod(x.shapes[node.name]))}L, {int(node.shift[0])}, "
+                f"{act_range(node.a_bits)[1]}, A + {x.off[node.name]});")
+    return body + ["    }"]
+
+
+def _emit_avgpool(x: _Emit, node: IntAvgPool, src: tuple[str, ...]) -> list[str]:
+    """(E10): the window geometry and (mult, shift) as a static descriptor, then avg_pool_hwc."""
+    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+    ci, hi, wi = x.shapes[src[0]]
+    _, ho, wo = x.shapes[node.name]
+    fields = (ci, hi, wi, kh, kw, sh, sw, ph, pw, ho, wo, int(node.mult[0]), int(node.shift[0]),
+              act_range(node.a_bits)[1])
+    return [f"    {{ static const fiqnn_avgpool P = {{{', '.join(map(str, fields))}}};",
+            f"      avg_pool_hwc(&P, {x.u8(src[0])}, A + {x.off[node.name]}); }}"]
 
 
 _KERNELS = r"""typedef struct {
@@ -476,6 +491,10 @@ int main(int argc, char **argv)
     return fclose(out) == 0 ? 0 : 1;
 }
 """
+
+
+# One emitter per node class, and the C kernels it calls beyond conv_hwc (None: nothing more).
+C_NODES = {IntLayer: (_emit_layer, None), IntAdd: (_emit_add, _ADD), IntAvgPool: (_emit_avgpool, _AVGPOOL)}
 
 
 def export_c(graph: IntGraph, out_dir: str | os.PathLike) -> Path:

@@ -60,13 +60,8 @@ def to_onnx(graph: IntGraph) -> onnx.ModelProto:
     const("zero_i64", np.array(0, np.int64))
     names, shapes = {"input": "x_q"}, node_shapes(graph)  # names: IntGraph node -> its ONNX output tensor
     for i, node in enumerate(graph.layers):
-        ins, n = [names[src] for src in graph.sources(node)], f"n{i}"
-        if isinstance(node, IntAdd):
-            names[node.name] = _add(n, node, ins, nodes, const)
-        elif isinstance(node, IntAvgPool):
-            names[node.name] = _avg_pool(n, node, ins[0], nodes, const, channels=shapes[node.name][0])
-        else:
-            names[node.name] = _layer(n, node, ins[0], nodes, const)
+        ins = [names[src] for src in graph.sources(node)]
+        names[node.name] = EMITTERS[type(node)](f"n{i}", node, ins, shapes[node.name], nodes, const)
     nodes.append(helper.make_node("Flatten", [names[graph.layers[-1].name]], ["logits"], axis=1))
     c, h, w = graph.in_shape
     g = helper.make_graph(
@@ -80,8 +75,9 @@ def to_onnx(graph: IntGraph) -> onnx.ModelProto:
     return model
 
 
-def _layer(n: str, layer: IntLayer, x: str, nodes: list, const) -> str:
+def _layer(n: str, layer: IntLayer, ins: list[str], shape: tuple, nodes: list, const) -> str:
     """(E2), (E4), (E7); ``n`` prefixes every tensor name."""
+    x = ins[0]
     w_u8 = (layer.w_q.astype(np.int16) + 128).astype(np.uint8)  # exact: w_q in [-127, 127]
     chan = (1, -1, 1, 1)  # per output channel, over (N, O, H, W)
     if layer.kind == "conv":
@@ -130,7 +126,7 @@ def _shift_clamp(n: str, prod: str, shift: np.ndarray, a_bits: int, chan: tuple,
     return f"{n}.y_q"
 
 
-def _add(n: str, node: IntAdd, ins: list[str], nodes: list, const) -> str:
+def _add(n: str, node: IntAdd, ins: list[str], shape: tuple, nodes: list, const) -> str:
     """(E9): Cast<int64> and Mul per input, a chain of Add (ONNX Sum has no integer kernel)."""
     terms = []
     for i, (x, m) in enumerate(zip(ins, node.mult)):
@@ -145,8 +141,9 @@ def _add(n: str, node: IntAdd, ins: list[str], nodes: list, const) -> str:
     return _shift_clamp(n, total, node.shift, node.a_bits, (1,), nodes, const)
 
 
-def _avg_pool(n: str, node: IntAvgPool, x: str, nodes: list, const, channels: int) -> str:
+def _avg_pool(n: str, node: IntAvgPool, ins: list[str], shape: tuple, nodes: list, const) -> str:
     """(E10): window sums as a depthwise ConvInteger with a kernel of ones, then (E3)/(E4)."""
+    x, channels = ins[0], shape[0]
     ones = np.ones((channels, 1, *node.kernel), np.uint8)
     nodes.append(helper.make_node(
         "ConvInteger", [x, const(f"{n}.ones", ones), "zero_u8", "zero_u8"], [f"{n}.sum"], group=channels,
@@ -156,6 +153,11 @@ def _avg_pool(n: str, node: IntAvgPool, x: str, nodes: list, const, channels: in
     nodes.append(helper.make_node("Mul", [f"{n}.sum64", const(f"{n}.mult", np.array(int(node.mult[0]), np.int64))],
                                   [f"{n}.prod"]))
     return _shift_clamp(n, f"{n}.prod", node.shift, node.a_bits, (1,), nodes, const)
+
+
+# One emitter per node class: (tensor-name prefix, node, its input tensors, its output shape,
+# the node list, the constant maker) -> the name of its output tensor.
+EMITTERS = {IntLayer: _layer, IntAdd: _add, IntAvgPool: _avg_pool}
 
 
 def export_onnx(graph: IntGraph, path: str | os.PathLike) -> None:

@@ -115,12 +115,13 @@ def avg_pool(x_q: np.ndarray, node: IntAvgPool) -> np.ndarray:
     return np.clip(codes, 0, act_range(node.a_bits)[1]).astype(np.uint8)
 
 
+# One kernel per node class, on the list of the node's input arrays.
+KERNELS = {IntLayer: lambda xs, node: run_layer(xs[0], node), IntAdd: add,
+           IntAvgPool: lambda xs, node: avg_pool(xs[0], node)}
+
+
 def run_node(inputs: list[np.ndarray], node: Node) -> np.ndarray:
-    if isinstance(node, IntAdd):
-        return add(inputs, node)
-    if isinstance(node, IntAvgPool):
-        return avg_pool(inputs[0], node)
-    return run_layer(inputs[0], node)
+    return KERNELS[type(node)](inputs, node)
 
 
 def as_graph(model: IntGraph | str | os.PathLike) -> IntGraph:

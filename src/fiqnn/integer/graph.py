@@ -40,6 +40,7 @@ class OverflowProofError(FiqnnError):
 
 _ARRAYS = {"w_q": np.int8, "bias_q": np.int32, "mult": np.int32, "shift": np.int32}
 
+
 # Node names come from model files, i.e. from strangers: one identifier, so that no name can
 # carry a newline, a comment terminator or a path into a message, generated code or a zip member.
 def _is_int(v: object) -> bool:
@@ -60,13 +61,11 @@ def check_name(name: object, what: str = "node") -> None:
                              "([A-Za-z_][A-Za-z0-9_]*, not 'input')")
 
 
-def _arrays_of(kind: str) -> tuple[str, ...]:
-    return tuple(_ARRAYS) if kind in ("conv", "fc") else ("mult", "shift")
-
-
 @dataclass(frozen=True, eq=False)
 class IntLayer:
     """One integer layer: ``acc = conv/fc(x_q, w_q) + bias_q`` (E2), then (E4) and (E7)."""
+
+    ARRAYS = ("w_q", "bias_q", "mult", "shift")  # (not a field) the arrays a model file stores for it
 
     name: str
     kind: str  # "conv" | "fc"
@@ -161,6 +160,32 @@ class IntLayer:
                 "dilation": list(self.dilation), "groups": self.groups,
                 "pool": list(self.pool) if self.pool else None, "inputs": list(self.inputs)}
 
+    @classmethod
+    def from_meta(cls, m: dict, arrays: dict[str, np.ndarray]) -> IntLayer:
+        return cls(name=m["name"], kind=m["kind"], in_bits=m["in_bits"], w_bits=m["w_bits"], a_bits=m["a_bits"],
+                   stride=tuple(m["stride"]), padding=tuple(m["padding"]), dilation=tuple(m["dilation"]),
+                   groups=m["groups"], pool=tuple(m["pool"]) if m["pool"] else None,
+                   inputs=tuple(m.get("inputs", ())), **arrays)  # files from before residual graphs have no inputs
+
+    def out_shape(self, ins: list[tuple[int, int, int]], srcs: list[Node | None], bad) -> tuple[int, int, int]:
+        """The (C, H, W) output for input shape ``ins[0]`` (fc: (O, 1, 1)), checking the edge."""
+        _check_codes_in(self, srcs[0], bad)
+        c, h, w = ins[0]
+        if self.kind == "fc":
+            if self.w_q.shape[1] != c * h * w:
+                raise bad(f"has {self.w_q.shape[1]} inputs but {_name(srcs[0])} gives {c}x{h}x{w}")
+            return (self.out_channels, 1, 1)
+        kh, kw = self.w_q.shape[2:]
+        if self.w_q.shape[1] * self.groups != c or self.out_channels % self.groups:
+            raise bad(f"weights {self.w_q.shape} with {self.groups} groups do not fit {c} input channels")
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        out = (self.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+               (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        if self.pool:
+            k, s_, p_ = self.pool
+            out = (out[0], (out[1] + 2 * p_ - k) // s_ + 1, (out[2] + 2 * p_ - k) // s_ + 1)
+        return out
+
 
 def _check_geometry(bad, **fields: tuple) -> None:
     """Each field a pair of integers no smaller than its minimum (stride and dilation 1, padding 0)."""
@@ -195,6 +220,8 @@ class IntAdd:
     """(E9) Residual add: ``y = clamp(rshift_round(sum_i v_i * mult[i], shift), 0, 2^A - 1)``,
     each input ``v_i`` uint8 codes or int32 accumulators, the sum in int64."""
 
+    ARRAYS = ("mult", "shift")
+
     name: str
     inputs: tuple[str, ...]  # two or more earlier nodes (or "input")
     mult: np.ndarray  # int32 (len(inputs),)
@@ -211,12 +238,30 @@ class IntAdd:
     def meta(self) -> dict:
         return {"name": self.name, "kind": "add", "inputs": list(self.inputs), "a_bits": self.a_bits}
 
+    @classmethod
+    def from_meta(cls, m: dict, arrays: dict[str, np.ndarray]) -> IntAdd:
+        return cls(name=m["name"], inputs=tuple(m.get("inputs", ())), a_bits=m["a_bits"], **arrays)
+
+    def out_shape(self, ins: list[tuple[int, int, int]], srcs: list[Node | None], bad) -> tuple[int, int, int]:
+        """The inputs' common shape; (E9) proven: the int64 sum stays below 2^62 for every input."""
+        if any(shape != ins[0] for shape in ins):
+            raise bad(f"adds tensors of different shapes {ins}")
+        total = 0
+        for src, m in zip(srcs, self.mult):
+            b = out_bits(src)
+            total += int(m) * (act_range(b)[1] if b is not None else src.acc_bound())
+        if total >= 2**62:
+            raise OverflowProofError(f"node {self.name}: its int64 sum could reach {total} >= 2^62 (E9)")
+        return ins[0]
+
 
 @dataclass(frozen=True, eq=False)
 class IntAvgPool:
     """(E10) Average pool: window sums of codes (zero padding counts), then
     ``clamp(rshift_round(sum * mult, shift), 0, 2^A - 1)``; mult / 2^shift ~ 1 / (kh * kw)
     times the ratio of input to output scale."""
+
+    ARRAYS = ("mult", "shift")
 
     name: str
     kernel: tuple[int, int]
@@ -248,8 +293,35 @@ class IntAvgPool:
                 "padding": list(self.padding), "in_bits": self.in_bits, "a_bits": self.a_bits,
                 "inputs": list(self.inputs)}
 
+    @classmethod
+    def from_meta(cls, m: dict, arrays: dict[str, np.ndarray]) -> IntAvgPool:
+        return cls(name=m["name"], kernel=tuple(m["kernel"]), stride=tuple(m["stride"]), padding=tuple(m["padding"]),
+                   in_bits=m["in_bits"], a_bits=m["a_bits"], inputs=tuple(m.get("inputs", ())), **arrays)
+
+    def out_shape(self, ins: list[tuple[int, int, int]], srcs: list[Node | None], bad) -> tuple[int, int, int]:
+        _check_codes_in(self, srcs[0], bad)
+        c, h, w = ins[0]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
 
 Node = IntLayer | IntAdd | IntAvgPool
+# A node's kind in a model file -> its class: each class checks its own fields on construction,
+# reads itself from a file (from_meta, ARRAYS) and gives its output shape (out_shape).
+NODES: dict[str, type] = {"conv": IntLayer, "fc": IntLayer, "add": IntAdd, "avgpool": IntAvgPool}
+
+
+def _name(node: Node | None) -> str:
+    return "input" if node is None else node.name
+
+
+def _check_codes_in(node: Node, src: Node | None, bad) -> None:
+    """A node that reads codes: its input must be codes of its ``in_bits``."""
+    b = out_bits(src)
+    if b is None:
+        raise bad(f"reads the int32 accumulators of {_name(src)}; only an add may")
+    if b != node.in_bits:
+        raise bad(f"takes {node.in_bits}-bit codes but {_name(src)} makes {b}-bit ones")
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,43 +398,9 @@ def node_shapes(graph: IntGraph) -> dict[str, tuple[int, int, int]]:
         for src in srcs:
             if src not in nodes:
                 raise bad(f"reads {src!r}, which is not an earlier node")
-        ins = [shapes[src] for src in srcs]
-        if isinstance(node, IntAdd):
-            if any(shape != ins[0] for shape in ins):
-                raise bad(f"adds tensors of different shapes {ins}")
-            total = 0
-            for src, m in zip(srcs, node.mult):
-                b = out_bits(nodes[src])
-                total += int(m) * (act_range(b)[1] if b is not None else nodes[src].acc_bound())
-            if total >= 2**62:
-                raise OverflowProofError(f"node {node.name}: its int64 sum could reach {total} >= 2^62 (E9)")
-            out = ins[0]
-        else:
-            b = out_bits(nodes[srcs[0]])
-            if b is None:
-                raise bad(f"reads the int32 accumulators of {srcs[0]}; only an add may")
-            if b != node.in_bits:
-                raise bad(f"takes {node.in_bits}-bit codes but {srcs[0]} makes {b}-bit ones")
-            c, h, w = ins[0]
-            if isinstance(node, IntAvgPool):
-                (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
-                out = (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-            elif node.kind == "fc":
-                if node.w_q.shape[1] != c * h * w:
-                    raise bad(f"has {node.w_q.shape[1]} inputs but {srcs[0]} gives {c}x{h}x{w}")
-                out = (node.out_channels, 1, 1)
-            else:
-                kh, kw = node.w_q.shape[2:]
-                if node.w_q.shape[1] * node.groups != c or node.out_channels % node.groups:
-                    raise bad(f"weights {node.w_q.shape} with {node.groups} groups do not fit {c} input channels")
-                (sh, sw), (ph, pw), (dh, dw) = node.stride, node.padding, node.dilation
-                out = (node.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                       (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-                if node.pool:
-                    k, s_, p_ = node.pool
-                    out = (out[0], (out[1] + 2 * p_ - k) // s_ + 1, (out[2] + 2 * p_ - k) // s_ + 1)
-            if min(out) < 1:
-                raise bad(f"its output would be empty ({out}) for input {ins[0]}")
+        out = node.out_shape([shapes[src] for src in srcs], [nodes[src] for src in srcs], bad)
+        if min(out) < 1:
+            raise bad(f"its output would be empty ({out}) for input {shapes[srcs[0]]}")
         shapes[node.name], nodes[node.name] = out, node
         if isinstance(node, IntLayer) and node.a_bits is None and node is not graph.layers[-1]:
             if any(not isinstance(n, IntAdd) for n in readers.get(node.name, [])):

@@ -29,13 +29,12 @@ from ..errors import FiqnnError
 from .arith import ARITH_VERSION, acc_bound, act_range
 from .graph import (
     _ARRAYS,
-    IntAdd,
+    NODES,
     IntAvgPool,
     IntGraph,
     IntLayer,
     ModelFileError,
     Node,
-    _arrays_of,
     _is_int,
     check_name,
 )
@@ -56,7 +55,7 @@ def save(graph: IntGraph, path: str | os.PathLike) -> None:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for layer in graph.layers:
             meta["layers"].append(layer.meta())
-            for key in _arrays_of(layer.kind):
+            for key in layer.ARRAYS:
                 member = f"{layer.name}.{key}.npy"
                 arr_buf = io.BytesIO()
                 np.lib.format.write_array(arr_buf, np.ascontiguousarray(getattr(layer, key)), allow_pickle=False)
@@ -176,23 +175,14 @@ def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> IntGraph:
             layers = []
             for m in meta["layers"]:
                 check_name(m["name"])
+                if m["kind"] not in NODES:
+                    raise ModelFileError(f"node {m['name']}: unknown kind {str(m['kind'])[:20]!r}")
+                cls = NODES[m["kind"]]
                 arrays = {}
-                for key in _arrays_of(m["kind"]):
+                for key in cls.ARRAYS:
                     member = f"{m['name']}.{key}.npy"
                     arrays[key] = _read_array(z, member, _ARRAYS[key], meta["sha256"].get(member))
-                inputs = tuple(m.get("inputs", ()))  # files from before residual graphs have none
-                if m["kind"] == "add":
-                    layers.append(IntAdd(name=m["name"], inputs=inputs, a_bits=m["a_bits"], **arrays))
-                elif m["kind"] == "avgpool":
-                    layers.append(IntAvgPool(name=m["name"], kernel=tuple(m["kernel"]), stride=tuple(m["stride"]),
-                                             padding=tuple(m["padding"]), in_bits=m["in_bits"],
-                                             a_bits=m["a_bits"], inputs=inputs, **arrays))
-                else:
-                    layers.append(IntLayer(
-                        name=m["name"], kind=m["kind"], in_bits=m["in_bits"], w_bits=m["w_bits"],
-                        a_bits=m["a_bits"], stride=tuple(m["stride"]), padding=tuple(m["padding"]),
-                        dilation=tuple(m["dilation"]), groups=m["groups"],
-                        pool=tuple(m["pool"]) if m["pool"] else None, inputs=inputs, **arrays))
+                layers.append(cls.from_meta(m, arrays))
             return IntGraph(tuple(meta["in_shape"]), meta["num_classes"], tuple(layers), version,
                             meta.get("info", {}))
     except FileNotFoundError:

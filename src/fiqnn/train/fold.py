@@ -10,8 +10,10 @@ so that ``conv(x_q, w_c) + b_c`` approximates the teacher's output *codes*. The
 student quantizes ``w_c`` to W bits with one step per layer (or per channel),
 makes the bias an integer, and then fits its scale ``alpha`` (= the step, at
 first) by least squares against the teacher's codes on calibration inputs,
-refined by a search on the true clipped-and-rounded error. Applied to every
-layer on its own, this is the ``fold`` baseline.
+refined by a search on the true clipped-and-rounded error (:func:`local_init`). Units that
+are not layers (adds, average pools) initialise themselves (``init_student``,
+:mod:`fiqnn.train.blocks`); :func:`init_unit` picks the rule, :func:`fold` applies it to
+every unit of a network at once: the ``fold`` baseline, and the start of oneshot.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .._progress import bar as progress_bar
 from ..config import DistillConfig
 from ..integer.arith import act_range
 from .graphnet import GraphNet
-from .units import IntAddUnit, IntAvgPoolUnit, IntUnit, QnnAdd, QnnUnit
+from .units import IntUnit, QnnUnit
 
 
 @torch.no_grad()
@@ -138,32 +140,23 @@ def _median_ratio(acc: torch.Tensor, target: torch.Tensor, dims: list[int]) -> t
 
 
 @torch.no_grad()
-def init_unit(name: str, t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], students: dict[str, nn.Module],
+def init_unit(t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], students: dict[str, nn.Module],
               config: DistillConfig, last: bool) -> nn.Module:
     """Local initialisation of one student unit from teacher unit ``t``, whose inputs on the
     calibration images are ``env[src]``; ``students`` holds the already initialised units
-    (an add reads the scale of the residual branch feeding it)."""
-    if isinstance(t, QnnUnit):
-        raw = t.a_bits is None and not last
-        in_bits = 8 if srcs == ["input"] else config.a_bits
-        s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel")
-        s.raw = raw
-        return s
-    out = float(t.aq.step)
-    if isinstance(t, QnnAdd):
-        s = IntAddUnit(len(srcs), t.a_bits)
-        betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
-                 for src, sc in zip(srcs, t.in_scales.tolist())]
-        s.log_beta.copy_(torch.tensor(betas).log())
-        return s
-    (kh, kw), _, _ = t.window
-    s = IntAvgPoolUnit(t.window, 8 if srcs == ["input"] else config.a_bits, t.a_bits)
-    s.log_beta.copy_(torch.tensor(float(t.in_scale) / (kh * kw * out)).log())
+    (an add reads the scale of the residual branch feeding it). A conv/fc layer is folded and
+    fitted by :func:`local_init`; every other unit initialises itself (``t.init_student``)."""
+    if not isinstance(t, QnnUnit):
+        return t.init_student(srcs, students, config)
+    in_bits = 8 if srcs == ["input"] else config.a_bits
+    s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel")
+    s.raw = t.a_bits is None and not last  # a residual branch: its accumulators feed an add
     return s
+
 
 @torch.no_grad()
 def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor, progress: bool = False) -> GraphNet:
-    """Step 1 for a DAG: every student unit from its teacher unit, on the teacher's own inputs.
+    """Step 1: every student unit from its teacher unit, on the teacher's own inputs.
 
     Residual branches get one scale per layer even with ``per-channel`` (the add's (E9)
     multiplier is one per input)."""
@@ -171,8 +164,9 @@ def fold(qnn: GraphNet, config: DistillConfig, calib_x: torch.Tensor, progress: 
     last = list(qnn.units)[-1]
     students: dict[str, nn.Module] = {}
     for name, t in progress_bar(qnn.units.items(), progress=progress, desc="fold", total=len(qnn.units), unit="unit"):
-        students[name] = init_unit(name, t, qnn.inputs[name], env, students, config, name == last)
+        students[name] = init_unit(t, qnn.inputs[name], env, students, config, name == last)
     return GraphNet([(n, m, qnn.inputs[n]) for n, m in students.items()]).eval()
+
 
 @torch.no_grad()
 def fold_into(student: GraphNet, source: GraphNet, config: DistillConfig, calib: torch.Tensor,

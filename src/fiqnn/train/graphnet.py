@@ -9,13 +9,12 @@ a saved student loads without the teacher it came from.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from .units import Geometry, IntAddUnit, IntAvgPoolUnit, IntUnit
+from .blocks import STUDENTS
 
 
 class GraphNet(nn.Module):
@@ -42,17 +41,8 @@ class GraphNet(nn.Module):
 
     def spec(self) -> dict:
         """A student's structure in plain JSON values (it loads without the teacher)."""
-        units = []
-        for name, u in self.units.items():
-            d = {"name": name, "inputs": self.inputs[name]}
-            if isinstance(u, IntUnit):
-                d.update(type="int", geometry=dataclasses.asdict(u.geometry), weight_shape=list(u.weight.shape),
-                         in_bits=u.in_bits, w_bits=u.w_bits, a_bits=u.a_bits, per_channel=u.per_channel, raw=u.raw)
-            elif isinstance(u, IntAddUnit):
-                d.update(type="add", n_inputs=len(u.log_beta), a_bits=u.a_bits)
-            else:
-                d.update(type="avgpool", window=[list(x) for x in u.window], in_bits=u.in_bits, a_bits=u.a_bits)
-            units.append(d)
+        units = [{"name": name, "inputs": self.inputs[name], "type": u.spec_type, **u.spec_fields()}
+                 for name, u in self.units.items()]
         return {"graph": True, "in_shape": list(self.in_shape), "num_classes": self.num_classes, "units": units}
 
     @staticmethod
@@ -63,20 +53,11 @@ class GraphNet(nn.Module):
         for d in spec["units"]:
             d = {"type": "int", "inputs": [previous], "raw": False, **d}
             previous = d["name"]
-            if d["type"] == "int":
-                g = d["geometry"]
-                geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
-                                    tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
-                u = IntUnit(geometry, tuple(d["weight_shape"]), d["in_bits"], d["w_bits"], d["a_bits"],
-                            d["per_channel"], d["raw"])
-            elif d["type"] == "add":
-                u = IntAddUnit(d["n_inputs"], d["a_bits"])
-            else:
-                u = IntAvgPoolUnit(tuple(tuple(x) for x in d["window"]), d["in_bits"], d["a_bits"])
-            built.append((d["name"], u, d["inputs"]))
+            built.append((d["name"], STUDENTS[d["type"]].from_fields(d), d["inputs"]))
         net = GraphNet(built)
         net.in_shape, net.num_classes = tuple(spec["in_shape"]), spec["num_classes"]
         return net
+
 
 def upgrade_state(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """A state dict of a network with units ``names``, from either form fiqnn has saved: a

@@ -30,11 +30,13 @@ def stages(qnn: GraphNet) -> list[list[str]]:
     every unit is its own stage (docs/method.md: layer-by-layer conversion)."""
     return _cut(list(qnn.units), qnn.inputs, {n for n, u in qnn.units.items() if getattr(u, "a_bits", None)})
 
+
 def stage_count(teacher: nn.Module) -> int:
     """How many PTL stages distilling ``teacher`` runs (:func:`stages` of its units)."""
     units = import_model(teacher)
     codes = {u.name for u in units if u.kind in ("add", "avgpool") or u.act is not None}
     return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, codes))
+
 
 def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str]) -> list[list[str]]:
     index = {n: i for i, n in enumerate(names)} | {"input": -1}
@@ -46,10 +48,12 @@ def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str]) -> lis
             start = i + 1
     return out
 
+
 def hybrid(student: GraphNet, qnn: GraphNet, groups: list[list[str]], k: int) -> GraphNet:
     """Stages 1..k from the student, the rest from the teacher QNN (shared modules)."""
     converted = {n for g in groups[:k] for n in g}
     return GraphNet([(n, student.units[n] if n in converted else qnn.units[n], qnn.inputs[n]) for n in qnn.units])
+
 
 def stage_loss(student: GraphNet, qnn: GraphNet, frozen: GraphNet, groups: list[list[str]], k: int,
                config: DistillConfig) -> tuple[GraphNet, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -69,6 +73,7 @@ def stage_loss(student: GraphNet, qnn: GraphNet, frozen: GraphNet, groups: list[
 
     return net, loss_fn
 
+
 def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, stream, calib: torch.Tensor,
               val_acc, progress: bool, log) -> list[dict]:
     """Stage k+1 of PTL over blocks: convert the units of ``groups[k]`` (initialised from the
@@ -83,7 +88,7 @@ def ptl_stage(state, groups: list[list[str]], k: int, config: DistillConfig, str
         env = before.outputs(calib)
         done: dict[str, nn.Module] = {n: student.units[n] for g in groups[:k] for n in g}
         for n in group:
-            init = init_unit(n, qnn.units[n], qnn.inputs[n], env, done, config, n == last_name)
+            init = init_unit(qnn.units[n], qnn.inputs[n], env, done, config, n == last_name)
             student.units[n].load_state_dict(init.state_dict())
             if isinstance(init, IntUnit):
                 student.units[n].raw = init.raw

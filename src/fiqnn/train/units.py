@@ -17,6 +17,8 @@ plain :class:`fiqnn.train.graphnet.GraphNet` of units. The network input is the 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DistillConfig
 from ..integer.arith import acc_bound, act_range, exact_float_dtype, quantize_multiplier, weight_range
+from ..integer.graph import IntLayer
+from ..nets.fximport import Unit
 from .quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
 
 
@@ -144,6 +149,28 @@ class QnnUnit(_Cached):
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
 
+    @classmethod
+    def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
+                  w_bits: int) -> QnnUnit:
+        """The teacher unit of an imported conv/fc ``u`` reading codes of step ``in_scales[0]``."""
+        if in_scales[0] is None:
+            raise ValueError(f"{u.name} reads int32 accumulators")
+        parts = [("drop", u.drop)] if u.drop is not None else []
+        parts += [(u.kind, u.layer)] + ([("bn", u.bn)] if u.bn is not None else [])
+        if u.act:
+            parts.append(("act", nn.ReLU6() if u.act == "relu6" else nn.ReLU()))
+        if u.pool:
+            parts.append(("pool", nn.MaxPool2d(*u.pool)))
+        return cls(nn.Sequential(OrderedDict(parts)), in_scales[0], w_bits, config.a_bits if u.act else None,
+                   config.teacher_quantizer)
+
+    def calibrate(self, x_q: torch.Tensor) -> float | None:
+        """Set the activation step for minimum MSE on ``x_q``; the step, or None for accumulators."""
+        if self.aq is None:
+            return None
+        self.aq.init_step(F.hardtanh(self.pre_act(x_q), 0.0, 6.0) if self.relu6 else F.relu(self.pre_act(x_q)))
+        return float(self.aq.step)
+
 
 class IntUnit(_Cached):
     """One BN-free student layer computing in the integer code domain.
@@ -160,6 +187,8 @@ class IntUnit(_Cached):
     at most 2^24 and in float64 otherwise (exact either way, (E8)), requantization
     (E4) in int64.
     """
+
+    spec_type = "int"  # its type in a student's spec (GraphNet.spec)
 
     def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
                  a_bits: int | None, per_channel: bool = False, raw: bool = False):
@@ -242,96 +271,24 @@ class IntUnit(_Cached):
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
 
+    def spec_fields(self) -> dict:
+        return {"geometry": dataclasses.asdict(self.geometry), "weight_shape": list(self.weight.shape),
+                "in_bits": self.in_bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
+                "per_channel": self.per_channel, "raw": self.raw}
 
-def _act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
-    return F.hardtanh(x, 0.0, 6.0) if relu6 else F.relu(x)
+    @classmethod
+    def from_fields(cls, d: dict) -> IntUnit:
+        g = d["geometry"]
+        geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
+                            tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
+        return cls(geometry, tuple(d["weight_shape"]), d["in_bits"], d["w_bits"], d["a_bits"], d["per_channel"],
+                   d["raw"])
 
-class QnnAdd(nn.Module):
-    """Teacher residual add: real sum of the inputs (codes x their step, or real values),
-    ReLU/ReLU6, then A-bit activation codes."""
-
-    def __init__(self, in_scales: list[float | None], a_bits: int, relu6: bool = False):
-        super().__init__()
-        self.register_buffer("in_scales", torch.tensor([s if s is not None else 0.0 for s in in_scales]))
-        self.relu6, self.a_bits = relu6, a_bits
-        self.aq = LsqAct(a_bits)
-
-    def pre_act(self, *xs: torch.Tensor) -> torch.Tensor:
-        return sum(x * s if s > 0 else x for x, s in zip(xs, self.in_scales.tolist()))
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.aq(_act(self.pre_act(*xs), self.relu6))
-
-class QnnAvgPool(nn.Module):
-    """Teacher average pool of codes (zero padding counts), then A-bit activation codes."""
-
-    def __init__(self, window: tuple, in_scale: float, a_bits: int):
-        super().__init__()
-        self.window, self.a_bits = window, a_bits
-        self.register_buffer("in_scale", torch.tensor(float(in_scale)))
-        self.aq = LsqAct(a_bits)
-
-    def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.window
-        return F.avg_pool2d(x_q * self.in_scale, k, s, p, count_include_pad=True)
-
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        return self.aq(self.pre_act(x_q))
-
-class IntAddUnit(_Cached):
-    """Student residual add, (E9): ``clamp(round(sum_i v_i * beta_i), 0, 2^A - 1)``; eval mode
-    computes the integers exactly (one mult per input, one shared shift)."""
-
-    def __init__(self, n_inputs: int, a_bits: int):
-        super().__init__()
-        self.a_bits = a_bits
-        self.log_beta = nn.Parameter(torch.zeros(n_inputs))
-        self._int_cache: tuple | None = None
-
-    @torch.no_grad()
-    def integer_params(self) -> dict[str, torch.Tensor]:
-        key = _version_key(self.log_beta)
-        if self._int_cache is None or self._int_cache[0] != key:
-            beta = self.log_beta.double().exp()
-            _, shift = quantize_multiplier(float(beta.max()))
-            mult = torch.floor(beta * 2.0**shift + 0.5).clamp(1, 2**31 - 1).to(torch.int64)
-            self._int_cache = (key, {"mult": mult, "shift": torch.tensor([shift], dtype=torch.int64)})
-        return self._int_cache[1]
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        qmax = act_range(self.a_bits)[1]
-        if self.training:
-            beta = self.log_beta.exp()
-            return torch.clamp(round_half_up(sum(x * b for x, b in zip(xs, beta))), 0, qmax)
-        p = self.integer_params()
-        total = sum(x.to(torch.int64) * int(m) for x, m in zip(xs, p["mult"]))  # |total| < 2^62 (E9)
-        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
-
-class IntAvgPoolUnit(_Cached):
-    """Student average pool, (E10): ``clamp(round(window_sum * beta), 0, 2^A - 1)``."""
-
-    def __init__(self, window: tuple, in_bits: int, a_bits: int):
-        super().__init__()
-        self.window, self.in_bits, self.a_bits = window, in_bits, a_bits
-        self.log_beta = nn.Parameter(torch.zeros(()))
-        self._int_cache: tuple | None = None
-
-    @torch.no_grad()
-    def integer_params(self) -> dict[str, torch.Tensor]:
-        key = _version_key(self.log_beta)
-        if self._int_cache is None or self._int_cache[0] != key:
-            mult, shift = quantize_multiplier(float(self.log_beta.double().exp()))
-            self._int_cache = (key, {"mult": torch.tensor([mult]), "shift": torch.tensor([shift])})
-        return self._int_cache[1]
-
-    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.window
-        return F.avg_pool2d(x, k, s, p, count_include_pad=True, divisor_override=1)
-
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        qmax = act_range(self.a_bits)[1]
-        if self.training:
-            return torch.clamp(round_half_up(self.window_sum(x_q) * self.log_beta.exp()), 0, qmax)
-        p = self.integer_params()
-        total = self.window_sum(x_q.double()).to(torch.int64) * int(p["mult"][0])  # sums exact in float64
-        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
+    def to_node(self, name: str, inputs: tuple[str, ...]) -> IntLayer:
+        """The IntGraph node of this (eval-mode) layer: the integers it computes with."""
+        p, g = self.integer_params(), self.geometry
+        return IntLayer(name=name, kind=g.kind, w_q=p["w_q"].numpy().astype(np.int8),
+                        bias_q=p["bias_q"].numpy().astype(np.int32), mult=p["mult"].numpy().astype(np.int32),
+                        shift=p["shift"].numpy().astype(np.int32), in_bits=self.in_bits, w_bits=self.w_bits,
+                        a_bits=self.a_bits, stride=tuple(g.stride), padding=tuple(g.padding),
+                        dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs)
