@@ -3,9 +3,16 @@
 Before: bench/results/methods/results.json (chains through their own code path, commit 0d1dbff
 and earlier). After: the same rows re-run with ``fiqnn bench --methods ptl --bits 4,2 --scales
 per-layer --seeds 0,1`` on the code where every teacher goes through import + GraphNet, into
-bench/results/methods-one-pipeline/. Writes bench/results/methods-one-pipeline/compare.md.
+bench/results/methods-rerun/. Writes bench/results/methods-one-pipeline.md (README copies it).
 
     python bench/one_pipeline.py [--check OLD_RUN NEW_RUN]
+
+As run for the committed file (runs/ as the bench and a plain ``fiqnn distill`` left them)::
+
+    PYTHONPATH=<0d1dbff's src> python -m fiqnn distill --teacher runs/teacher \
+        --out runs/old-ptl-w2a2-per-layer-s0 --wbits 2 --abits 2 --patience 1 --max-epochs-per-stage 1 \
+        --finetune-epochs 1 --lr 0.001 --steps-per-epoch 100
+    python bench/one_pipeline.py --check runs/old-ptl-w2a2-per-layer-s0 runs/methods/runs/ptl-w2a2-per-layer-s0
 
 ``--check`` also compares two runs' model.npz byte for byte (the same row trained by the old
 and the new code on the same teacher).
@@ -21,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE = ROOT / "bench" / "results" / "methods" / "results.json"
-AFTER = ROOT / "bench" / "results" / "methods-one-pipeline" / "results.json"
+AFTER = ROOT / "bench" / "results" / "methods-rerun" / "results.json"
+OUT = ROOT / "bench" / "results" / "methods-one-pipeline.md"
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -43,13 +51,14 @@ def main() -> int:
     before, after = _rows(BEFORE), _rows(AFTER)
     teacher_before = json.loads(BEFORE.read_text())["teacher"]["test_acc"]
     teacher_after = json.loads(AFTER.read_text())["teacher"]["test_acc"]
-    lines = ["# The methods grid's chain rows after one pipeline", "",
+    lines = [
              "alexnet-s on Fashion-MNIST, ptl per-layer, the methods grid's budget (100 batches per scheduler "
              "epoch, teacher QAT 1 epoch, at most 1 per stage, patience 1, fine-tune 1; lr 1e-3 at W2A2). "
              "Integer test accuracy (%) on all 10,000 test images (numpy executor; every student bit-exact "
              "with its eval-mode torch student); mean ± half the spread (the seeds' values).", "",
              f"Before: chains through their own code path (bench/results/methods, teacher {teacher_before:.2f}%). "
-             f"After: every teacher through import + GraphNet (this directory, a retrained teacher: "
+             "After: every teacher through import + GraphNet (commit dabbbc3; bench/results/methods-rerun, "
+             "a retrained teacher: "
              f"{teacher_after:.2f}%; the float teacher's training is not bit-reproducible across runs, "
              "so the two grids start from different teachers).", "",
              "| bits | before | after | bit-exact (after) |", "|---|---|---|---|"]
@@ -65,12 +74,12 @@ def main() -> int:
     if args.check:
         digests = [hashlib.sha256((Path(d) / "model.npz").read_bytes()).hexdigest() for d in args.check]
         lines += ["", "Same arithmetic, checked on the real network: ptl W2A2 per-layer seed 0 trained on the new "
-                  "teacher by the code before the change (commit 0d1dbff) and after it gives model files that are "
+                  "teacher by the code before the change (commit 0d1dbff) and after it (dabbbc3) gives model files "
+                  "that are "
                   f"{'byte-identical' if digests[0] == digests[1] else 'DIFFERENT'} "
                   f"(sha256 {digests[0][:16]} and {digests[1][:16]})."]
-    out = AFTER.parent / "compare.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(out.read_text())
+    OUT.write_text("\n".join(lines) + "\n")
+    print(OUT.read_text())
     return 0
 
 
