@@ -25,9 +25,10 @@ from .errors import CheckpointError, FiqnnError
 from .integer.execute import run
 from .integer.graph import IntGraph
 from .integer.modelfile import load, save
+from .nets.fximport import import_model
 from .parallel import Runtime
 from .train.convert import convert
-from .train.distill import accuracy, calibration, check_distillable, distill, save_student, teacher_qnn_from_state
+from .train.distill import accuracy, calibration, distill, save_student, teacher_qnn_from_state
 from .train.graphnet import GraphNet, upgrade_state
 from .train.teacher import load_teacher
 
@@ -66,7 +67,7 @@ def distill_run(teacher_dir: str | os.PathLike, config: DistillConfig, out: str 
     rt = runtime or Runtime()
     rt.check_batch(config.batch_size)
     teacher = load_teacher(teacher_dir)
-    check_distillable(teacher)
+    import_model(teacher)  # refuse an unsupported teacher before the run directory exists
     tcfg, data = teacher_data(teacher_dir)
     teacher_path = Path(teacher_dir).resolve()  # stored absolute and relative to ``out``: see teacher_dir_of
     where = {"teacher": str(teacher_path), "teacher_rel": os.path.relpath(teacher_path, Path(out).resolve())}

@@ -57,6 +57,11 @@ class Unit:
     drop: nn.Module | None = None  # a Dropout right before the conv/fc (training only)
     fx_nodes: list[str] = field(default_factory=list)  # the traced nodes this unit covers
 
+    @property
+    def codes(self) -> bool:
+        """Whether the unit outputs activation codes (else real values: int32 accumulators in the student)."""
+        return self.kind in ("add", "avgpool") or self.act is not None
+
 
 _RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}

@@ -28,11 +28,7 @@ from ..integer.arith import act_range, quantize_multiplier
 from ..integer.graph import IntAdd, IntAvgPool
 from ..nets.fximport import Unit
 from .quantizers import LsqAct, round_half_up
-from .units import IntUnit, QnnUnit, _Cached, _version_key, requantize_sum
-
-
-def _act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
-    return F.hardtanh(x, 0.0, 6.0) if relu6 else F.relu(x)
+from .units import IntUnit, QnnUnit, _Cached, _version_key, act, requantize_sum
 
 
 def _int32(p: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +49,7 @@ class QnnAdd(nn.Module):
         return sum(x * s if s > 0 else x for x, s in zip(xs, self.in_scales.tolist()))
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.aq(_act(self.pre_act(*xs), self.relu6))
+        return self.aq(act(self.pre_act(*xs), self.relu6))
 
     @classmethod
     def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
@@ -61,7 +57,7 @@ class QnnAdd(nn.Module):
         return cls(in_scales, config.a_bits, u.act == "relu6")
 
     def calibrate(self, *xs: torch.Tensor) -> float:
-        self.aq.init_step(_act(self.pre_act(*xs), self.relu6))
+        self.aq.init_step(act(self.pre_act(*xs), self.relu6))
         return float(self.aq.step)
 
     @torch.no_grad()

@@ -55,10 +55,10 @@ from .._progress import bar as progress_bar
 from ..config import DistillConfig
 from ..data import DataBundle, batches, num_batches, to_float
 from ..errors import DataError
-from ..nets.fximport import Unit, import_model, verify_import
+from ..nets.fximport import import_model, verify_import
 from ..parallel import Runtime
 from .fold import fold, fold_into
-from .graphnet import GraphNet, upgrade_state
+from .graphnet import GraphNet, indexed_form, upgrade_state
 from .loop import EPOCH_HOOK, EpochHook, Log, Stream, freeze, kd_loss, train_with_patience
 from .ptl import hybrid, ptl_stage, stages
 from .qnn import build_teacher_qnn
@@ -67,12 +67,6 @@ logger = logging.getLogger(__name__)  # "fiqnn.train.distill"
 
 
 # --- building blocks --------------------------------------------------------------------------
-
-def check_distillable(teacher: nn.Module) -> list[Unit]:
-    """The teacher's units (:func:`fiqnn.import_model`), or, before any work, the refusal of a
-    teacher with an op that has no integer form (naming the module)."""
-    return import_model(teacher)
-
 
 @torch.no_grad()
 def check_fits(teacher: nn.Module, data: DataBundle, x_q: torch.Tensor) -> None:
@@ -188,7 +182,7 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
     log = log or logger.info
     rt = runtime or Runtime()
     rt.check_batch(config.batch_size)
-    units = check_distillable(teacher)
+    units = import_model(teacher)  # or, before any work, the refusal naming the op with no integer form
     torch.manual_seed(config.seed)
     calib = calibration(data, config.calib_images)  # built on the CPU; moved with the networks below
     check_fits(teacher, data, calib[:8])
@@ -249,7 +243,7 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
             epochs=config.finetune_epochs, desc="finetune"), lambda: state.student))
 
     in_phase = (resume_state or {}).get("in_phase")
-    if in_phase is not None and any(k.startswith("units.0.") for k in resume_state["student"]):
+    if in_phase is not None and indexed_form(resume_state["student"]):
         # A chain checkpoint of fiqnn before one pipeline: its networks load (upgrade_state), but
         # its mid-phase snapshot lists the trained modules in another grouping.
         log(f"checkpoint from an older fiqnn: phase {in_phase['phase'] + 1} starts again from its beginning")

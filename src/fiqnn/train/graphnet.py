@@ -59,10 +59,15 @@ class GraphNet(nn.Module):
         return net
 
 
+def indexed_form(state: dict[str, torch.Tensor]) -> bool:
+    """A state dict of older chain checkpoints: units under ``units.<i>.``, not ``units.<name>.``."""
+    return any(k.startswith("units.0.") for k in state)
+
+
 def upgrade_state(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """A state dict of a network with units ``names``, from either form fiqnn has saved: a
     GraphNet's (``units.<name>.``) or the unit list of older chain checkpoints (``units.<i>.``)."""
-    if not any(k.startswith("units.0.") for k in state):
+    if not indexed_form(state):
         return state
     out = {}
     for k, v in state.items():

@@ -34,8 +34,7 @@ def stages(qnn: GraphNet) -> list[list[str]]:
 def stage_count(teacher: nn.Module) -> int:
     """How many PTL stages distilling ``teacher`` runs (:func:`stages` of its units)."""
     units = import_model(teacher)
-    codes = {u.name for u in units if u.kind in ("add", "avgpool") or u.act is not None}
-    return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, codes))
+    return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, {u.name for u in units if u.codes}))
 
 
 def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str]) -> list[list[str]]:

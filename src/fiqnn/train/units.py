@@ -95,6 +95,11 @@ def requantize_sum(total: torch.Tensor, shift, a_bits: int) -> torch.Tensor:
     return codes.clamp(0, act_range(a_bits)[1]).to(torch.float32)
 
 
+def act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
+    """The teacher's activation: ReLU, or ReLU6."""
+    return F.hardtanh(x, 0.0, 6.0) if relu6 else F.relu(x)
+
+
 class QnnUnit(_Cached):
     """One teacher layer in the code domain, BN kept (the paper's BN-enabled QNN teacher).
 
@@ -144,7 +149,7 @@ class QnnUnit(_Cached):
     def core(self, x_q: torch.Tensor) -> torch.Tensor:
         """Output codes before pooling (or float logits for the last layer)."""
         y = self.pre_act(x_q)
-        return y if self.aq is None else self.aq(F.hardtanh(y, 0.0, 6.0) if self.relu6 else F.relu(y))
+        return y if self.aq is None else self.aq(act(y, self.relu6))
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
@@ -168,7 +173,7 @@ class QnnUnit(_Cached):
         """Set the activation step for minimum MSE on ``x_q``; the step, or None for accumulators."""
         if self.aq is None:
             return None
-        self.aq.init_step(F.hardtanh(self.pre_act(x_q), 0.0, 6.0) if self.relu6 else F.relu(self.pre_act(x_q)))
+        self.aq.init_step(act(self.pre_act(x_q), self.relu6))
         return float(self.aq.step)
 
 
