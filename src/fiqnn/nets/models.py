@@ -7,7 +7,9 @@ and ``pool`` (optional), in that order; a ``flatten`` unit sits between the
 convolutional and the linear units. This is the "layer l = conv/linear -> BN ->
 ReLU (-> pool)" of docs/method.md, and it is what the student conversion walks.
 
-``MODELS`` maps a name to ``constructor(num_classes, in_shape) -> nn.Sequential``.
+``MODELS`` maps a name to ``constructor(num_classes, in_shape) -> nn.Module``: the unit-built
+``nn.Sequential`` models, the residual and depthwise ``nn.Module`` families further down, and
+torchvision's mobile and dense families from :mod:`fiqnn.nets.families`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from . import families
 
 
 def conv_unit(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -248,6 +251,14 @@ MODELS.update({
     "resnet20": resnet20,
     "resnet18": resnet18,
     "mobilenetv2-s": MobileNetV2S,
+    "mobilenetv2": families.MobileNetV2,
+    "mobilenetv2-w0.5": families.mobilenetv2_w05,
+    "mobilenetv3-small": families.MobileNetV3Small,
+    "efficientnet-b0": families.EfficientNetB0,
+    "densenet121": families.densenet121,
+    "densenet-s": families.densenet_s,
+    "shufflenetv2": families.shufflenetv2,
+    "shufflenetv2-s": families.shufflenetv2_s,
 })
 
 from .._archs import ARCHS  # noqa: E402  (the CLI's torch-free copy of the names)
