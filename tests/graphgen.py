@@ -3,9 +3,11 @@
 ``random_graph(seed)`` draws a small graph over everything an IntGraph holds: conv layers
 of random shape, stride, padding (beyond the kernel too), dilation and groups (depthwise
 included), fused max-pools, fc layers,
-average pools (global ones too), residual adds of codes and of int32 accumulators with
-two or three inputs, 2..8-bit weights and codes, per-layer and per-channel (mult, shift),
-then a conv or fc logits layer with a 1x1 output. Multipliers are mostly derived from a
+average pools (global ones too, ceil mode, count_include_pad off), max-pool nodes, residual
+adds of codes and of int32 accumulators with two or three inputs, lookup tables,
+squeeze-excite gates and elementwise multiplies, concatenations, channel splits and
+shuffles, channel affines, unsigned and signed 2..8-bit codes, 2..8-bit weights, per-layer
+and per-channel (mult, shift), then a conv or fc logits layer with a 1x1 output. Multipliers are mostly derived from a
 layer's typical accumulator range with (E5), so that codes spread instead of all
 clamping, and sometimes extreme: shift 0, shift 62, mult 2^31 - 1, mult 1, arbitrary
 pairs, powers of two (exact ties), biases at the (E6) limit and adds at the (E9) limit.
@@ -19,8 +21,30 @@ from dataclasses import replace
 
 import numpy as np
 
-from fiqnn.integer.arith import INT32_MAX, INT32_MIN, MULT_MAX, SHIFT_MAX, quantize_multiplier
-from fiqnn.integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node, node_shapes
+from fiqnn.integer.arith import (
+    INT32_MAX,
+    INT32_MIN,
+    MULT_MAX,
+    SHIFT_MAX,
+    code_peak,
+    code_range,
+    quantize_multiplier,
+)
+from fiqnn.integer.graph import (
+    IntAdd,
+    IntAffine,
+    IntAvgPool,
+    IntChannels,
+    IntConcat,
+    IntGraph,
+    IntLayer,
+    IntLut,
+    IntMaxPool,
+    IntMul,
+    Node,
+    node_shapes,
+)
+from fiqnn.integer.nodes import pool_out
 
 E9_LIMIT = 2**62
 
@@ -43,11 +67,12 @@ def _weights(rng: np.random.Generator, shape: tuple, w_bits: int) -> np.ndarray:
     return w.astype(np.int8)
 
 
-def _bias(rng: np.random.Generator, w: np.ndarray, x_max: int) -> np.ndarray:
+def _bias(rng: np.random.Generator, w: np.ndarray, x_min: int, x_max: int) -> np.ndarray:
     """Biases of the size of a typical accumulator; sometimes, per channel, at the (E6) limit."""
     flat = w.reshape(len(w), -1).astype(np.int64)
-    pos, neg = x_max * np.maximum(flat, 0).sum(1), x_max * np.minimum(flat, 0).sum(1)
-    typical = int(x_max * np.sqrt(flat.shape[1]) * max(1, np.abs(flat).max())) // 2 + 1
+    wp, wn = np.maximum(flat, 0).sum(1), np.minimum(flat, 0).sum(1)
+    pos, neg = x_max * wp + x_min * wn, x_max * wn + x_min * wp  # (E6) without the bias
+    typical = int((x_max - x_min) * np.sqrt(flat.shape[1]) * max(1, np.abs(flat).max())) // 2 + 1
     bias = rng.integers(-typical, typical + 1, len(w))
     if rng.random() < 0.15:
         slack = rng.integers(0, 4, len(w))
@@ -83,14 +108,14 @@ def _requant(rng: np.random.Generator, alphas: np.ndarray) -> tuple[np.ndarray, 
 
 
 class _Builder:
-    """Appends nodes ``n0, n1, ...``; tracks every tensor's shape, code bits (None: int32
-    accumulators) and typical magnitude, from which the next multipliers are chosen."""
+    """Appends nodes ``n0, n1, ...``; tracks every tensor's shape, codes ((bits, signed); None:
+    int32 accumulators) and typical magnitude, from which the next multipliers are chosen."""
 
     def __init__(self, rng: np.random.Generator, in_shape: tuple[int, int, int]):
         self.rng = rng
         self.nodes: list[Node] = []
         self.shape = {"input": in_shape}
-        self.bits: dict[str, int | None] = {"input": 8}
+        self.code: dict[str, tuple[int, bool] | None] = {"input": (8, False)}
         self.typical = {"input": 128.0}
         self.bound = {"input": 255}
 
@@ -99,29 +124,43 @@ class _Builder:
         prev = self.nodes[-1].name if self.nodes else "input"
         return () if srcs == (prev,) else srcs
 
-    def _add_node(self, node: Node, shape, typical: float, bound: int) -> str:
+    def _add_node(self, node: Node, shape, typical: float | None = None, bound: int | None = None) -> str:
+        """Append ``node``; codes get the typical magnitude and bound of their range unless given."""
         self.nodes.append(node)
-        self.shape[node.name], self.bits[node.name] = shape, node.a_bits
+        self.shape[node.name], self.code[node.name] = shape, node.code
+        if node.code is not None:
+            peak = code_peak(*node.code)
+            typical, bound = typical if typical is not None else peak / 2, bound if bound is not None else peak
         self.typical[node.name], self.bound[node.name] = typical, bound
         return node.name
 
     def _a_bits(self) -> int:
         return int(self.rng.integers(2, 9))
 
-    def layer(self, src: str, kind: str, shape: tuple, a_bits: int | None, **geometry) -> str:
+    def _signed(self) -> bool:
+        return bool(self.rng.random() < 0.3)
+
+    def _name(self) -> str:
+        return f"n{len(self.nodes)}"
+
+    def layer(self, src: str, kind: str, shape: tuple, a_bits: int | None, signed: bool = False,
+              **geometry) -> str:
         """A conv (``shape`` (O, I/groups, kh, kw)) or fc (``shape`` (O, I)) layer reading ``src``."""
-        rng, in_bits = self.rng, self.bits[src]
+        rng, (in_bits, in_signed) = self.rng, self.code[src]
+        signed = signed and a_bits is not None
         w_bits = int(rng.integers(2, 9))
-        w, x_max = _weights(rng, shape, w_bits), 2**in_bits - 1
-        bias = _bias(rng, w, x_max)
+        w = _weights(rng, shape, w_bits)
+        x_min, x_max = code_range(in_bits, in_signed)
+        bias = _bias(rng, w, x_min, x_max)
         flat = w.reshape(len(w), -1).astype(np.float64)
-        centre = bias + flat.sum(1) * x_max / 2
-        typical = np.maximum(centre, 0) + x_max * np.sqrt((flat**2).sum(1) / 12) * 2 + 1
-        qmax = 2**a_bits - 1 if a_bits else 255
+        centre = bias + flat.sum(1) * (x_min + x_max) / 2
+        typical = np.abs(centre) * (not signed) + (x_max - x_min) * np.sqrt((flat**2).sum(1) / 12) * 2 + 1
+        qmax = code_range(a_bits, signed)[1] if a_bits else 255
         alphas = qmax / typical if rng.random() < 0.4 else [qmax / float(np.median(typical))]
         mult, shift = _requant(rng, np.asarray(alphas))
-        node = IntLayer(name=f"n{len(self.nodes)}", kind=kind, w_q=w, bias_q=bias, mult=mult, shift=shift,
-                        in_bits=in_bits, w_bits=w_bits, a_bits=a_bits, inputs=self._inputs((src,)), **geometry)
+        node = IntLayer(name=self._name(), kind=kind, w_q=w, bias_q=bias, mult=mult, shift=shift,
+                        in_bits=in_bits, w_bits=w_bits, a_bits=a_bits, inputs=self._inputs((src,)), signed=signed,
+                        in_signed=in_signed, **geometry)
         c, h, wd = self.shape[src]
         if kind == "fc":
             out = (shape[0], 1, 1)
@@ -131,8 +170,8 @@ class _Builder:
             if node.pool:
                 k, s, p = node.pool
                 out = (out[0], _out(out[1], k, s, p), _out(out[2], k, s, p))
-        mag = float(np.median(typical)) if a_bits is None else qmax / 2
-        return self._add_node(node, out, mag, node.acc_bound() if a_bits is None else qmax)
+        return self._add_node(node, out, float(np.median(typical)) if a_bits is None else None,
+                              node.acc_bound() if a_bits is None else None)
 
     def _groups(self, c: int, o: int) -> tuple[int, int]:
         """(groups, out channels): plain, grouped or depthwise (with a channel multiplier)."""
@@ -163,30 +202,158 @@ class _Builder:
         if rng.random() < 0.3:
             k = int(rng.integers(1, min(ho, wo, 3) + 1))
             pool = (k, int(rng.integers(1, 3)), int(rng.integers(0, k // 2 + 1)))
-        return self.layer(src, "conv", (o, c // groups, *kern), a_bits, stride=stride, padding=pad, dilation=dil,
-                          groups=groups, pool=pool)
+        return self.layer(src, "conv", (o, c // groups, *kern), a_bits, self._signed(), stride=stride, padding=pad,
+                          dilation=dil, groups=groups, pool=pool)
 
-    def fc(self, src: str, o: int, a_bits: int | None) -> str:
+    def fc(self, src: str, o: int, a_bits: int | None, signed: bool = False) -> str:
         """An fc layer over the flattened map."""
         c, h, w = self.shape[src]
-        return self.layer(src, "fc", (o, c * h * w), a_bits)
+        return self.layer(src, "fc", (o, c * h * w), a_bits, signed)
 
-    def avgpool(self, src: str) -> str:
-        """A window (zero padding up to half the kernel) or a global average pool."""
+    def _window(self, src: str) -> tuple[tuple, tuple, tuple, bool]:
+        """(kernel, stride, padding, ceil_mode): a window (zero padding up to half the kernel), or the
+        whole map."""
         rng = self.rng
         c, h, w = self.shape[src]
         if rng.random() < 0.3:
-            kernel, stride, pad = (h, w), (1, 1), (0, 0)
+            return (h, w), (1, 1), (0, 0), False
+        kernel = tuple(int(rng.integers(1, min(size, 3) + 1)) for size in (h, w))
+        stride = tuple(int(rng.integers(1, 4)) for _ in range(2))
+        pad = tuple(k // 2 if rng.random() < 0.5 else int(rng.integers(0, k // 2 + 1)) for k in kernel)
+        return kernel, stride, pad, bool(rng.random() < 0.5)
+
+    def _pooled(self, src: str, kernel, stride, pad, ceil_mode) -> tuple[int, int, int]:
+        c, h, w = self.shape[src]
+        return (c, *(pool_out(size, k, s, p, ceil_mode) for size, k, s, p in zip((h, w), kernel, stride, pad)))
+
+    def avgpool(self, src: str) -> str:
+        """An average pool over a window or the whole map; sometimes in ceil mode or without
+        count_include_pad, then with one (mult, shift) per divisor."""
+        rng = self.rng
+        kernel, stride, pad, ceil_mode = self._window(src)
+        include = bool(rng.random() < 0.5)
+        in_bits, in_signed = self.code[src]
+        a_bits = self._a_bits()
+        area = kernel[0] * kernel[1]
+        ratio = code_peak(a_bits, in_signed) / code_peak(in_bits, in_signed)
+        if (ceil_mode or not include or rng.random() < 0.2) and area > 1:
+            mult, shift = _requant(rng, np.array([ratio / d for d in range(1, area + 1)]))
         else:
-            kernel = tuple(int(rng.integers(1, min(size, 3) + 1)) for size in (h, w))
-            stride = tuple(int(rng.integers(1, 3)) for _ in range(2))
-            pad = tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel)
-        in_bits, a_bits = self.bits[src], self._a_bits()
-        mult, shift = _requant(rng, np.array([(2**a_bits - 1) / (2**in_bits - 1) / (kernel[0] * kernel[1])]))
-        node = IntAvgPool(name=f"n{len(self.nodes)}", kernel=kernel, stride=stride, padding=pad, mult=mult,
-                          shift=shift[:1], in_bits=in_bits, a_bits=a_bits, inputs=self._inputs((src,)))
-        out = (c, *(_out(size, k, s, p) for size, k, s, p in zip((h, w), kernel, stride, pad)))
-        return self._add_node(node, out, (2**a_bits - 1) / 2, 2**a_bits - 1)
+            mult, shift = _requant(rng, np.array([ratio / area]))
+        node = IntAvgPool(name=self._name(), kernel=kernel, stride=stride, padding=pad, mult=mult, shift=shift,
+                          in_bits=in_bits, a_bits=a_bits, inputs=self._inputs((src,)), ceil_mode=ceil_mode,
+                          count_include_pad=include, in_signed=in_signed)
+        return self._add_node(node, self._pooled(src, kernel, stride, pad, ceil_mode))
+
+    def maxpool(self, src: str) -> str:
+        """A max-pool node on codes: any window, ceil mode sometimes."""
+        kernel, stride, pad, ceil_mode = self._window(src)
+        bits, signed = self.code[src]
+        node = IntMaxPool(name=self._name(), kernel=kernel, stride=stride, padding=pad, a_bits=bits, signed=signed,
+                          ceil_mode=ceil_mode, inputs=self._inputs((src,)))
+        return self._add_node(node, self._pooled(src, kernel, stride, pad, ceil_mode))
+
+    def lut(self, src: str) -> str:
+        """A lookup table: a random monotone curve, a sigmoid-like gate or uniform noise over the output range."""
+        rng = self.rng
+        in_bits, in_signed = self.code[src]
+        a_bits, signed = self._a_bits(), self._signed()
+        lo, hi = code_range(a_bits, signed)
+        n, style = 2**in_bits, rng.random()
+        if style < 0.4:
+            table = np.sort(rng.integers(lo, hi + 1, n))
+        elif style < 0.7:
+            t = np.linspace(-6, 6, n) * rng.uniform(0.3, 2)
+            table = np.clip(np.floor(lo + (hi - lo) / (1 + np.exp(-t)) + 0.5), lo, hi)
+        else:
+            table = rng.integers(lo, hi + 1, n)
+        node = IntLut(name=self._name(), table=table.astype(np.int16), in_bits=in_bits, in_signed=in_signed,
+                      a_bits=a_bits, signed=signed, inputs=self._inputs((src,)))
+        return self._add_node(node, self.shape[src])
+
+    def mul(self, x: str, g: str) -> str:
+        """(E12) x * g: the product of typical magnitudes mapped to about half the output range."""
+        a_bits, signed = self._a_bits(), self._signed()
+        alpha = code_peak(a_bits, signed) / 2 / max(self.typical[x] * self.typical[g], 1.0)
+        mult, shift = _requant(self.rng, np.array([alpha]))
+        node = IntMul(name=self._name(), inputs=(x, g), mult=mult, shift=shift, a_bits=a_bits, signed=signed)
+        return self._add_node(node, self.shape[x])
+
+    def squeeze_excite(self, src: str) -> str:
+        """x * gate(x): global average pool -> 1x1 conv -> lut (a sigmoid-like gate) -> multiply; or
+        an elementwise product of x and a 'same' conv of x."""
+        c, h, w = self.shape[src]
+        if self.rng.random() < 0.3 and self.code[src] is not None:
+            other = self.layer(src, "conv", (c, c, 1, 1), self._a_bits(), self._signed())
+            return self.mul(src, other)
+        pooled = src if (h, w) == (1, 1) else self.avgpool_global(src)
+        hidden = self.layer(pooled, "conv", (int(self.rng.integers(1, 5)), c, 1, 1), self._a_bits(), self._signed())
+        gate = self.lut(self.layer(hidden, "conv", (c, self.shape[hidden][0], 1, 1), self._a_bits(), True))
+        return self.mul(src, gate)
+
+    def avgpool_global(self, src: str) -> str:
+        c, h, w = self.shape[src]
+        in_bits, in_signed = self.code[src]
+        a_bits = self._a_bits()
+        mult, shift = _requant(self.rng, np.array([code_peak(a_bits, in_signed) / code_peak(in_bits, in_signed)
+                                                   / (h * w)]))
+        node = IntAvgPool(name=self._name(), kernel=(h, w), stride=(1, 1), padding=(0, 0), mult=mult, shift=shift,
+                          in_bits=in_bits, a_bits=a_bits, inputs=self._inputs((src,)), in_signed=in_signed)
+        return self._add_node(node, (c, 1, 1))
+
+    def concat(self, src: str) -> str:
+        """(E13) of ``src`` and one or two convs of it (the same map size), each input on its own scale;
+        sometimes an input rides through unchanged (2^30, 30)."""
+        rng = self.rng
+        c, h, w = self.shape[src]
+        parts = [src] + [self.layer(src, "conv", (int(rng.integers(1, 5)), c, 3, 3), self._a_bits(), self._signed(),
+                                    padding=(1, 1)) for _ in range(int(rng.integers(1, 3)))]
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+        a_bits, signed = self._a_bits(), self._signed()
+        pairs = [(2**30, 30) if rng.random() < 0.2 else _pair(rng, code_peak(a_bits, signed) / 2 / self.typical[p])
+                 for p in parts]
+        node = IntConcat(name=self._name(), inputs=tuple(parts), mult=np.array([m for m, _ in pairs], np.int32),
+                         shift=np.array([s for _, s in pairs], np.int32), a_bits=a_bits, signed=signed)
+        return self._add_node(node, (sum(self.shape[p][0] for p in parts), h, w))
+
+    def channels(self, src: str) -> str:
+        """(E14) a split (a range of channels), a shuffle (a permutation), or a gather with repeats."""
+        rng = self.rng
+        c = self.shape[src][0]
+        style = rng.random()
+        if style < 0.3:
+            start = int(rng.integers(0, c))
+            index = np.arange(start, int(rng.integers(start + 1, c + 1)))
+        elif style < 0.8:  # a shuffle of g groups (a permutation other than the identity, where there is one)
+            groups = [d for d in range(2, c) if c % d == 0]
+            if groups and rng.random() < 0.7:
+                index = np.arange(c).reshape(int(rng.choice(groups)), -1).T.reshape(-1)
+            else:
+                index = rng.permutation(c)
+        else:
+            index = rng.integers(0, c, int(rng.integers(1, 2 * c + 1)))
+        bits, signed = self.code[src]
+        node = IntChannels(name=self._name(), index=index.astype(np.int32), a_bits=bits, signed=signed,
+                           inputs=self._inputs((src,)))
+        return self._add_node(node, (len(index), *self.shape[src][1:]), self.typical[src], self.bound[src])
+
+    def affine(self, src: str) -> str:
+        """(E15) one multiplier per channel (or one for all), offsets around the code range's middle."""
+        rng = self.rng
+        c = self.shape[src][0]
+        in_bits, in_signed = self.code[src]
+        a_bits, signed = self._a_bits(), self._signed()
+        ratio = code_peak(a_bits, signed) / code_peak(in_bits, in_signed)
+        n = c if rng.random() < 0.6 else 1
+        mult, shift = _requant(rng, np.full(n, ratio))
+        scale = (mult.astype(np.float64) * code_peak(in_bits, in_signed)) * np.ones(c)
+        offset = (rng.uniform(-1, 1, c) * scale).astype(np.int64)
+        if rng.random() < 0.1:  # the (E15) limit
+            offset = np.where(rng.random(c) < 0.5, 1, -1) * (2**62 - 1 - code_peak(in_bits, in_signed)
+                                                             * int(mult.max()))
+        node = IntAffine(name=self._name(), mult=mult, shift=shift, offset=offset.astype(np.int64), in_bits=in_bits,
+                         a_bits=a_bits, in_signed=in_signed, signed=signed, inputs=self._inputs((src,)))
+        return self._add_node(node, self.shape[src])
 
     def add(self, srcs: list[str]) -> str:
         """(E9) over ``srcs``: each input scaled to about its share of the output codes; sometimes
@@ -207,9 +374,9 @@ class _Builder:
             mult = [int(np.clip(round(a * 2.0**shift), 1, MULT_MAX)) for a in alphas]
             while sum(m * b for m, b in zip(mult, bounds)) >= E9_LIMIT:
                 mult = [max(1, m // 2) for m in mult]
-        node = IntAdd(name=f"n{len(self.nodes)}", inputs=tuple(srcs), mult=np.array(mult, np.int32),
-                      shift=np.array([shift], np.int32), a_bits=a_bits)
-        return self._add_node(node, self.shape[srcs[0]], (2**a_bits - 1) / 2, 2**a_bits - 1)
+        node = IntAdd(name=self._name(), inputs=tuple(srcs), mult=np.array(mult, np.int32),
+                      shift=np.array([shift], np.int32), a_bits=a_bits, signed=self._signed())
+        return self._add_node(node, self.shape[srcs[0]])
 
     def residual(self, src: str) -> str:
         """y = add(branch, shortcut[, projection]): the branch is one or two 'same' convs of
@@ -228,8 +395,8 @@ class _Builder:
             shared = [g for g in range(2, ci + 1) if ci % g == 0 and o % g == 0]  # ci == o: depthwise too
             groups = int(rng.choice(shared)) if shared and rng.random() < 0.5 else 1
             x = self.layer(x, "conv", (o, ci // groups, k, k), a_last if i == n_convs - 1 else self._a_bits(),
-                           stride=(s, s) if i == 0 else (1, 1), padding=(d * (k - 1) // 2,) * 2, dilation=(d, d),
-                           groups=groups)
+                           self._signed(), stride=(s, s) if i == 0 else (1, 1), padding=(d * (k - 1) // 2,) * 2,
+                           dilation=(d, d), groups=groups)
         terms = [x, src if identity else self.layer(src, "conv", (o, c, 1, 1), self._maybe_acc(), stride=(s, s))]
         if rng.random() < 0.25:
             terms.append(self.layer(src, "conv", (o, c, 1, 1), None, stride=(s, s)))
@@ -243,7 +410,7 @@ class _Builder:
     def fc_residual(self, src: str) -> str:
         """add(fc(src), fc(src)) on (O, 1, 1): accumulators, or codes and accumulators, of fc layers."""
         o = int(self.rng.integers(1, 9))
-        return self.add([self.fc(src, o, self._maybe_acc()), self.fc(src, o, None)])
+        return self.add([self.fc(src, o, self._maybe_acc(), self._signed()), self.fc(src, o, None)])
 
     def logits(self, src: str, classes: int) -> None:
         """The last layer: an fc, or a conv whose (strided, padded, dilated) window leaves a 1x1 map."""
@@ -269,18 +436,30 @@ def random_graph(seed: int) -> IntGraph:
     in_shape = (int(rng.choice([1, 3])), int(rng.integers(2, 10)), int(rng.integers(2, 10)))
     b = _Builder(rng, in_shape)
     x = "input"
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, 7))):
         pick = rng.random()
-        if pick < 0.45:
+        if pick < 0.25:
             x = b.conv(x)
-        elif pick < 0.7:
+        elif pick < 0.4:
             x = b.residual(x)
-        elif pick < 0.82 and b.shape[x][1:] != (1, 1):
+        elif pick < 0.48 and b.shape[x][1:] != (1, 1):
             x = b.avgpool(x)
-        elif pick < 0.92:
+        elif pick < 0.55 and b.shape[x][1:] != (1, 1):
+            x = b.maxpool(x)
+        elif pick < 0.6:
+            x = b.lut(x)
+        elif pick < 0.68:
+            x = b.squeeze_excite(x)
+        elif pick < 0.75:
+            x = b.concat(x)
+        elif pick < 0.82:
+            x = b.channels(x)
+        elif pick < 0.87:
+            x = b.affine(x)
+        elif pick < 0.94:
             x = b.fc_residual(x)
         else:
-            x = b.fc(x, int(rng.integers(1, 9)), b._a_bits())
+            x = b.fc(x, int(rng.integers(1, 9)), b._a_bits(), b._signed())
     b.logits(x, int(rng.integers(1, 7)))
     return IntGraph(in_shape, b.nodes[-1].out_channels, tuple(b.nodes))
 
@@ -296,8 +475,11 @@ def random_inputs(rng: np.random.Generator, in_shape: tuple[int, int, int], n: i
 
 FEATURES = (
     "graph", "3-channel input", "conv", "depthwise", "grouped", "dilated", "strided", "padded", "maxpool", "fc",
-    "avgpool", "global avgpool", "add", "add of codes", "add of accumulators",
+    "avgpool", "global avgpool", "avgpool ceil_mode", "avgpool excluding padding", "avgpool per-divisor pairs",
+    "maxpool node", "maxpool node ceil_mode", "add", "add of codes", "add of accumulators",
     "add of 3 inputs", "add reading a tensor twice", "int32 accumulators out", "per-channel scale",
+    "signed codes out", "signed codes in", "signed add", "lut", "lut on 8-bit input", "mul", "mul by a gate",
+    "concat", "concat of 3 inputs", "channels", "channel shuffle", "affine", "affine per channel",
     "(E6) bound >= 2^30", "shift 0", "shift 62", "mult 1", "mult 2^31-1",
     *(f"w_bits={b}" for b in range(2, 9)), *(f"a_bits={b}" for b in range(2, 9)))
 
@@ -305,17 +487,22 @@ FEATURES = (
 def features(graph: IntGraph) -> Counter:
     """How many nodes of the graph show each of :data:`FEATURES` (for coverage reports)."""
     seen: Counter = Counter({"graph": 1, "3-channel input": int(graph.in_shape[0] == 3)})
-    bits = {node.name: node.a_bits for node in graph.layers} | {"input": 8}
+    nodes = {node.name: node for node in graph.layers}
     shapes = {"input": graph.in_shape, **node_shapes(graph)}
     for node in graph.layers:
-        seen[node.kind] += 1
-        if node.a_bits is not None:
-            seen[f"a_bits={node.a_bits}"] += 1
-        shifts, mults = node.shift.tolist(), node.mult.tolist()
-        seen["shift 0"] += 0 in shifts
-        seen["shift 62"] += SHIFT_MAX in shifts
-        seen["mult 2^31-1"] += MULT_MAX in mults
-        seen["mult 1"] += 1 in mults
+        seen[node.kind if node.kind != "maxpool" else "maxpool node"] += 1
+        code = node.code
+        if code is not None:
+            seen[f"a_bits={code[0]}"] += 1
+            seen["signed codes out"] += code[1]
+        seen["signed codes in"] += bool(getattr(node, "in_signed", False))
+        if "mult" in node.ARRAYS:
+            shifts, mults = node.shift.tolist(), node.mult.tolist()
+            seen["shift 0"] += 0 in shifts
+            seen["shift 62"] += SHIFT_MAX in shifts
+            seen["mult 2^31-1"] += MULT_MAX in mults
+            seen["mult 1"] += 1 in mults
+        srcs = graph.sources(node)
         if isinstance(node, IntLayer):
             seen[f"w_bits={node.w_bits}"] += 1
             seen["per-channel scale"] += len(node.mult) > 1 and node is not graph.layers[-1]
@@ -330,13 +517,30 @@ def features(graph: IntGraph) -> Counter:
                 seen["padded"] += max(node.padding) > 0
                 seen["maxpool"] += node.pool is not None
         elif isinstance(node, IntAdd):
-            kinds = [bits[s] is None for s in graph.sources(node)]
+            kinds = [s != "input" and nodes[s].code is None for s in srcs]
             seen["add of codes"] += not all(kinds)
             seen["add of accumulators"] += any(kinds)
             seen["add of 3 inputs"] += len(kinds) > 2
             seen["add reading a tensor twice"] += len(set(node.inputs)) < len(node.inputs)
-        else:
-            seen["global avgpool"] += node.kernel == shapes[graph.sources(node)[0]][1:] != (1, 1)
+            seen["signed add"] += node.signed
+        elif isinstance(node, IntAvgPool):
+            seen["global avgpool"] += node.kernel == shapes[srcs[0]][1:] != (1, 1)
+            seen["avgpool ceil_mode"] += node.ceil_mode
+            seen["avgpool excluding padding"] += not node.count_include_pad and max(node.padding) > 0
+            seen["avgpool per-divisor pairs"] += len(node.mult) > 1
+        elif isinstance(node, IntMaxPool):
+            seen["maxpool node ceil_mode"] += node.ceil_mode
+        elif isinstance(node, IntLut):
+            seen["lut on 8-bit input"] += node.in_bits == 8
+        elif isinstance(node, IntMul):
+            seen["mul by a gate"] += shapes[srcs[1]][1:] == (1, 1) != shapes[srcs[0]][1:]
+        elif isinstance(node, IntConcat):
+            seen["concat of 3 inputs"] += len(srcs) > 2
+        elif isinstance(node, IntChannels):
+            seen["channel shuffle"] += sorted(node.index.tolist()) == list(range(shapes[srcs[0]][0])) and \
+                node.index.tolist() != sorted(node.index.tolist())
+        elif isinstance(node, IntAffine):
+            seen["affine per channel"] += len(node.mult) > 1
     return seen
 
 

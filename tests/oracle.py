@@ -18,9 +18,15 @@ def rshift_round(x: int, shift: int) -> int:
     return (q + Fraction(1, 2)).__floor__()
 
 
-def requantize(acc: int, mult: int, shift: int, a_bits: int) -> int:
+def code_range(a_bits: int, signed: bool = False) -> tuple[int, int]:
+    """(E1): [0, 2^A - 1], or [-2^(A-1), 2^(A-1) - 1] for signed codes."""
+    return (-(2 ** (a_bits - 1)), 2 ** (a_bits - 1) - 1) if signed else (0, 2**a_bits - 1)
+
+
+def requantize(acc: int, mult: int, shift: int, a_bits: int, signed: bool = False) -> int:
     """(E4)."""
-    return min(max(rshift_round(acc * mult, shift), 0), 2**a_bits - 1)
+    lo, hi = code_range(a_bits, signed)
+    return min(max(rshift_round(acc * mult, shift), lo), hi)
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -72,8 +78,9 @@ def rshift_round_array(x: np.ndarray, shift) -> np.ndarray:
     return (x + scale // 2) // scale
 
 
-def _clamp(v: np.ndarray, a_bits: int) -> np.ndarray:
-    return np.minimum(np.maximum(v, 0), 2**a_bits - 1)
+def _clamp(v: np.ndarray, a_bits: int, signed: bool = False) -> np.ndarray:
+    lo, hi = code_range(a_bits, signed)
+    return np.minimum(np.maximum(v, lo), hi)
 
 
 def conv_acc(x: np.ndarray, layer) -> np.ndarray:
@@ -98,14 +105,42 @@ def fc_acc(x: np.ndarray, layer) -> np.ndarray:
     return acc.reshape(*acc.shape, 1, 1)
 
 
-def max_pool(x: np.ndarray, pool) -> np.ndarray:
-    """(E7) max over each k x k window of the cells inside the map."""
-    k, s, p = pool
-    out = None
-    for _, _, view in _windows(x, (k, k), (s, s), (p, p), (1, 1), -1):
-        out = view if out is None else np.maximum(out, view)
-    assert (out >= 0).all(), "a pool window lies wholly outside the map"
+def pool_length(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """(E7) output length: floor((size + 2p - k) / s) + 1, or with ceil, less one if the last
+    window would start at or past size + p."""
+    n = (size + 2 * p - k) // s + 1
+    if ceil_mode:
+        n = -((-(size + 2 * p - k)) // s) + 1
+        if (n - 1) * s >= size + p:
+            n -= 1
+    return n
+
+
+def _pool(x: np.ndarray, kernel, stride, padding, ceil_mode: bool, reduce) -> np.ndarray:
+    """For each output cell, ``reduce(cells, oy, ox)`` over the list of input cells (a (N, C) object
+    array each) of its window that lie inside the map, read cell by cell."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x.shape
+    ho, wo = pool_length(h, kh, sh, ph, ceil_mode), pool_length(w, kw, sw, pw, ceil_mode)
+    out = np.empty((n, c, ho, wo), dtype=object)
+    for oy in range(ho):
+        for ox in range(wo):
+            cells = [x[:, :, iy, ix] for iy in range(oy * sh - ph, oy * sh - ph + kh) if 0 <= iy < h
+                     for ix in range(ox * sw - pw, ox * sw - pw + kw) if 0 <= ix < w]
+            assert cells, "a pool window lies wholly outside the map"
+            out[:, :, oy, ox] = reduce(cells, oy, ox)
     return out
+
+
+def max_pool(x: np.ndarray, kernel, stride, padding, ceil_mode: bool = False) -> np.ndarray:
+    """(E7) max over the cells of each window that lie inside the map."""
+    def biggest(cells, oy, ox):
+        out = cells[0]
+        for v in cells[1:]:
+            out = np.maximum(out, v)
+        return out
+
+    return _pool(x, kernel, stride, padding, ceil_mode, biggest)
 
 
 def run_layer(x: np.ndarray, layer) -> np.ndarray:
@@ -116,21 +151,67 @@ def run_layer(x: np.ndarray, layer) -> np.ndarray:
         return acc
     per = (1, -1, 1, 1)
     y = _clamp(rshift_round_array(acc * _ints(layer.mult).reshape(per), _ints(layer.shift).reshape(per)),
-               layer.a_bits)
-    return max_pool(y, layer.pool) if layer.pool else y
+               layer.a_bits, layer.signed)
+    if layer.pool:
+        k, s, p = layer.pool
+        return max_pool(y, (k, k), (s, s), (p, p))
+    return y
 
 
 def add(xs: list[np.ndarray], node) -> np.ndarray:
-    """(E9) clamp(rshift_round(sum_j v_j * mult_j, shift), 0, 2^A - 1)."""
+    """(E9) clamp(rshift_round(sum_j v_j * mult_j, shift), lo, hi)."""
     total = sum(v * m for v, m in zip(xs, node.mult.tolist()))
     assert abs(total).max() < 2**62, "(E9) was meant to keep the sum below 2^62"
-    return _clamp(rshift_round_array(total, int(node.shift[0])), node.a_bits)
+    return _clamp(rshift_round_array(total, int(node.shift[0])), node.a_bits, node.signed)
 
 
 def avg_pool(x: np.ndarray, node) -> np.ndarray:
-    """(E10) window sums (cells outside the map count as 0), times mult, (E3), clamp."""
-    total = sum(view for _, _, view in _windows(x, node.kernel, node.stride, node.padding, (1, 1), 0))
-    return _clamp(rshift_round_array(total * int(node.mult[0]), int(node.shift[0])), node.a_bits)
+    """(E10) the sum of the window's cells inside the map, times the pair of the window's divisor
+    d (cells inside the padded map, or inside the map without count_include_pad), (E3), clamp."""
+    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
+    h, w = x.shape[2:]
+    mult, shift = node.mult.tolist(), node.shift.tolist()
+
+    def mean(cells, oy, ox):
+        lo_y, hi_y, lo_x, hi_x = (-ph, h + ph, -pw, w + pw) if node.count_include_pad else (0, h, 0, w)
+        rows = len([iy for iy in range(oy * sh - ph, oy * sh - ph + kh) if lo_y <= iy < hi_y])
+        cols = len([ix for ix in range(ox * sw - pw, ox * sw - pw + kw) if lo_x <= ix < hi_x])
+        j = rows * cols - 1 if len(mult) > 1 else 0
+        return _clamp(rshift_round_array(sum(cells) * mult[j], shift[j]), node.a_bits, node.in_signed)
+
+    return _pool(x, node.kernel, node.stride, node.padding, node.ceil_mode, mean)
+
+
+def lut(x: np.ndarray, node) -> np.ndarray:
+    """(E11) T[x - lo_in]."""
+    table, lo = node.table.tolist(), code_range(node.in_bits, node.in_signed)[0]
+    return np.vectorize(lambda v: table[v - lo], otypes=[object])(x)
+
+
+def mul(xs: list[np.ndarray], node) -> np.ndarray:
+    """(E12) clamp(rshift_round(x * g * mult, shift)), g (C, 1, 1) broadcast over the map."""
+    x, g = xs
+    return _clamp(rshift_round_array(x * g * int(node.mult[0]), int(node.shift[0])), node.a_bits, node.signed)
+
+
+def concat(xs: list[np.ndarray], node) -> np.ndarray:
+    """(E13) each input requantized by its own pair, joined along channels."""
+    return np.concatenate([_clamp(rshift_round_array(x * m, s), node.a_bits, node.signed)
+                           for x, m, s in zip(xs, node.mult.tolist(), node.shift.tolist())], axis=1)
+
+
+def channels(x: np.ndarray, node) -> np.ndarray:
+    """(E14) y[c] = x[index[c]]."""
+    return np.stack([x[:, i] for i in node.index.tolist()], axis=1)
+
+
+def affine(x: np.ndarray, node) -> np.ndarray:
+    """(E15) clamp(rshift_round(x[c] * mult[c] + offset[c], shift[c])), one pair for all channels or one each."""
+    c = x.shape[1]
+    mult, shift = node.mult.tolist() * (c if len(node.mult) == 1 else 1), node.shift.tolist() * (
+        c if len(node.shift) == 1 else 1)
+    out = [rshift_round_array(x[:, j] * mult[j] + int(node.offset[j]), shift[j]) for j in range(c)]
+    return _clamp(np.stack(out, axis=1), node.a_bits, node.signed)
 
 
 def run(graph, x_q: np.ndarray) -> list[list[int]]:
@@ -138,10 +219,23 @@ def run(graph, x_q: np.ndarray) -> list[list[int]]:
     env = {"input": _ints(x_q)}
     for node in graph.layers:
         xs = [env[src] for src in graph.sources(node)]
-        if node.kind == "add":
+        kind = node.kind
+        if kind == "add":
             env[node.name] = add(xs, node)
-        elif node.kind == "avgpool":
+        elif kind == "avgpool":
             env[node.name] = avg_pool(xs[0], node)
+        elif kind == "maxpool":
+            env[node.name] = max_pool(xs[0], node.kernel, node.stride, node.padding, node.ceil_mode)
+        elif kind == "lut":
+            env[node.name] = lut(xs[0], node)
+        elif kind == "mul":
+            env[node.name] = mul(xs, node)
+        elif kind == "concat":
+            env[node.name] = concat(xs, node)
+        elif kind == "channels":
+            env[node.name] = channels(xs[0], node)
+        elif kind == "affine":
+            env[node.name] = affine(xs[0], node)
         else:
             env[node.name] = run_layer(xs[0], node)
     logits = env[graph.layers[-1].name].reshape(len(x_q), -1).tolist()

@@ -28,6 +28,10 @@ BAD = {
     "pool": [[0, 1, 0], [2, 0, 0], [2, 2, 2], [2, 2, -1], [2, 2], "2", [2.0, 2, 0]],
     "kernel": [[0, 1], [1, 0], [-1, 1], [1], "3"],
     "inputs": [["nowhere"], "n0", [7], [["input"]]],
+    "signed": [1, 0, "yes", None, [True]],
+    "in_signed": [1, "false", None],
+    "ceil_mode": [1, "true", None],
+    "count_include_pad": [0, "false", None],
 }
 TOP = {"in_shape": [[0, 8, 8], [1, -1, 8], [1, 8], [1, 8, 2**40], "1,8,8", None],
        "num_classes": [0, -1, "10", 2.5, None, 10**6], "arith_version": [0, 99, "1", None],

@@ -18,9 +18,11 @@ import math
 
 import numpy as np
 
-#: Version of the integer contract. Stored in every model file; a file with another
-#: version is refused. Bump it whenever any equation below changes.
-ARITH_VERSION = 1
+#: Version of the integer contract. Stored in every model file. Bump it whenever any equation
+#: below changes. Version 2 added signed codes, pooling variants and (E11)-(E15) and changed no
+#: version-1 equation, so version-1 files are read as they were (:data:`READS`).
+ARITH_VERSION = 2
+READS = (1, 2)  # the versions this implementation computes exactly
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MULT_MIN, MULT_MAX = 2**30, 2**31 - 1  # (E5) normalised multiplier range
@@ -49,6 +51,26 @@ def act_range(a_bits: int) -> tuple[int, int]:
     return 0, 2**a_bits - 1
 
 
+def code_range(a_bits: int, signed: bool = False) -> tuple[int, int]:
+    """(E1) Range of ``a_bits``-bit activation codes: unsigned, or signed two's complement.
+
+    >>> [code_range(b, True) for b in (2, 4, 8)], code_range(4)
+    ([(-2, 1), (-8, 7), (-128, 127)], (0, 15))
+    """
+    _check_bits(a_bits)
+    return (-(2 ** (a_bits - 1)), 2 ** (a_bits - 1) - 1) if signed else (0, 2**a_bits - 1)
+
+
+def code_peak(a_bits: int, signed: bool = False) -> int:
+    """The largest magnitude of an ``a_bits``-bit code: ``max(|lo|, hi)``.
+
+    >>> code_peak(8), code_peak(8, True), code_peak(2, True)
+    (255, 128, 2)
+    """
+    lo, hi = code_range(a_bits, signed)
+    return max(-lo, hi)
+
+
 def rshift_round(x, shift):
     """(E3) ``floor((x + 2^(shift-1)) / 2^shift)``: divide by 2^shift, rounding to
     nearest with ties toward +infinity ("round half up"); ``shift == 0`` returns x.
@@ -66,21 +88,28 @@ def rshift_round(x, shift):
     return (x + half) >> shift  # numpy's >> on int64 is arithmetic: floor division by 2^shift
 
 
-def requantize(acc, mult, shift, a_bits: int):
-    """(E4) ``clamp(rshift_round(acc * mult, shift), 0, 2^a_bits - 1)``.
+def requantize(acc, mult, shift, a_bits: int, signed: bool = False):
+    """(E4) ``clamp(rshift_round(acc * mult, shift), lo, hi)`` with ``[lo, hi]`` the range of
+    ``a_bits``-bit codes, unsigned or signed (:func:`code_range`).
 
     Args:
         acc: int32 accumulators (any integer array with values in int32 range).
         mult: int32 multipliers in [1, 2^31 - 1], broadcastable (per channel) against acc.
         shift: shifts in [0, 62], broadcastable against acc.
         a_bits: output bits, 2..8.
+        signed: signed output codes (int8) instead of unsigned ones (uint8).
 
     Returns:
-        uint8 array of codes in [0, 2^a_bits - 1].
+        uint8 (or int8) array of codes in [lo, hi].
     """
-    lo, hi = act_range(a_bits)
     prod = np.asarray(acc, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # |prod| < 2^62
-    return np.clip(rshift_round(prod, shift), lo, hi).astype(np.uint8)
+    return clamp_codes(rshift_round(prod, shift), a_bits, signed)
+
+
+def clamp_codes(x, a_bits: int, signed: bool = False) -> np.ndarray:
+    """The clamp of (E4): integers -> ``a_bits``-bit codes, uint8 (or int8 when signed)."""
+    lo, hi = code_range(a_bits, signed)
+    return np.clip(x, lo, hi).astype(np.int8 if signed else np.uint8)
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -109,18 +138,19 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return mult, shift
 
 
-def acc_bound(w_q: np.ndarray, x_max: int, bias_q=0) -> tuple[np.ndarray, np.ndarray]:
+def acc_bound(w_q: np.ndarray, x_max: int, bias_q=0, x_min: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(E6) Per-output-channel bounds ``(lo, hi)`` on every partial sum of
     ``acc = bias_q + sum(w_q * x_q)``, in any summation order, with or without the
-    bias, over all inputs ``x_q`` in [0, x_max]::
+    bias, over all inputs ``x_q`` in [x_min, x_max] (x_min <= 0 <= x_max)::
 
-        lo = min(bias_q, 0) + x_max * sum(min(w_q, 0))
-        hi = max(bias_q, 0) + x_max * sum(max(w_q, 0))
+        lo = min(bias_q, 0) + x_max * sum(min(w_q, 0)) + x_min * sum(max(w_q, 0))
+        hi = max(bias_q, 0) + x_max * sum(max(w_q, 0)) + x_min * sum(min(w_q, 0))
 
     Args:
         w_q: integer weights, output channel first: (O, ...) for conv or linear.
-        x_max: largest input code (2^A - 1 of the layer's input).
+        x_max: largest input code (2^A - 1 of an unsigned input, 2^(A-1) - 1 of a signed one).
         bias_q: int32 bias per output channel (or 0).
+        x_min: smallest input code (0, or -2^(A-1) of a signed input).
 
     Returns:
         Two int64 arrays of shape (O,).
@@ -128,11 +158,14 @@ def acc_bound(w_q: np.ndarray, x_max: int, bias_q=0) -> tuple[np.ndarray, np.nda
     >>> lo, hi = acc_bound(np.array([[3, -2, 1], [-1, -1, 0]]), 15, np.array([5, -7]))
     >>> lo.tolist(), hi.tolist()
     ([-30, -37], [65, 0])
+    >>> [b.tolist() for b in acc_bound(np.array([[3, -2]]), 7, 0, -8)]
+    [[-38], [37]]
     """
     w = np.asarray(w_q, dtype=np.int64).reshape(len(w_q), -1)
     bias = np.broadcast_to(np.asarray(bias_q, dtype=np.int64), (len(w),))
-    lo = np.minimum(bias, 0) + int(x_max) * np.minimum(w, 0).sum(axis=1)
-    hi = np.maximum(bias, 0) + int(x_max) * np.maximum(w, 0).sum(axis=1)
+    neg, pos = np.minimum(w, 0).sum(axis=1), np.maximum(w, 0).sum(axis=1)
+    lo = np.minimum(bias, 0) + int(x_max) * neg + int(x_min) * pos
+    hi = np.maximum(bias, 0) + int(x_max) * pos + int(x_min) * neg
     return lo, hi
 
 

@@ -1,9 +1,9 @@
 """The bit-exact reference executor: an IntGraph run in NumPy, integer dtypes only.
 
-Per layer (docs/arithmetic.md): zero-pad the uint8 codes, gather patches
-(im2col), accumulate (E2), requantize (E4) to uint8 codes, max-pool (E7);
-residual adds (E9) and average pools (E10) in int64. The last layer returns the
-int32 accumulators: the logits.
+Per layer (docs/arithmetic.md): zero-pad the codes (uint8, or int8 when signed), gather
+patches (im2col), accumulate (E2), requantize (E4) to codes, max-pool (E7); every other
+node ((E9)-(E15)) in int64 on whole tensors. The last layer returns the int32
+accumulators: the logits.
 
 Speed, and why it is still exact: NumPy has no BLAS for integer matrices, so
 :func:`matmul_exact` multiplies the integer patch and weight matrices through
@@ -27,9 +27,22 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._progress import bar as progress_bar
-from .arith import acc_bound, act_range, exact_float_dtype, rshift_round
-from .graph import IntAdd, IntAvgPool, IntGraph, IntLayer, Node
+from .arith import clamp_codes, code_range, exact_float_dtype, rshift_round
+from .graph import (
+    IntAdd,
+    IntAffine,
+    IntAvgPool,
+    IntChannels,
+    IntConcat,
+    IntGraph,
+    IntLayer,
+    IntLut,
+    IntMaxPool,
+    IntMul,
+    Node,
+)
 from .modelfile import load
+from .nodes import pool_out
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -40,11 +53,6 @@ def matmul_exact(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
     else float64 (E8). Returns int64."""
     dt = exact_float_dtype(bound)
     return (a.astype(dt) @ b.astype(dt)).astype(np.int64)
-
-
-def _bound(layer: IntLayer) -> int:
-    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
-    return max(int(hi.max()), -int(lo.min()))
 
 
 def _im2col(x_q: np.ndarray, layer: IntLayer) -> tuple[np.ndarray, int, int]:
@@ -62,9 +70,9 @@ def linear_acc(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
     """(E2) int64 accumulators: (N, O, Ho, Wo) for conv, (N, O, 1, 1) for fc (the map shape
     ``node_shapes`` gives it, which a conv, pool or add reading an fc layer expects)."""
     if layer.kind == "fc":
-        acc = matmul_exact(x_q.reshape(len(x_q), -1), layer.w_q.T, _bound(layer)) + layer.bias_q
+        acc = matmul_exact(x_q.reshape(len(x_q), -1), layer.w_q.T, layer.acc_bound()) + layer.bias_q
         return acc.reshape(*acc.shape, 1, 1)
-    n, o, g, bound = len(x_q), layer.out_channels, layer.groups, _bound(layer)
+    n, o, g, bound = len(x_q), layer.out_channels, layer.groups, layer.acc_bound()
     c_in = x_q.shape[1] // g
     parts = []
     for j in range(g):  # grouped / depthwise convolution: one GEMM per group
@@ -75,19 +83,33 @@ def linear_acc(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
     return acc.transpose(0, 3, 1, 2)
 
 
+def _per_channel(a: np.ndarray, ndim: int = 4) -> np.ndarray:
+    """A (1,) or (C,) parameter as int64, broadcastable over (N, C, ...)."""
+    return a.astype(np.int64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
 def requantize_layer(acc: np.ndarray, layer: IntLayer) -> np.ndarray:
-    """(E4) with the layer's (mult, shift), per layer or per output channel: uint8 codes."""
-    shape = (1, -1) + (1,) * (acc.ndim - 2)
-    prod = acc * layer.mult.astype(np.int64).reshape(shape)  # |acc * mult| < 2^62
-    codes = rshift_round(prod, layer.shift.astype(np.int64).reshape(shape))
-    return np.clip(codes, 0, act_range(layer.a_bits)[1]).astype(np.uint8)
+    """(E4) with the layer's (mult, shift), per layer or per output channel: codes."""
+    prod = acc * _per_channel(layer.mult, acc.ndim)  # |acc * mult| < 2^62
+    return clamp_codes(rshift_round(prod, _per_channel(layer.shift, acc.ndim)), layer.a_bits, layer.signed)
+
+
+def windows(x: np.ndarray, kernel, stride, padding, ceil_mode: bool, fill) -> np.ndarray:
+    """(E7)/(E10) pooling windows of ``x`` (N, C, H, W) as (N, C, Ho, Wo, kh, kw), cells outside
+    the map set to ``fill`` (ceil mode pads the far edge as far as the last window reaches)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    h, w = x.shape[2:]
+    ho, wo = pool_out(h, kh, sh, ph, ceil_mode), pool_out(w, kw, sw, pw, ceil_mode)
+    extra_h, extra_w = max(0, (ho - 1) * sh + kh - h - 2 * ph), max(0, (wo - 1) * sw + kw - w - 2 * pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=fill)
+    return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw]
 
 
 def max_pool(x_q: np.ndarray, pool: tuple[int, int, int]) -> np.ndarray:
-    """(E7) max over k x k windows with stride s; padding p adds code 0 (never above a ReLU output)."""
+    """(E7) max over k x k windows with stride s; padding p adds the dtype's lowest code, which
+    never wins (every window holds a cell of the map)."""
     k, s, p = pool
-    x = np.pad(x_q, ((0, 0), (0, 0), (p, p), (p, p)))
-    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s].max(axis=(4, 5))
+    return windows(x_q, (k, k), (s, s), (p, p), False, np.iinfo(x_q.dtype).min).max(axis=(4, 5))
 
 
 def run_layer(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
@@ -100,24 +122,57 @@ def run_layer(x_q: np.ndarray, layer: IntLayer) -> np.ndarray:
 
 
 def add(inputs: list[np.ndarray], node: IntAdd) -> np.ndarray:
-    """(E9) sum of each input (uint8 codes or int32 accumulators) times its multiplier, in
+    """(E9) sum of each input (codes or int32 accumulators) times its multiplier, in
     int64 (|sum| < 2^62 proven when the graph is built), then (E3) and the clamp."""
     total = sum(v.astype(np.int64) * np.int64(m) for v, m in zip(inputs, node.mult))
-    return np.clip(rshift_round(total, np.int64(node.shift[0])), 0, act_range(node.a_bits)[1]).astype(np.uint8)
+    return clamp_codes(rshift_round(total, np.int64(node.shift[0])), node.a_bits, node.signed)
 
 
 def avg_pool(x_q: np.ndarray, node: IntAvgPool) -> np.ndarray:
-    """(E10) window sums of codes (zero padding counts), times mult, (E3), clamp."""
-    (kh, kw), (sh, sw), (ph, pw) = node.kernel, node.stride, node.padding
-    x = np.pad(x_q.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    sums = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].sum(axis=(4, 5))
-    codes = rshift_round(sums * np.int64(node.mult[0]), np.int64(node.shift[0]))
-    return np.clip(codes, 0, act_range(node.a_bits)[1]).astype(np.uint8)
+    """(E10) window sums of the codes inside the map, times the pair of each window's divisor, (E3), clamp."""
+    sums = windows(x_q.astype(np.int64), node.kernel, node.stride, node.padding, node.ceil_mode, 0).sum(axis=(4, 5))
+    pick = node.divisors(*x_q.shape[2:]) - 1 if len(node.mult) > 1 else 0
+    mult, shift = node.mult.astype(np.int64)[pick], node.shift.astype(np.int64)[pick]
+    return clamp_codes(rshift_round(sums * mult, shift), node.a_bits, node.signed)
+
+
+def max_pool_node(x_q: np.ndarray, node: IntMaxPool) -> np.ndarray:
+    """(E7) a max-pool node: any window, ceil mode; cells outside the map never count."""
+    fill = np.iinfo(x_q.dtype).min
+    return windows(x_q, node.kernel, node.stride, node.padding, node.ceil_mode, fill).max(axis=(4, 5))
+
+
+def lut(x_q: np.ndarray, node: IntLut) -> np.ndarray:
+    """(E11) ``table[x - lo_in]``."""
+    lo = code_range(node.in_bits, node.in_signed)[0]
+    return clamp_codes(node.table[x_q.astype(np.int64) - lo], node.a_bits, node.signed)  # (entries are in range)
+
+
+def mul(inputs: list[np.ndarray], node: IntMul) -> np.ndarray:
+    """(E12) x * g * mult in int64 (g broadcast over the map when it is (C, 1, 1)), (E3), clamp."""
+    x, g = (v.astype(np.int64) for v in inputs)
+    return clamp_codes(rshift_round(x * g * np.int64(node.mult[0]), np.int64(node.shift[0])), node.a_bits, node.signed)
+
+
+def concat(inputs: list[np.ndarray], node: IntConcat) -> np.ndarray:
+    """(E13) each input requantized with its own pair, joined along channels."""
+    return np.concatenate([clamp_codes(rshift_round(v.astype(np.int64) * np.int64(m), np.int64(s)), node.a_bits,
+                                       node.signed) for v, m, s in zip(inputs, node.mult, node.shift)], axis=1)
+
+
+def affine(x_q: np.ndarray, node: IntAffine) -> np.ndarray:
+    """(E15) x * mult[c] + offset[c] in int64, (E3) with shift[c], clamp."""
+    total = x_q.astype(np.int64) * _per_channel(node.mult) + _per_channel(node.offset)
+    return clamp_codes(rshift_round(total, _per_channel(node.shift)), node.a_bits, node.signed)
 
 
 # One kernel per node class, on the list of the node's input arrays.
 KERNELS = {IntLayer: lambda xs, node: run_layer(xs[0], node), IntAdd: add,
-           IntAvgPool: lambda xs, node: avg_pool(xs[0], node)}
+           IntAvgPool: lambda xs, node: avg_pool(xs[0], node),
+           IntMaxPool: lambda xs, node: max_pool_node(xs[0], node),
+           IntLut: lambda xs, node: lut(xs[0], node), IntMul: mul, IntConcat: concat,
+           IntChannels: lambda xs, node: xs[0][:, node.index],
+           IntAffine: lambda xs, node: affine(xs[0], node)}
 
 
 def run_node(inputs: list[np.ndarray], node: Node) -> np.ndarray:

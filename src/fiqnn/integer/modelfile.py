@@ -26,13 +26,14 @@ import numpy as np
 
 from .. import _io
 from ..errors import FiqnnError
-from .arith import ARITH_VERSION, acc_bound, act_range
+from .arith import ARITH_VERSION, READS
 from .graph import (
-    _ARRAYS,
+    ARRAY_DTYPES,
     NODES,
     IntAvgPool,
     IntGraph,
     IntLayer,
+    IntMaxPool,
     ModelFileError,
     Node,
     _is_int,
@@ -169,9 +170,10 @@ def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> IntGraph:
             if not isinstance(meta, dict) or meta.get("format") != "fiqnn-intgraph":
                 raise ModelFileError(f"{path} is not a fiqnn model file")
             version = meta.get("arith_version")
-            if version != ARITH_VERSION:
+            if version not in READS:
                 raise ModelFileError(f"{path} was written for ARITH_VERSION {version}; this fiqnn implements "
-                                     f"{ARITH_VERSION}: re-export it with this version")
+                                     f"{ARITH_VERSION} and reads {', '.join(map(str, READS))}: re-export it with "
+                                     "this version")
             layers = []
             for m in meta["layers"]:
                 check_name(m["name"])
@@ -181,7 +183,7 @@ def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> IntGraph:
                 arrays = {}
                 for key in cls.ARRAYS:
                     member = f"{m['name']}.{key}.npy"
-                    arrays[key] = _read_array(z, member, _ARRAYS[key], meta["sha256"].get(member))
+                    arrays[key] = _read_array(z, member, ARRAY_DTYPES[key], meta["sha256"].get(member))
                 layers.append(cls.from_meta(m, arrays))
             return IntGraph(tuple(meta["in_shape"]), meta["num_classes"], tuple(layers), version,
                             meta.get("info", {}))
@@ -204,14 +206,16 @@ def layer_summary(layer: Node) -> dict:
     def span(a) -> str:
         return str(int(a.min())) if a.min() == a.max() else f"{int(a.min())}..{int(a.max())}"
 
-    row = {"name": layer.name, "kind": layer.kind, "a_bits": layer.a_bits, "mult": span(layer.mult),
-           "shift": span(layer.shift), "inputs": list(layer.inputs)}
+    pairs = {"mult": span(layer.mult), "shift": span(layer.shift)} if "mult" in layer.ARRAYS else \
+        {"mult": "-", "shift": "-"}
+    row = {"name": layer.name, "kind": layer.kind, "a_bits": layer.a_bits, "signed": bool(layer.signed), **pairs,
+           "inputs": list(layer.inputs), "dtypes": {k: str(getattr(layer, k).dtype) for k in layer.ARRAYS}}
     if not isinstance(layer, IntLayer):
-        window = "x".join(map(str, layer.kernel)) if isinstance(layer, IntAvgPool) else f"{len(layer.inputs)} inputs"
+        window = ("x".join(map(str, layer.kernel)) if isinstance(layer, (IntAvgPool, IntMaxPool))
+                  else f"{len(layer.inputs)} inputs")
         return {**row, "shape": [window], "in_bits": getattr(layer, "in_bits", "-"), "w_bits": "-",
-                "acc_bound": "-", "headroom_bits": float("nan"), "pool": None,
-                "dtypes": {k: str(getattr(layer, k).dtype) for k in ("mult", "shift")}}
-    lo, hi = acc_bound(layer.w_q, act_range(layer.in_bits)[1], layer.bias_q)
+                "acc_bound": "-", "headroom_bits": float("nan"), "pool": None}
+    lo, hi = layer.acc_bounds()
     return {**row, "shape": list(layer.w_q.shape), "in_bits": layer.in_bits, "w_bits": layer.w_bits,
             "acc_bound": f"[{int(lo.min())}, {int(hi.max())}]", "headroom_bits": layer.headroom_bits(),
-            "pool": layer.pool, "dtypes": {k: str(getattr(layer, k).dtype) for k in _ARRAYS}}
+            "pool": layer.pool}
