@@ -346,11 +346,12 @@ class _Builder:
         ratio = code_peak(a_bits, signed) / code_peak(in_bits, in_signed)
         n = c if rng.random() < 0.6 else 1
         mult, shift = _requant(rng, np.full(n, ratio))
-        scale = (mult.astype(np.float64) * code_peak(in_bits, in_signed)) * np.ones(c)
+        mult = mult * np.where(rng.random(n) < 0.3, -1, 1).astype(np.int32)  # a negative BN gamma
+        scale = (np.abs(mult.astype(np.float64)) * code_peak(in_bits, in_signed)) * np.ones(c)
         offset = (rng.uniform(-1, 1, c) * scale).astype(np.int64)
         if rng.random() < 0.1:  # the (E15) limit
             offset = np.where(rng.random(c) < 0.5, 1, -1) * (2**62 - 1 - code_peak(in_bits, in_signed)
-                                                             * int(mult.max()))
+                                                             * int(np.abs(mult.astype(np.int64)).max()))
         node = IntAffine(name=self._name(), mult=mult, shift=shift, offset=offset.astype(np.int64), in_bits=in_bits,
                          a_bits=a_bits, in_signed=in_signed, signed=signed, inputs=self._inputs((src,)))
         return self._add_node(node, self.shape[src])
@@ -480,6 +481,7 @@ FEATURES = (
     "add of 3 inputs", "add reading a tensor twice", "int32 accumulators out", "per-channel scale",
     "signed codes out", "signed codes in", "signed add", "lut", "lut on 8-bit input", "mul", "mul by a gate",
     "concat", "concat of 3 inputs", "channels", "channel shuffle", "affine", "affine per channel",
+    "affine negative mult",
     "(E6) bound >= 2^30", "shift 0", "shift 62", "mult 1", "mult 2^31-1",
     *(f"w_bits={b}" for b in range(2, 9)), *(f"a_bits={b}" for b in range(2, 9)))
 
@@ -541,6 +543,7 @@ def features(graph: IntGraph) -> Counter:
                 node.index.tolist() != sorted(node.index.tolist())
         elif isinstance(node, IntAffine):
             seen["affine per channel"] += len(node.mult) > 1
+            seen["affine negative mult"] += bool((node.mult < 0).any())
     return seen
 
 

@@ -158,7 +158,7 @@ def _replace(graph: IntGraph, name: str, **change) -> tuple:
     ("c4", {"inputs": ("c3",)}, "node c3: its int32 accumulators may only feed an add"),
     ("add2", {"inputs": ("c5", "c3")}, "node add2: adds tensors of different shapes"),
     ("fc", {"inputs": ("avg",), "in_bits": 4}, "node fc: has 12 inputs but avg gives 12x6x6"),
-    ("fc", {"inputs": ("avg",)}, "node fc: takes 5-bit codes but avg makes 4-bit ones"),
+    ("fc", {"inputs": ("avg",)}, "node fc: takes 5-bit unsigned codes but avg makes 4-bit unsigned codes"),
     ("dw", {"groups": 5}, "do not fit 12 input channels"),
 ])
 def test_bad_residual_graphs_are_refused_naming_the_node(name, change, message):

@@ -1,6 +1,6 @@
 /* fiqnn_arith.h: the integer contract of docs/arithmetic.md in C99.
  *
- * The C mirror of src/fiqnn/arith.py: same function names, same equations.
+ * The C mirror of src/fiqnn/integer/arith.py: same function names, same equations.
  * No float, no libm, no division, and no right shift of a negative signed value
  * (implementation-defined in C): floor(y / 2^s) of a negative y is computed as
  * ~(~y >> s), where ~y = -y - 1 is non-negative.
@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#define FIQNN_ARITH_VERSION 1
+#define FIQNN_ARITH_VERSION 2
 
 /* (E3) floor((x + 2^(shift-1)) / 2^shift), ties toward +infinity; shift 0 returns x.
  * Ranges: |x| < 2^62, 0 <= shift <= 62. */
@@ -26,6 +26,26 @@ static inline uint8_t fiqnn_requantize(int32_t acc, int32_t mult, int shift, int
 {
     int64_t r = fiqnn_rshift_round((int64_t)acc * (int64_t)mult, shift);
     return (uint8_t)(r < 0 ? 0 : (r > qmax ? qmax : r));
+}
+
+/* (E1) The value of a code from its byte b: flip 0 for an unsigned code (b itself), 128 for a
+ * signed one, whose byte is its two's-complement int8: (b ^ 128) - 128. */
+static inline int32_t fiqnn_code(uint8_t b, int flip)
+{
+    return (int32_t)(b ^ flip) - flip;
+}
+
+/* The clamp of (E4): v limited to the code range [lo, hi]. */
+static inline int32_t fiqnn_clamp(int64_t v, int32_t lo, int32_t hi)
+{
+    return (int32_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* (E4) for signed codes: clamp(rshift_round(acc * mult, shift), -qmax - 1, qmax), the product in
+ * int64. Ranges as fiqnn_requantize's, qmax = 2^(A-1) - 1. */
+static inline int8_t fiqnn_requantize_s8(int32_t acc, int32_t mult, int shift, int32_t qmax)
+{
+    return (int8_t)fiqnn_clamp(fiqnn_rshift_round((int64_t)acc * (int64_t)mult, shift), -qmax - 1, qmax);
 }
 
 #endif /* FIQNN_ARITH_H */

@@ -54,6 +54,7 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MULT_LIMIT = 2**31 - 1  # the largest |mult| (int32, and symmetric)
 MAX_DIM = 1 << 16  # the largest input channel count, height or width a model file may declare
 
 # Node names come from model files, i.e. from strangers: one identifier, so that no name can
@@ -665,7 +666,7 @@ class IntAffine(_Node):
     ARRAYS = ("mult", "shift", "offset")
 
     name: str
-    mult: np.ndarray  # int32 (1,) or (C,)
+    mult: np.ndarray  # int32 (1,) or (C,), nonzero, either sign
     shift: np.ndarray  # int32, same shape
     offset: np.ndarray  # int64 (C,), in units of 2^-shift
     in_bits: int
@@ -682,10 +683,16 @@ class IntAffine(_Node):
         c = len(self.offset)
         if c == 0:
             raise self._bad("offset must have one entry per channel")
-        self._check_pairs((1, c))
+        if len(self.mult) not in (1, c) or self.shift.shape != self.mult.shape:
+            raise self._bad(f"mult/shift shapes {self.mult.shape}/{self.shift.shape}, expected (1,) or ({c},), the "
+                            "same for both")
+        if (self.mult == 0).any() or self.mult.min() < -MULT_LIMIT or self.shift.min() < SHIFT_MIN or \
+                self.shift.max() > SHIFT_MAX:
+            raise self._bad(f"mult must be nonzero (it may be negative) and shift in [{SHIFT_MIN}, {SHIFT_MAX}]")
         self._check_code("in_bits", "in_signed")
         self._check_code("a_bits", "signed")
-        peak = code_peak(self.in_bits, self.in_signed) * int(self.mult.max()) + int(np.abs(self.offset).max())
+        big = int(np.abs(self.mult.astype(np.int64)).max())
+        peak = code_peak(self.in_bits, self.in_signed) * big + int(np.abs(self.offset).max())
         if peak >= 2**62:
             raise OverflowProofError(f"node {self.name}: x * mult + offset could reach {peak} >= 2^62 (E15)")
 

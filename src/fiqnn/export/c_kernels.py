@@ -1,0 +1,480 @@
+"""The C text of the C99 export (:mod:`fiqnn.export.c99`): types, kernels, the harness.
+
+:data:`PIECES` holds every kernel of ``model.c`` by name, in the order the source lists them;
+an emitter names the pieces it calls (:data:`NEEDS` adds what a piece itself uses) and
+``model.c`` gets exactly those, so it has no unused static function. The conv kernel is one
+template (:data:`CONV`) instantiated per code kind of its input and output: ``conv_hwc``
+(uint8 in, unsigned codes out, the only one a graph without signed codes uses), ``conv_hwc_us``,
+``conv_hwc_su``, ``conv_hwc_ss`` (``s``: int8 input codes / signed output codes).
+
+Codes are bytes: an unsigned code is its uint8, a signed one its two's-complement int8, stored
+through ``uint8_t`` (the conversion of a value in [-128, 127] to uint8_t is defined: modulo 256)
+and read as ``fiqnn_code(b, flip)`` with ``flip`` 128 (or through ``const int8_t *`` in a dot
+product). The version-1 kernels (``conv_hwc``, ``max_pool_hwc``, ``add_terms``,
+``avg_pool_hwc``) are as they were, so a graph that uses no version-2 feature exports the C
+it always did.
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+# fiqnn_layer, the layer table's row ($qmax_doc: what qmax is), and weight_row.
+LAYER = Template(r"""typedef struct {
+    int c, h, w;          /* input, stored H-W-C (fc: c = flattened size, h = w = 1) */
+    int o, ho, wo;        /* output before pooling */
+    int kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    int code_bits;        /* 8: int8 weights; 4 or 2: packed two's-complement codes, low bits first */
+    const void *weights;  /* (O, kh, kw, C/groups) */
+    const int32_t *bias, *mult;
+    const uint8_t *shift;
+    int per_channel;      /* one (mult, shift) per output channel */
+    int32_t qmax;         /* $qmax_doc */
+    int pool_k, pool_s, pool_p, pool_ho, pool_wo;
+} fiqnn_layer;
+
+/* The n weight codes of output channel oc: the int8 array itself, or unpacked into row
+ * (each packed row starts on a byte; a field f of b bits is the code (f ^ 2^(b-1)) - 2^(b-1)). */
+static const int8_t *weight_row(const fiqnn_layer *L, int oc, int n, int8_t *row)
+{
+    const uint8_t *p;
+    int i, nbytes;
+    if (L->code_bits == 8)
+        return (const int8_t *)L->weights + (long)oc * n;
+    nbytes = (n * L->code_bits + 7) / 8;
+    p = (const uint8_t *)L->weights + (long)oc * nbytes;
+    if (L->code_bits == 4) {
+        for (i = 0; i < n; i++)
+            row[i] = (int8_t)((int)(((unsigned)(p[i >> 1] >> ((i & 1) * 4)) & 15u) ^ 8u) - 8);
+    } else {
+        for (i = 0; i < n; i++)
+            row[i] = (int8_t)((int)(((unsigned)(p[i >> 2] >> ((i & 3) * 2)) & 3u) ^ 2u) - 2);
+    }
+    return row;
+}
+
+""")
+
+DOT_U8 = r"""/* Sum of x[i] * w[i]: a subset of the terms (E6) bounds, so it stays inside int32. */
+static int32_t dot_u8s8(const uint8_t *x, const int8_t *w, int n)
+{
+    int32_t acc = 0;
+    int i;
+    for (i = 0; i < n; i++)
+        acc += (int32_t)x[i] * (int32_t)w[i];
+    return acc;
+}
+
+"""
+
+DOT_S8 = r"""/* Sum of x[i] * w[i] over int8 codes: a subset of the terms (E6) bounds, so it stays inside int32. */
+static int32_t dot_s8s8(const int8_t *x, const int8_t *w, int n)
+{
+    int32_t acc = 0;
+    int i;
+    for (i = 0; i < n; i++)
+        acc += (int32_t)x[i] * (int32_t)w[i];
+    return acc;
+}
+
+"""
+
+# (E2) and (E4) for one kind of input codes ($xt, read by $dot) and of output codes ($requantize).
+CONV = Template(r"""$doc
+static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *wrow)
+{
+    int cg = L->c / L->groups, og = L->o / L->groups, n = L->kh * L->kw * cg;
+    int merge = L->dw == 1 && L->groups == 1;  /* a whole kx window is one contiguous run */
+    int oc, oy, ox, ky, kx;
+    for (oc = 0; oc < L->o; oc++) {
+        const int8_t *w = weight_row(L, oc, n, wrow);
+        const $xt *xg = x + (oc / og) * cg;
+        int32_t mult = L->mult[L->per_channel ? oc : 0];
+        int shift = L->shift[L->per_channel ? oc : 0];
+        for (oy = 0; oy < L->ho; oy++) {
+            for (ox = 0; ox < L->wo; ox++) {
+                int iy0 = oy * L->sh - L->ph, ix0 = ox * L->sw - L->pw, lo = 0, hi = L->kw;
+                int32_t acc = L->bias[oc];  /* (E6): no partial sum leaves int32 */
+                while (lo < hi && ix0 + lo * L->dw < 0) lo++;        /* zero padding: skip */
+                while (hi > lo && ix0 + (hi - 1) * L->dw >= L->w) hi--;
+                for (ky = 0; ky < L->kh; ky++) {
+                    int iy = iy0 + ky * L->dh;
+                    const $xt *xr;
+                    const int8_t *wr = w + (long)ky * L->kw * cg;
+                    if (iy < 0 || iy >= L->h || lo == hi) continue;  /* all padding: form no pointer outside x */
+                    xr = xg + (long)iy * L->w * L->c;
+                    if (merge) {
+                        acc += $dot(xr + (long)(ix0 + lo) * L->c, wr + lo * cg, (hi - lo) * cg);
+                    } else {
+                        for (kx = lo; kx < hi; kx++)
+                            acc += $dot(xr + (long)(ix0 + kx * L->dw) * L->c, wr + kx * cg, cg);
+                    }
+                }
+                if (L->qmax == 0)
+                    logits[((long)oy * L->wo + ox) * L->o + oc] = acc;
+                else
+                    y[((long)oy * L->wo + ox) * L->o + oc] = $requantize(acc, mult, shift, L->qmax);
+            }
+        }
+    }
+}
+
+""")
+
+LEGACY_CONV_DOC = """/* (E2) then (E4): conv or fc over H-W-C uint8 codes; writes H-W-C codes, or, if qmax == 0,
+ * the H-W-C int32 accumulators (the logits, or a residual branch for an add).
+ * Rows of weights are contiguous runs over (kx, channel). */"""
+
+
+def conv(in_signed: bool, out_signed: bool) -> str:
+    """The conv kernel for int8 (or uint8) input codes writing signed (or unsigned) codes."""
+    name = conv_name(in_signed, out_signed)
+    out = ("signed codes ((E4) clamped to\n * [-qmax - 1, qmax], qmax = 2^(A-1) - 1)" if out_signed
+           else "unsigned codes\n *")
+    doc = LEGACY_CONV_DOC if name == "conv_hwc" else (
+        f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
+        "or, if qmax == 0, the int32 accumulators. */")
+    return CONV.substitute(doc=doc, name=name, xt="int8_t" if in_signed else "uint8_t",
+                           dot="dot_s8s8" if in_signed else "dot_u8s8",
+                           requantize="(uint8_t)fiqnn_requantize_s8" if out_signed else "fiqnn_requantize")
+
+
+def conv_name(in_signed: bool, out_signed: bool) -> str:
+    return "conv_hwc" + ("_" + "us"[in_signed] + "us"[out_signed] if in_signed or out_signed else "")
+
+
+MAXPOOL = r"""/* (E7) max-pool over H-W-C codes; window cells outside the map are skipped. */
+static void max_pool_hwc(const fiqnn_layer *L, const uint8_t *x, uint8_t *y)
+{
+    int c, oy, ox, ky, kx;
+    for (oy = 0; oy < L->pool_ho; oy++)
+        for (ox = 0; ox < L->pool_wo; ox++) {
+            uint8_t *m = y + ((long)oy * L->pool_wo + ox) * L->o;
+            for (c = 0; c < L->o; c++)
+                m[c] = 0;
+            for (ky = 0; ky < L->pool_k; ky++) {
+                int iy = oy * L->pool_s - L->pool_p + ky;
+                if (iy < 0 || iy >= L->ho) continue;
+                for (kx = 0; kx < L->pool_k; kx++) {
+                    int ix = ox * L->pool_s - L->pool_p + kx;
+                    const uint8_t *v;
+                    if (ix < 0 || ix >= L->wo) continue;
+                    v = x + ((long)iy * L->wo + ix) * L->o;
+                    for (c = 0; c < L->o; c++)
+                        m[c] = v[c] > m[c] ? v[c] : m[c];
+                }
+            }
+        }
+}
+
+"""
+
+TRANSPOSE = r"""/* The C-H-W input image -> H-W-C. */
+static void transpose_chw(const uint8_t *in, uint8_t *out)
+{{
+    int c, i;
+    for (c = 0; c < {c}; c++)
+        for (i = 0; i < {hw}; i++)
+            out[(long)i * {c} + c] = in[(long)c * {hw} + i];
+}}
+
+"""
+
+ADD = r"""/* One input of an add: uint8 codes or int32 accumulators, and its multiplier. */
+typedef struct {
+    const uint8_t *u8;
+    const int32_t *i32;
+    int32_t mult;
+} fiqnn_term;
+
+/* (E9) y = clamp(rshift_round(sum_j v_j * mult_j, shift), 0, qmax) over n elements, in int64
+ * (|sum| < 2^62 is proven when the graph is built). */
+static void add_terms(const fiqnn_term *t, int k, long n, int shift, int32_t qmax, uint8_t *y)
+{
+    long i;
+    int j;
+    for (i = 0; i < n; i++) {
+        int64_t sum = 0, r;
+        for (j = 0; j < k; j++)
+            sum += (int64_t)(t[j].u8 ? (int32_t)t[j].u8[i] : t[j].i32[i]) * t[j].mult;
+        r = fiqnn_rshift_round(sum, shift);
+        y[i] = (uint8_t)(r < 0 ? 0 : (r > qmax ? qmax : r));
+    }
+}
+
+"""
+
+AVGPOOL = r"""typedef struct {
+    int c, h, w, kh, kw, sh, sw, ph, pw, ho, wo;
+    int32_t mult;
+    int shift;
+    int32_t qmax;
+} fiqnn_avgpool;
+
+/* (E10) window sums of H-W-C codes (cells outside the map count as code 0), then
+ * clamp(rshift_round(sum * mult, shift), 0, qmax). */
+static void avg_pool_hwc(const fiqnn_avgpool *P, const uint8_t *x, uint8_t *y)
+{
+    int c, oy, ox, ky, kx;
+    for (oy = 0; oy < P->ho; oy++)
+        for (ox = 0; ox < P->wo; ox++)
+            for (c = 0; c < P->c; c++) {
+                int64_t sum = 0, r;
+                for (ky = 0; ky < P->kh; ky++) {
+                    int iy = oy * P->sh - P->ph + ky;
+                    if (iy < 0 || iy >= P->h) continue;
+                    for (kx = 0; kx < P->kw; kx++) {
+                        int ix = ox * P->sw - P->pw + kx;
+                        if (ix < 0 || ix >= P->w) continue;
+                        sum += x[((long)iy * P->w + ix) * P->c + c];
+                    }
+                }
+                r = fiqnn_rshift_round(sum * P->mult, P->shift);
+                y[((long)oy * P->wo + ox) * P->c + c] = (uint8_t)(r < 0 ? 0 : (r > P->qmax ? P->qmax : r));
+            }
+}
+
+"""
+
+MAIN = r"""/* Harness: read N images (raw uint8, C-H-W each) from argv[1], write N x FIQNN_NUM_CLASSES
+ * int32 logits (native byte order) to argv[2]. */
+#include <stdio.h>
+#include "model.h"
+
+int main(int argc, char **argv)
+{
+    static uint8_t image[FIQNN_INPUT_SIZE];
+    int32_t logits[FIQNN_NUM_CLASSES];
+    FILE *in, *out;
+    long n = 0;
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s IMAGES.u8 LOGITS.i32\n", argv[0]);
+        return 2;
+    }
+    in = fopen(argv[1], "rb");
+    out = fopen(argv[2], "wb");
+    if (in == NULL || out == NULL) {
+        fprintf(stderr, "cannot open %s or %s\n", argv[1], argv[2]);
+        return 2;
+    }
+    while (fread(image, 1, sizeof image, in) == sizeof image) {
+        if (fiqnn_run(image, logits) != 0 || fwrite(logits, sizeof logits[0], FIQNN_NUM_CLASSES, out)
+                                                 != FIQNN_NUM_CLASSES) {
+            fprintf(stderr, "inference failed at image %ld\n", n);
+            return 1;
+        }
+        n++;
+    }
+    fclose(in);
+    return fclose(out) == 0 ? 0 : 1;
+}
+"""
+
+# ---- version 2: kernels over codes of either kind (flip 0: uint8, 128: int8) ----
+
+WINDOW = r"""/* A pooling window over an H-W-C map of codes: the (E7) geometry, ho and wo in floor or ceil mode. */
+typedef struct {
+    int c, h, w;          /* input, stored H-W-C */
+    int kh, kw, sh, sw, ph, pw;
+    int ho, wo;           /* output */
+    int flip;             /* 128: int8 codes, 0: uint8 codes (fiqnn_code) */
+} fiqnn_window;
+
+"""
+
+MAXPOOL_CODES = r"""/* (E7) max over the window's cells inside the map (every window has one: the padding and the
+ * cells of a ceil-mode window past the edge never count), for codes of either kind: b ^ flip
+ * orders the bytes of int8 codes as their values, and 0 is the lowest. */
+static void max_pool_codes(const fiqnn_window *P, const uint8_t *x, uint8_t *y)
+{
+    int c, oy, ox, ky, kx;
+    for (oy = 0; oy < P->ho; oy++)
+        for (ox = 0; ox < P->wo; ox++) {
+            uint8_t *m = y + ((long)oy * P->wo + ox) * P->c;
+            for (c = 0; c < P->c; c++)
+                m[c] = 0;
+            for (ky = 0; ky < P->kh; ky++) {
+                int iy = oy * P->sh - P->ph + ky;
+                if (iy < 0 || iy >= P->h) continue;
+                for (kx = 0; kx < P->kw; kx++) {
+                    int ix = ox * P->sw - P->pw + kx;
+                    const uint8_t *v;
+                    if (ix < 0 || ix >= P->w) continue;
+                    v = x + ((long)iy * P->w + ix) * P->c;
+                    for (c = 0; c < P->c; c++) {
+                        uint8_t b = (uint8_t)(v[c] ^ P->flip);
+                        m[c] = b > m[c] ? b : m[c];
+                    }
+                }
+            }
+            for (c = 0; c < P->c; c++)
+                m[c] = (uint8_t)(m[c] ^ P->flip);
+        }
+}
+
+"""
+
+AVGPOOL_CODES = r"""typedef struct {
+    fiqnn_window win;
+    int count_include_pad;  /* the divisor counts the window's cells inside the padded map, else inside the map */
+    int pairs;              /* 1: one (mult, shift) for every window; kh * kw: pair d - 1 for divisor d */
+    const int32_t *mult;
+    const uint8_t *shift;
+    int32_t lo, hi;         /* the output code range */
+} fiqnn_avgpool_d;
+
+/* How many of the cells [s, s + k) lie inside [lo, hi). */
+static int cells_inside(int s, int k, int lo, int hi)
+{
+    return (s + k < hi ? s + k : hi) - (s > lo ? s : lo);
+}
+
+/* (E10) in general: window sums of the codes inside the map, then
+ * clamp(rshift_round(sum * mult[d], shift[d]), lo, hi), d the window's divisor (rows x columns
+ * counted as nodes.pool_divisors does; every window has 1 <= d <= kh * kw). */
+static void avg_pool_codes(const fiqnn_avgpool_d *P, const uint8_t *x, uint8_t *y)
+{
+    const fiqnn_window *W = &P->win;
+    int pad = P->count_include_pad;
+    int c, oy, ox, ky, kx;
+    for (oy = 0; oy < W->ho; oy++) {
+        int y0 = oy * W->sh - W->ph;
+        int rows = cells_inside(y0, W->kh, pad ? -W->ph : 0, pad ? W->h + W->ph : W->h);
+        for (ox = 0; ox < W->wo; ox++) {
+            int x0 = ox * W->sw - W->pw;
+            int d = rows * cells_inside(x0, W->kw, pad ? -W->pw : 0, pad ? W->w + W->pw : W->w);
+            int j = P->pairs > 1 ? d - 1 : 0;
+            for (c = 0; c < W->c; c++) {
+                int64_t sum = 0;
+                for (ky = 0; ky < W->kh; ky++) {
+                    int iy = y0 + ky;
+                    if (iy < 0 || iy >= W->h) continue;
+                    for (kx = 0; kx < W->kw; kx++) {
+                        int ix = x0 + kx;
+                        if (ix < 0 || ix >= W->w) continue;
+                        sum += fiqnn_code(x[((long)iy * W->w + ix) * W->c + c], W->flip);
+                    }
+                }
+                y[((long)oy * W->wo + ox) * W->c + c] =
+                    (uint8_t)fiqnn_clamp(fiqnn_rshift_round(sum * P->mult[j], P->shift[j]), P->lo, P->hi);
+            }
+        }
+    }
+}
+
+"""
+
+ADD_S = r"""/* One input of an add with signed codes: codes (flip 128: int8) or int32 accumulators, and its
+ * multiplier. */
+typedef struct {
+    const uint8_t *codes;
+    const int32_t *acc;
+    int flip;
+    int32_t mult;
+} fiqnn_term_s;
+
+/* (E9) y = clamp(rshift_round(sum_j v_j * mult_j, shift), lo, hi) over n elements, in int64
+ * (|sum| < 2^62 is proven when the graph is built). */
+static void add_terms_s(const fiqnn_term_s *t, int k, long n, int shift, int32_t lo, int32_t hi, uint8_t *y)
+{
+    long i;
+    int j;
+    for (i = 0; i < n; i++) {
+        int64_t sum = 0;
+        for (j = 0; j < k; j++)
+            sum += (int64_t)(t[j].codes ? fiqnn_code(t[j].codes[i], t[j].flip) : t[j].acc[i]) * t[j].mult;
+        y[i] = (uint8_t)fiqnn_clamp(fiqnn_rshift_round(sum, shift), lo, hi);
+    }
+}
+
+"""
+
+LUT = r"""/* (E11) y = T[x - lo_in] over n codes. The table holds output bytes (a signed code as its
+ * two's-complement byte); the index is (b + off) & mask for the input byte b, with mask = 2^A - 1
+ * and off = 2^(A-1) for signed codes (b = x mod 256, and 2^A divides 256), 0 for unsigned ones:
+ * x - lo_in for every A-bit code, and inside the table for any byte. */
+static void lut_codes(const uint8_t *x, long n, const uint8_t *table, unsigned off, unsigned mask, uint8_t *y)
+{
+    long i;
+    for (i = 0; i < n; i++)
+        y[i] = table[(x[i] + off) & mask];
+}
+
+"""
+
+MUL = r"""typedef struct {
+    long hw;              /* pixels of x, stored H-W-C */
+    int c, g_map;         /* g_map: g has x's shape; else one code per channel, for every pixel */
+    int x_flip, g_flip;
+    int32_t mult;
+    int shift;
+    int32_t lo, hi;
+} fiqnn_mul;
+
+/* (E12) y = clamp(rshift_round(x * g * mult, shift), lo, hi) in int64 (|x * g| < 2^16). */
+static void mul_codes(const fiqnn_mul *P, const uint8_t *x, const uint8_t *g, uint8_t *y)
+{
+    long p, i;
+    int c;
+    for (p = 0; p < P->hw; p++) {
+        const uint8_t *gp = P->g_map ? g + p * P->c : g;
+        for (c = 0; c < P->c; c++) {
+            int64_t v;
+            i = p * P->c + c;
+            v = (int64_t)(fiqnn_code(x[i], P->x_flip) * fiqnn_code(gp[c], P->g_flip)) * P->mult;
+            y[i] = (uint8_t)fiqnn_clamp(fiqnn_rshift_round(v, P->shift), P->lo, P->hi);
+        }
+    }
+}
+
+"""
+
+REQUANT = r"""typedef struct {
+    long hw;                /* pixels, stored H-W-C */
+    int c, c_out, at;       /* x has c channels; y has c_out, of which it writes at .. at + c - 1 */
+    int flip;               /* of x's codes */
+    int per_channel;        /* one (mult, shift) per channel, else one for all */
+    const int32_t *mult;
+    const uint8_t *shift;
+    const int64_t *offset;  /* one per channel, or 0: none */
+    int32_t lo, hi;         /* the output code range */
+} fiqnn_requant;
+
+/* (E13) one input of a concatenation (one pair, no offset) and (E15) a channel affine
+ * (at = 0, c_out = c): y[at + c] = clamp(rshift_round(x[c] * mult[c] + offset[c], shift[c]), lo, hi)
+ * at every pixel, in int64 (below 2^62, proven when the graph is built). */
+static void requant_channels(const fiqnn_requant *P, const uint8_t *x, uint8_t *y)
+{
+    long p;
+    int c;
+    for (p = 0; p < P->hw; p++)
+        for (c = 0; c < P->c; c++) {
+            int k = P->per_channel ? c : 0;
+            int64_t v = (int64_t)fiqnn_code(x[p * P->c + c], P->flip) * P->mult[k] + (P->offset ? P->offset[c] : 0);
+            y[p * P->c_out + P->at + c] = (uint8_t)fiqnn_clamp(fiqnn_rshift_round(v, P->shift[k]), P->lo, P->hi);
+        }
+}
+
+"""
+
+GATHER = r"""/* (E14) y[c] = x[index[c]] at every pixel of an H-W-C map: the codes' bytes, moved. */
+static void gather_channels(const uint8_t *x, int c_in, long hw, const int32_t *index, int c_out, uint8_t *y)
+{
+    long p;
+    int c;
+    for (p = 0; p < hw; p++)
+        for (c = 0; c < c_out; c++)
+            y[p * c_out + c] = x[p * c_in + index[c]];
+}
+
+"""
+
+# Every piece of model.c by name, in source order. conv_* are the CONV instances.
+PIECES = {"layer": None, "dot_u8": DOT_U8, "dot_s8": DOT_S8,
+          **{conv_name(a, b): conv(a, b) for a in (False, True) for b in (False, True)},
+          "maxpool": MAXPOOL, "add": ADD, "avgpool": AVGPOOL, "window": WINDOW, "maxpool_codes": MAXPOOL_CODES,
+          "avgpool_codes": AVGPOOL_CODES, "add_s": ADD_S, "lut": LUT, "mul": MUL, "requant": REQUANT,
+          "gather": GATHER}
+# The pieces a piece uses.
+NEEDS = {**{conv_name(a, b): ("layer", "dot_s8" if a else "dot_u8") for a in (False, True) for b in (False, True)},
+         "maxpool": ("layer",), "maxpool_codes": ("window",), "avgpool_codes": ("window",)}
