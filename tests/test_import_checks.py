@@ -51,9 +51,24 @@ def test_functional_max_pool_keywords_bind():
     assert units[0].pool == (3, 1, 1)
 
 
-def test_count_include_pad_false_is_refused_by_keyword():
-    with pytest.raises(UnsupportedModelError, match="count_include_pad=False"):
-        import_model(Pooled(lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
+@pytest.mark.parametrize("call, ceil, include", [
+    (lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), False, False),
+    (lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True), True, True),
+    (lambda x: F.avg_pool2d(x, 2, 3, 1, ceil_mode=True, count_include_pad=False), True, False),
+])
+def test_average_pool_variants_bind_by_keyword(call, ceil, include):
+    model = Pooled(call)
+    model.fc = nn.Linear(4 * call(torch.zeros(1, 1, 8, 8)).numel(), 4)
+    model.eval()
+    units = import_model(model)
+    pool = next(u for u in units if u.kind == "avgpool")
+    assert (pool.ceil_mode, pool.count_include_pad) == (ceil, include)
+    verify_import(model, units, torch.rand(4, 1, 8, 8))
+
+
+def test_a_divisor_override_is_refused_by_keyword():
+    with pytest.raises(UnsupportedModelError, match="divisor override"):
+        import_model(Pooled(lambda x: F.avg_pool2d(x, 3, 1, 1, divisor_override=2)))
 
 
 @pytest.mark.parametrize("arch, shape", [("resnet20", (3, 32, 32)), ("mobilenetv2-s", (3, 32, 32)),

@@ -128,17 +128,17 @@ class MobileNetV2(_MobileNet):
                (6, 320, 1, 1))
 
     def __init__(self, num_classes: int = 10, in_shape: Shape = (3, 32, 32), width_mult: float = 1.0,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, setting: tuple | None = None, head: int | None = None):
         super().__init__()
         rows = [(t, _make_divisible(c * width_mult), s if i == 0 else 1)
-                for t, c, n, s in self.SETTING for i in range(n)]
+                for t, c, n, s in setting or self.SETTING for i in range(n)]
         stem_stride, strides = _strides([s for _, _, s in rows], _small_input(in_shape))
         c = _make_divisible(32 * width_mult)
         layers = [conv_bn_act(in_shape[0], c, 3, stem_stride, act=nn.ReLU6)]
         for (t, c_out, _), stride in zip(rows, strides):
             layers.append(MBConv(c, round(c * t), c_out, 3, stride, nn.ReLU6))
             c = c_out
-        last = _make_divisible(1280 * max(1.0, width_mult))
+        last = head or _make_divisible(1280 * max(1.0, width_mult))
         layers.append(conv_bn_act(c, last, 1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -160,12 +160,14 @@ class MobileNetV3Small(_MobileNet):
                (5, 120, 48, True, "HS", 1), (5, 144, 48, True, "HS", 1), (5, 288, 96, True, "HS", 2),
                (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1))
 
-    def __init__(self, num_classes: int = 10, in_shape: Shape = (3, 32, 32), dropout: float = 0.2):
+    def __init__(self, num_classes: int = 10, in_shape: Shape = (3, 32, 32), dropout: float = 0.2,
+                 setting: tuple | None = None):
         super().__init__()
         bn = lambda c: nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)  # noqa: E731
-        stem_stride, strides = _strides([row[-1] for row in self.SETTING], _small_input(in_shape))
+        setting = setting or self.SETTING
+        stem_stride, strides = _strides([row[-1] for row in setting], _small_input(in_shape))
         layers, c = [conv_bn_act(in_shape[0], 16, 3, stem_stride, act=nn.Hardswish, bn=bn)], 16
-        for (k, hidden, c_out, use_se, act_name, _), stride in zip(self.SETTING, strides):
+        for (k, hidden, c_out, use_se, act_name, _), stride in zip(setting, strides):
             act = nn.Hardswish if act_name == "HS" else nn.ReLU
             se = SqueezeExcite(hidden, _make_divisible(hidden // 4), nn.ReLU, nn.Hardsigmoid) if use_se else None
             layers.append(MBConv(c, hidden, c_out, k, stride, act, se, bn))
@@ -189,21 +191,23 @@ class EfficientNetB0(_MobileNet):
     SETTING = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
                (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
 
-    def __init__(self, num_classes: int = 10, in_shape: Shape = (3, 32, 32), dropout: float = 0.2):
+    def __init__(self, num_classes: int = 10, in_shape: Shape = (3, 32, 32), dropout: float = 0.2,
+                 setting: tuple | None = None, head: int = 1280):
         super().__init__()
+        setting = setting or self.SETTING
         rows = [(t, k, s if i == 0 else 1, c_in if i == 0 else c_out, c_out)
-                for t, k, s, c_in, c_out, n in self.SETTING for i in range(n)]
+                for t, k, s, c_in, c_out, n in setting for i in range(n)]
         stem_stride, strides = _strides([row[2] for row in rows], _small_input(in_shape))
-        layers = [conv_bn_act(in_shape[0], 32, 3, stem_stride, act=nn.SiLU)]
+        layers = [conv_bn_act(in_shape[0], setting[0][3], 3, stem_stride, act=nn.SiLU)]
         for (t, k, _, c_in, c_out), stride in zip(rows, strides):
             hidden = _make_divisible(c_in * t)
             se = SqueezeExcite(hidden, max(1, c_in // 4), nn.SiLU, nn.Sigmoid)
             layers.append(MBConv(c_in, hidden, c_out, k, stride, nn.SiLU, se))
-        layers.append(conv_bn_act(320, 1280, 1, act=nn.SiLU))
+        layers.append(conv_bn_act(rows[-1][-1], head, 1, act=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head, num_classes))
         r = 1.0 / num_classes ** 0.5
         _init_weights(self, "fan_out", lambda w: nn.init.uniform_(w, -r, r))
 

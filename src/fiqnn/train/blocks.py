@@ -1,4 +1,4 @@
-"""The code-domain units other than conv/fc layers, and the table of every unit kind.
+"""The code-domain units that join or move tensors, and the table of every unit kind.
 
 Each kind of unit is a pair: the teacher QNN's (BN world, fake-quantized, real-valued
 inside) and the BN-free student's (eval mode computes the integer contract exactly). A pair
@@ -13,59 +13,82 @@ carries everything the torch side needs, so a new op is one new pair here plus i
   ``integer_params()`` and ``to_node(name, inputs)``: its IntGraph node.
 
 :class:`QnnAdd` / :class:`IntAddUnit` are the residual add ((E9): one multiplier per input, one
-shift) and :class:`QnnAvgPool` / :class:`IntAvgPoolUnit` the average pool ((E10)).
+shift), :class:`QnnMul` / :class:`IntMulUnit` the channel-wise multiply of a squeeze-excite gate
+((E12)), :class:`QnnConcat` / :class:`IntConcatUnit` the concatenation ((E13)) and
+:class:`ChannelsUnit` the channel split and shuffle ((E14)). The pools are in
+:mod:`fiqnn.train.pools`, the per-code units (lookup tables, pre-activation affines) in
+:mod:`fiqnn.train.pointwise`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import DistillConfig
-from ..integer.arith import act_range, quantize_multiplier
-from ..integer.graph import IntAdd, IntAvgPool
-from ..nets.fximport import Unit
-from .quantizers import LsqAct, round_half_up
-from .units import IntUnit, QnnUnit, _Cached, _version_key, act, requantize_sum
+from ..integer.arith import quantize_multiplier
+from ..integer.graph import IntAdd, IntChannels, IntConcat, IntMul
+from ..nets.fximport import Unit, channel_index
+from .pointwise import IntAffineUnit, IntLutUnit, QnnAffine, QnnLut
+from .pools import IntAvgPoolUnit, MaxPoolUnit, QnnAvgPool
+from .quantizers import LsqAct
+from .units import IntUnit, QnnUnit, _Cached, _version_key, act, clamp_codes, requantize_sum
 
 
 def _int32(p: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     return p["mult"].numpy().astype(np.int32), p["shift"].numpy().astype(np.int32)
 
 
-class QnnAdd(nn.Module):
-    """Teacher residual add: real sum of the inputs (codes x their step, or real values),
-    ReLU/ReLU6, then A-bit activation codes."""
+def _pairs(log_beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E5) of each ``exp(log_beta)``: int64 (mult, shift) tensors, one pair per entry."""
+    pairs = [quantize_multiplier(float(b)) for b in log_beta.detach().double().cpu().exp()]
+    return (torch.tensor([m for m, _ in pairs], dtype=torch.int64),
+            torch.tensor([s for _, s in pairs], dtype=torch.int64))
 
-    def __init__(self, in_scales: list[float | None], a_bits: int, relu6: bool = False):
+
+class _Joined(nn.Module):
+    """A teacher unit over several inputs: real values (codes x their step, or real values as they
+    are), combined by :meth:`combine`, then [ReLU ->] A-bit codes."""
+
+    def __init__(self, in_scales: list[float | None], a_bits: int, act_kind: str | None = "relu",
+                 signed: bool = False):
         super().__init__()
         self.register_buffer("in_scales", torch.tensor([s if s is not None else 0.0 for s in in_scales]))
-        self.relu6, self.a_bits = relu6, a_bits
-        self.aq = LsqAct(a_bits)
+        self.act, self.a_bits, self.signed = act_kind, a_bits, signed
+        self.aq = LsqAct(a_bits, signed=signed)
+
+    def combine(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
 
     def pre_act(self, *xs: torch.Tensor) -> torch.Tensor:
-        return sum(x * s if s > 0 else x for x, s in zip(xs, self.in_scales.tolist()))
+        return act(self.combine([x * s if s > 0 else x for x, s in zip(xs, self.in_scales.tolist())]), self.act)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.aq(act(self.pre_act(*xs), self.relu6))
+        return self.aq(self.pre_act(*xs))
 
     @classmethod
     def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
-                  w_bits: int) -> QnnAdd:
-        return cls(in_scales, config.a_bits, u.act == "relu6")
+                  w_bits: int) -> _Joined:
+        return cls(in_scales, config.a_bits, u.act, u.signed)
 
     def calibrate(self, *xs: torch.Tensor) -> float:
-        self.aq.init_step(act(self.pre_act(*xs), self.relu6))
+        self.aq.init_step(self.pre_act(*xs))
         return float(self.aq.step)
+
+
+class QnnAdd(_Joined):
+    """Teacher residual add: the real sum of the inputs, [ReLU/ReLU6 ->] A-bit activation codes."""
+
+    def combine(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return sum(xs)
 
     @torch.no_grad()
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntAddUnit:
         """Each input's factor starts at its scale over the output step (a residual branch's
         scale is its student layer's alpha)."""
         out = float(self.aq.step)
-        s = IntAddUnit(len(srcs), self.a_bits)
+        s = IntAddUnit(len(srcs), self.a_bits, self.signed)
         betas = [float(sc) / out if sc > 0 else float(students[src].alpha) / out
                  for src, sc in zip(srcs, self.in_scales.tolist())]
         s.log_beta.copy_(torch.tensor(betas).log())
@@ -73,14 +96,14 @@ class QnnAdd(nn.Module):
 
 
 class IntAddUnit(_Cached):
-    """Student residual add, (E9): ``clamp(round(sum_i v_i * beta_i), 0, 2^A - 1)``; eval mode
+    """Student residual add, (E9): ``clamp(round(sum_i v_i * beta_i), lo, hi)``; eval mode
     computes the integers exactly (one mult per input, one shared shift)."""
 
     spec_type = "add"
 
-    def __init__(self, n_inputs: int, a_bits: int):
+    def __init__(self, n_inputs: int, a_bits: int, signed: bool = False):
         super().__init__()
-        self.a_bits = a_bits
+        self.a_bits, self.signed = a_bits, signed
         self.log_beta = nn.Parameter(torch.zeros(n_inputs))
         self._int_cache: tuple | None = None
 
@@ -95,72 +118,47 @@ class IntAddUnit(_Cached):
         return self._int_cache[1]
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        qmax = act_range(self.a_bits)[1]
         if self.training:
             beta = self.log_beta.exp()
-            return torch.clamp(round_half_up(sum(x * b for x, b in zip(xs, beta))), 0, qmax)
+            return clamp_codes(sum(x * b for x, b in zip(xs, beta)), self.a_bits, self.signed)
         p = self.integer_params()
         total = sum(x.to(torch.int64) * int(m) for x, m in zip(xs, p["mult"]))  # |total| < 2^62 (E9)
-        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
+        return requantize_sum(total, int(p["shift"][0]), self.a_bits, self.signed)
 
     def spec_fields(self) -> dict:
-        return {"n_inputs": len(self.log_beta), "a_bits": self.a_bits}
+        return {"n_inputs": len(self.log_beta), "a_bits": self.a_bits} | ({"signed": True} if self.signed else {})
 
     @classmethod
     def from_fields(cls, d: dict) -> IntAddUnit:
-        return cls(d["n_inputs"], d["a_bits"])
+        return cls(d["n_inputs"], d["a_bits"], d.get("signed", False))
 
     def to_node(self, name: str, inputs: tuple[str, ...]) -> IntAdd:
         mult, shift = _int32(self.integer_params())
-        return IntAdd(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=self.a_bits)
+        return IntAdd(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=self.a_bits, signed=self.signed)
 
 
-class QnnAvgPool(nn.Module):
-    """Teacher average pool of codes (zero padding counts), then A-bit activation codes."""
+class QnnMul(_Joined):
+    """Teacher channel-wise multiply (a squeeze-excite gate): the real product, then A-bit codes."""
 
-    def __init__(self, window: tuple, in_scale: float, a_bits: int):
-        super().__init__()
-        self.window, self.a_bits = window, a_bits
-        self.register_buffer("in_scale", torch.tensor(float(in_scale)))
-        self.aq = LsqAct(a_bits)
-
-    def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.window
-        return F.avg_pool2d(x_q * self.in_scale, k, s, p, count_include_pad=True)
-
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        return self.aq(self.pre_act(x_q))
-
-    @classmethod
-    def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
-                  w_bits: int) -> QnnAvgPool:
-        window = u.window
-        if window == "global":
-            h, w = xs[0].shape[2:]
-            window = ((h, w), (1, 1), (0, 0))
-        return cls(window, in_scales[0], config.a_bits)
-
-    def calibrate(self, x_q: torch.Tensor) -> float:
-        self.aq.init_step(self.pre_act(x_q))
-        return float(self.aq.step)
+    def combine(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return xs[0] * xs[1]
 
     @torch.no_grad()
-    def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntAvgPoolUnit:
-        """beta starts at ``s_in / (kernel area x s_out)``."""
-        (kh, kw), _, _ = self.window
-        s = IntAvgPoolUnit(self.window, 8 if srcs == ["input"] else config.a_bits, self.a_bits)
-        s.log_beta.copy_(torch.tensor(float(self.in_scale) / (kh * kw * float(self.aq.step))).log())
+    def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntMulUnit:
+        """beta starts at ``s_x * s_g / s_out``."""
+        s = IntMulUnit(self.a_bits, self.signed)
+        s.log_beta.fill_(float(self.in_scales.prod().log() - self.aq.step.abs().log()))
         return s
 
 
-class IntAvgPoolUnit(_Cached):
-    """Student average pool, (E10): ``clamp(round(window_sum * beta), 0, 2^A - 1)``."""
+class IntMulUnit(_Cached):
+    """Student channel-wise multiply, (E12): ``clamp(round(x * g * beta))``, g broadcast over the map."""
 
-    spec_type = "avgpool"
+    spec_type = "mul"
 
-    def __init__(self, window: tuple, in_bits: int, a_bits: int):
+    def __init__(self, a_bits: int, signed: bool = False):
         super().__init__()
-        self.window, self.in_bits, self.a_bits = window, in_bits, a_bits
+        self.a_bits, self.signed = a_bits, signed
         self.log_beta = nn.Parameter(torch.zeros(()))
         self._int_cache: tuple | None = None
 
@@ -168,37 +166,128 @@ class IntAvgPoolUnit(_Cached):
     def integer_params(self) -> dict[str, torch.Tensor]:
         key = _version_key(self.log_beta)
         if self._int_cache is None or self._int_cache[0] != key:
-            mult, shift = quantize_multiplier(float(self.log_beta.double().exp()))
-            self._int_cache = (key, {"mult": torch.tensor([mult]), "shift": torch.tensor([shift])})
+            mult, shift = _pairs(self.log_beta.reshape(1))
+            self._int_cache = (key, {"mult": mult, "shift": shift})
         return self._int_cache[1]
 
-    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.window
-        return F.avg_pool2d(x, k, s, p, count_include_pad=True, divisor_override=1)
-
-    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
-        qmax = act_range(self.a_bits)[1]
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return torch.clamp(round_half_up(self.window_sum(x_q) * self.log_beta.exp()), 0, qmax)
+            return clamp_codes(x * g * self.log_beta.exp(), self.a_bits, self.signed)
         p = self.integer_params()
-        total = self.window_sum(x_q.double()).to(torch.int64) * int(p["mult"][0])  # sums exact in float64
-        return requantize_sum(total, int(p["shift"][0]), self.a_bits)
+        total = x.to(torch.int64) * g.to(torch.int64) * int(p["mult"][0])  # below 2^47 (E12)
+        return requantize_sum(total, int(p["shift"][0]), self.a_bits, self.signed)
 
     def spec_fields(self) -> dict:
-        return {"window": [list(x) for x in self.window], "in_bits": self.in_bits, "a_bits": self.a_bits}
+        return {"a_bits": self.a_bits, "signed": self.signed}
 
     @classmethod
-    def from_fields(cls, d: dict) -> IntAvgPoolUnit:
-        return cls(tuple(tuple(x) for x in d["window"]), d["in_bits"], d["a_bits"])
+    def from_fields(cls, d: dict) -> IntMulUnit:
+        return cls(d["a_bits"], d["signed"])
 
-    def to_node(self, name: str, inputs: tuple[str, ...]) -> IntAvgPool:
+    def to_node(self, name: str, inputs: tuple[str, ...]) -> IntMul:
         mult, shift = _int32(self.integer_params())
-        k, s, p = self.window
-        return IntAvgPool(name=name, kernel=tuple(k), stride=tuple(s), padding=tuple(p), mult=mult, shift=shift,
-                          in_bits=self.in_bits, a_bits=self.a_bits, inputs=inputs)
+        return IntMul(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=self.a_bits, signed=self.signed)
+
+
+class QnnConcat(_Joined):
+    """Teacher concatenation of real values along channels, then one A-bit code step for all."""
+
+    def combine(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(xs, 1)
+
+    @torch.no_grad()
+    def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntConcatUnit:
+        """Each input's factor starts at its step over the output step."""
+        s = IntConcatUnit(len(srcs), self.a_bits, self.signed)
+        s.log_beta.copy_((self.in_scales.double() / float(self.aq.step.abs())).log().float())
+        return s
+
+
+class IntConcatUnit(_Cached):
+    """Student concatenation, (E13): input j becomes ``clamp(round(x_j * beta_j))``, one (mult,
+    shift) pair each."""
+
+    spec_type = "concat"
+
+    def __init__(self, n_inputs: int, a_bits: int, signed: bool = False):
+        super().__init__()
+        self.a_bits, self.signed = a_bits, signed
+        self.log_beta = nn.Parameter(torch.zeros(n_inputs))
+        self._int_cache: tuple | None = None
+
+    @torch.no_grad()
+    def integer_params(self) -> dict[str, torch.Tensor]:
+        key = _version_key(self.log_beta)
+        if self._int_cache is None or self._int_cache[0] != key:
+            mult, shift = _pairs(self.log_beta)
+            self._int_cache = (key, {"mult": mult, "shift": shift})
+        return self._int_cache[1]
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return torch.cat([clamp_codes(x * b, self.a_bits, self.signed) for x, b in zip(xs, self.log_beta.exp())],
+                             1)
+        p = self.integer_params()
+        return torch.cat([requantize_sum(x.to(torch.int64) * int(m), int(s), self.a_bits, self.signed)
+                          for x, m, s in zip(xs, p["mult"], p["shift"])], 1)
+
+    def spec_fields(self) -> dict:
+        return {"n_inputs": len(self.log_beta), "a_bits": self.a_bits, "signed": self.signed}
+
+    @classmethod
+    def from_fields(cls, d: dict) -> IntConcatUnit:
+        return cls(d["n_inputs"], d["a_bits"], d["signed"])
+
+    def to_node(self, name: str, inputs: tuple[str, ...]) -> IntConcat:
+        mult, shift = _int32(self.integer_params())
+        return IntConcat(name=name, inputs=inputs, mult=mult, shift=shift, a_bits=self.a_bits, signed=self.signed)
+
+
+class ChannelsUnit(nn.Module):
+    """(E14) A channel gather (split, shuffle), the same in the teacher QNN and the student: the
+    output has the input's codes and step. The index is found once, on the calibration batch,
+    by running the imported chain (:func:`fiqnn.nets.fximport.channel_index`)."""
+
+    spec_type = "channels"
+
+    def __init__(self, index: list[int], a_bits: int, signed: bool = False, in_scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("index", torch.tensor(index, dtype=torch.int64), persistent=False)
+        self.a_bits, self.signed, self.in_scale = a_bits, signed, in_scale
+
+    def forward(self, x_q: torch.Tensor) -> torch.Tensor:
+        return x_q.index_select(1, self.index)
+
+    @classmethod
+    def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
+                  w_bits: int) -> ChannelsUnit:
+        index = channel_index(u.func, tuple(xs[0].shape))
+        return cls(index, 8 if u.inputs == ["input"] else config.a_bits, u.signed, in_scales[0])
+
+    def calibrate(self, x_q: torch.Tensor) -> float:
+        return self.in_scale
+
+    def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> ChannelsUnit:
+        a_bits = 8 if srcs == ["input"] else students[srcs[0]].a_bits
+        return ChannelsUnit(self.index.tolist(), a_bits, self.signed)
+
+    def spec_fields(self) -> dict:
+        return {"index": self.index.tolist(), "a_bits": self.a_bits, "signed": self.signed}
+
+    @classmethod
+    def from_fields(cls, d: dict) -> ChannelsUnit:
+        return cls(d["index"], d["a_bits"], d["signed"])
+
+    def to_node(self, name: str, inputs: tuple[str, ...]) -> IntChannels:
+        return IntChannels(name=name, index=self.index.cpu().numpy().astype(np.int32), a_bits=self.a_bits,
+                           signed=self.signed, inputs=inputs)
 
 
 # An imported unit's kind (fiqnn.nets.fximport.Unit.kind) -> its teacher QNN unit.
-TEACHERS: dict[str, type[nn.Module]] = {"conv": QnnUnit, "fc": QnnUnit, "add": QnnAdd, "avgpool": QnnAvgPool}
+TEACHERS: dict[str, type[nn.Module]] = {"conv": QnnUnit, "fc": QnnUnit, "add": QnnAdd, "avgpool": QnnAvgPool,
+                                        "maxpool": MaxPoolUnit, "lut": QnnLut, "mul": QnnMul, "concat": QnnConcat,
+                                        "channels": ChannelsUnit, "affine": QnnAffine}
 # A student unit's type in a saved spec -> its class.
-STUDENTS: dict[str, type[nn.Module]] = {c.spec_type: c for c in (IntUnit, IntAddUnit, IntAvgPoolUnit)}
+STUDENTS: dict[str, type[nn.Module]] = {c.spec_type: c for c in (
+    IntUnit, IntAddUnit, IntAvgPoolUnit, MaxPoolUnit, IntLutUnit, IntMulUnit, IntConcatUnit, ChannelsUnit,
+    IntAffineUnit)}

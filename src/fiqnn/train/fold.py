@@ -25,7 +25,7 @@ from torch import nn
 
 from .._progress import bar as progress_bar
 from ..config import DistillConfig
-from ..integer.arith import act_range
+from ..integer.arith import code_range
 from .graphnet import GraphNet
 from .units import IntUnit, QnnUnit
 
@@ -45,13 +45,15 @@ def fold_bn(t: QnnUnit) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_channel: bool) -> IntUnit:
+def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_channel: bool,
+               in_signed: bool = False) -> IntUnit:
     """Build the student layer for teacher unit ``t`` and fit its scale.
 
     Args:
         t: the teacher unit (its current state; it is not modified).
         x_q: calibration input codes of this layer, as the student network will see them.
         in_bits: bits of those codes (8 for the network input).
+        in_signed: whether those codes are signed.
         w_bits: weight bits of the student layer.
         per_channel: one (mult, shift) per output channel instead of one per layer, for a
             layer whose output is requantized. A layer with no activation bits (the logits,
@@ -66,7 +68,8 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     t.train(was_training)
 
     w_c, b_c = fold_bn(t)
-    s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel).to(w_c.device)
+    s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel, signed=t.signed,
+                in_signed=in_signed).to(w_c.device)
     step = weight_step(w_c, s.q, per_channel)  # the weight step is the initial alpha: alpha * w_q ~ w_c
     step_b = step.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else step.reshape(())
     s.weight.copy_((w_c / (step_b * s.q)).float())  # latent weights: w_q = clamp(round(q * weight))
@@ -77,7 +80,7 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     s.eval()
     p = s.integer_params()
     acc = s.geometry.linear(x_q.double(), p["w_q"].double(), p["bias_q"].double())
-    alpha = _fit_alpha(acc, target, t.a_bits, per_channel)
+    alpha = _fit_alpha(acc, target, t.a_bits, per_channel, t.signed)
     s.log_alpha.copy_(alpha.log().float())
     s.bias.copy_((p["bias_q"].double() * alpha).float())  # keep the integer bias of the fit
     s.train()
@@ -104,14 +107,22 @@ def weight_step(w: torch.Tensor, q: int, per_channel: bool) -> torch.Tensor:
     return best_step
 
 
-def _fit_alpha(acc: torch.Tensor, target: torch.Tensor, a_bits: int | None, per_channel: bool) -> torch.Tensor:
-    """alpha minimising ``|clamp(round(alpha * acc)) - target|^2`` (per channel or overall)."""
+FIT_VALUES = 1 << 25  # the scale search reads at most this many accumulators (alexnet-s's layers all fit)
+
+
+def _fit_alpha(acc: torch.Tensor, target: torch.Tensor, a_bits: int | None, per_channel: bool,
+               signed: bool = False) -> torch.Tensor:
+    """alpha minimising ``|clamp(round(alpha * acc)) - target|^2`` (per channel or overall), on the
+    first images of the calibration batch that hold at most ``FIT_VALUES`` values."""
+    if acc.numel() > FIT_VALUES:
+        keep = max(1, len(acc) * FIT_VALUES // acc.numel())
+        acc, target = acc[:keep], target[:keep]
     dims = [d for d in range(acc.ndim) if d != 1] if per_channel else list(range(acc.ndim))
     if a_bits is None:  # logits: plain least squares, no clipping
         mask = torch.ones_like(acc, dtype=torch.bool)
     else:
-        qmax = act_range(a_bits)[1]
-        mask = (target > 0) & (target < qmax)  # the linear region of the clamp
+        qmin, qmax = code_range(a_bits, signed)
+        mask = (target > qmin) & (target < qmax)  # the linear region of the clamp
     num = (acc * target * mask).sum(dim=dims)
     den = (acc * acc * mask).sum(dim=dims)
     ls = torch.where((den > 0) & (num > 0), num / den.clamp_min(1e-30), torch.full_like(num, math.nan))
@@ -125,7 +136,7 @@ def _fit_alpha(acc: torch.Tensor, target: torch.Tensor, a_bits: int | None, per_
     best_err = torch.full_like(base, math.inf)
     for f in torch.linspace(0.7, 1.3, 31, dtype=torch.float64):
         a = base * f
-        out = torch.clamp(torch.floor(acc * a.reshape(shape) + 0.5), 0, qmax)
+        out = torch.clamp(torch.floor(acc * a.reshape(shape) + 0.5), qmin, qmax)
         err = ((out - target) ** 2).mean(dim=dims)
         better = err < best_err
         best = torch.where(better, a, best)
@@ -139,6 +150,14 @@ def _median_ratio(acc: torch.Tensor, target: torch.Tensor, dims: list[int]) -> t
     return 1.0 / big
 
 
+def in_code(src: str, students: dict[str, nn.Module]) -> tuple[int, bool]:
+    """(bits, signed) of the codes a student unit reads from ``src``: the network input's 8-bit
+    pixels, or its source's codes."""
+    if src == "input":
+        return 8, False
+    return students[src].a_bits, bool(students[src].signed)
+
+
 @torch.no_grad()
 def init_unit(t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], students: dict[str, nn.Module],
               config: DistillConfig, last: bool) -> nn.Module:
@@ -148,8 +167,8 @@ def init_unit(t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], stude
     fitted by :func:`local_init`; every other unit initialises itself (``t.init_student``)."""
     if not isinstance(t, QnnUnit):
         return t.init_student(srcs, students, config)
-    in_bits = 8 if srcs == ["input"] else config.a_bits
-    s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel")
+    in_bits, in_signed = in_code(srcs[0], students)
+    s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel", in_signed)
     s.raw = t.a_bits is None and not last  # a residual branch: its accumulators feed an add
     return s
 

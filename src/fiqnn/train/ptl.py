@@ -15,34 +15,54 @@ import torch
 from torch import nn
 
 from ..config import DistillConfig
-from ..integer.arith import act_range
+from ..integer.arith import code_peak
 from ..nets.fximport import import_model
+from .blocks import ChannelsUnit
 from .fold import init_unit
 from .graphnet import GraphNet
 from .loop import ptl_loss, train_stage
+from .pointwise import QnnAffine, QnnLut
+from .pools import MaxPoolUnit
 from .units import IntUnit
+
+# Units that belong to the stage of a neighbour (docs/method.md, "Stages"): an activation table,
+# a max-pool or a channel gather joins the unit it reads; a pre-activation affine joins the unit it feeds.
+JOIN_BEFORE = (QnnLut, MaxPoolUnit, ChannelsUnit)
+JOIN_AFTER = (QnnAffine,)
+_KINDS_BEFORE, _KINDS_AFTER = ("lut", "maxpool", "channels"), ("affine",)
 
 
 def stages(qnn: GraphNet) -> list[list[str]]:
     """PTL stages of a network: runs of units between cut points. A unit is a cut point when it
     outputs codes and no edge jumps over it, so a residual block (its branch, shortcut and
     add) is one stage and its output, the add's codes, is the stage's target; in a chain
-    every unit is its own stage (docs/method.md: layer-by-layer conversion)."""
-    return _cut(list(qnn.units), qnn.inputs, {n for n, u in qnn.units.items() if getattr(u, "a_bits", None)})
+    every layer is its own stage (docs/method.md: layer-by-layer conversion). A layer's
+    activation table, max-pool or channel gather stays in its stage, and a pre-activation
+    affine goes with the layer it feeds."""
+    units = qnn.units
+    return _cut(list(units), qnn.inputs, {n for n, u in units.items() if getattr(u, "a_bits", None)},
+                {n for n, u in units.items() if isinstance(u, JOIN_BEFORE)},
+                {n for n, u in units.items() if isinstance(u, JOIN_AFTER)})
 
 
 def stage_count(teacher: nn.Module) -> int:
     """How many PTL stages distilling ``teacher`` runs (:func:`stages` of its units)."""
     units = import_model(teacher)
-    return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, {u.name for u in units if u.codes}))
+    return len(_cut([u.name for u in units], {u.name: u.inputs for u in units}, {u.name for u in units if u.codes},
+                    {u.name for u in units if u.kind in _KINDS_BEFORE},
+                    {u.name for u in units if u.kind in _KINDS_AFTER}))
 
 
-def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str]) -> list[list[str]]:
+def _cut(names: list[str], inputs: dict[str, list[str]], codes: set[str], join_before: set[str] = frozenset(),
+         join_after: set[str] = frozenset()) -> list[list[str]]:
     index = {n: i for i, n in enumerate(names)} | {"input": -1}
     edges = [(index[src], index[n]) for n in names for src in inputs[n]]
+    readers = {n: [m for m in names if n in inputs[m]] for n in names}
     out, start = [], 0
     for i, n in enumerate(names):
-        if i == len(names) - 1 or (n in codes and all(a == i for a, b in edges if a <= i < b)):
+        joined = n in join_after or (i + 1 < len(names) and names[i + 1] in join_before
+                                     and readers[n] == [names[i + 1]])  # its one reader is the joining unit
+        if i == len(names) - 1 or (n in codes and not joined and all(a == i for a, b in edges if a <= i < b)):
             out.append(names[start:i + 1])
             start = i + 1
     return out
@@ -62,7 +82,8 @@ def stage_loss(student: GraphNet, qnn: GraphNet, frozen: GraphNet, groups: list[
     net = hybrid(student, qnn, groups, k + 1)
     out_name, final = groups[k][-1], k == len(groups) - 1
     out_unit = qnn.units[out_name]
-    qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else float(act_range(out_unit.a_bits)[1])
+    qmax = 1.0 if final or getattr(out_unit, "a_bits", None) is None else \
+        float(code_peak(out_unit.a_bits, out_unit.signed))
 
     def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -25,6 +25,8 @@ def build_teacher_qnn(units: list[Unit], config: DistillConfig, calib_x: torch.T
     layers = [u.name for u in units if u.kind in ("conv", "fc")]
     env, scale, built = {"input": calib_x.float()}, {"input": 1.0 / 255.0}, []
     for u in units:
+        if u.kind == "mul" and env[u.inputs[0]].shape[2:] == (1, 1) != env[u.inputs[1]].shape[2:]:
+            u.inputs.reverse()  # (E12): the gate, one value per channel, is the second factor
         xs = [env[s] for s in u.inputs]
         w_bits = config.first_last_bits if u.name in (layers[0], layers[-1]) else config.w_bits
         q = TEACHERS[u.kind].from_unit(u, [scale[s] for s in u.inputs], xs, config, w_bits).eval()

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..integer.arith import act_range, weight_range
+from ..integer.arith import code_range, weight_range
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
@@ -62,29 +62,34 @@ class DorefaWeight(nn.Module):
 
 
 class LsqAct(nn.Module):
-    """Unsigned ``a_bits`` activation codes with a learned step.
+    """``a_bits`` activation codes, unsigned or signed (docs/arithmetic.md (E1)), with a learned step.
 
-    ``forward(x)`` returns the *codes* ``clamp(round_half_up(x / s), 0, 2^a_bits - 1)``
-    as a float tensor of exact small integers; their value is ``codes * s``.
+    ``forward(x)`` returns the *codes* ``clamp(round_half_up(x / s), lo, hi)`` as a float
+    tensor of exact small integers; their value is ``codes * s``.
     """
 
-    def __init__(self, a_bits: int, step: float = 1.0):
+    def __init__(self, a_bits: int, step: float = 1.0, signed: bool = False):
         super().__init__()
-        self.a_bits = a_bits
-        self.qmax = act_range(a_bits)[1]
+        self.a_bits, self.signed = a_bits, signed
+        self.qmin, self.qmax = code_range(a_bits, signed)
         self.step = nn.Parameter(torch.tensor(float(step)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _grad_scale(self.step.abs() + 1e-12, 1.0 / math.sqrt(x[0].numel() * self.qmax))
-        return torch.clamp(round_half_up(x / s), 0, self.qmax) * (s / s.detach())
+        return torch.clamp(round_half_up(x / s), self.qmin, self.qmax) * (s / s.detach())
 
     @torch.no_grad()
     def init_step(self, x: torch.Tensor) -> None:
         """Set the step to the clipping point that minimises the quantization MSE on
-        calibration activations ``x`` (a grid search over percentiles)."""
+        calibration activations ``x`` (a grid search over percentiles of the values, or of their
+        magnitudes for signed codes)."""
         x = x.detach().flatten().float()
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:50_000]]
-        pos = x[x > 0].sort().values
+        gen = torch.Generator().manual_seed(0)
+        pick = torch.randperm(len(x), generator=gen)[:50_000] if len(x) <= 1 << 25 else \
+            torch.randint(len(x), (50_000,), generator=gen)  # (a permutation of 2^25+ values costs seconds)
+        x = x[pick.to(x.device)]
+        pos = (x.abs() if self.signed else x)
+        pos = pos[pos > 0].sort().values
         if len(pos) == 0:
             return
         best, best_err = None, math.inf
@@ -93,7 +98,7 @@ class LsqAct(nn.Module):
             if clip <= 0:
                 continue
             s = clip / self.qmax
-            err = float(((torch.clamp(torch.floor(x / s + 0.5), 0, self.qmax) * s - x) ** 2).mean())
+            err = float(((torch.clamp(torch.floor(x / s + 0.5), self.qmin, self.qmax) * s - x) ** 2).mean())
             if err < best_err:
                 best, best_err = s, err
         if best is not None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DistillConfig
-from ..integer.arith import acc_bound, act_range, exact_float_dtype, quantize_multiplier, weight_range
+from ..integer.arith import acc_bound, code_range, exact_float_dtype, quantize_multiplier, weight_range
 from ..integer.graph import IntLayer
 from ..nets.fximport import Unit
 from .quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
@@ -88,16 +88,21 @@ class _Cached(nn.Module):
         return state
 
 
-def requantize_sum(total: torch.Tensor, shift, a_bits: int) -> torch.Tensor:
-    """(E3) then the clamp of (E4) on an int64 tensor of products or sums: A-bit codes as float32.
-    ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift."""
+def requantize_sum(total: torch.Tensor, shift, a_bits: int, signed: bool = False) -> torch.Tensor:
+    """(E3) then the clamp of (E4) on an int64 tensor of products or sums: A-bit codes (unsigned,
+    or signed) as float32. ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift."""
     codes = (total + ((1 << shift) >> 1)) >> shift
-    return codes.clamp(0, act_range(a_bits)[1]).to(torch.float32)
+    return codes.clamp(*code_range(a_bits, signed)).to(torch.float32)
 
 
-def act(x: torch.Tensor, relu6: bool) -> torch.Tensor:
-    """The teacher's activation: ReLU, or ReLU6."""
-    return F.hardtanh(x, 0.0, 6.0) if relu6 else F.relu(x)
+def act(x: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """The teacher's activation: "relu", "relu6", or None (none: signed codes follow)."""
+    return F.hardtanh(x, 0.0, 6.0) if kind == "relu6" else F.relu(x) if kind == "relu" else x
+
+
+def clamp_codes(x: torch.Tensor, a_bits: int, signed: bool) -> torch.Tensor:
+    """Round half up (E3) with a straight-through gradient, then clamp to the code range."""
+    return torch.clamp(round_half_up(x), *code_range(a_bits, signed))
 
 
 class QnnUnit(_Cached):
@@ -110,21 +115,23 @@ class QnnUnit(_Cached):
         w_bits: weight bits, or None to keep float weights.
         a_bits: output activation bits, or None for the last layer (float logits).
         quantizer: "lsq" (learned per-channel step) or "dorefa".
+        signed: signed output codes (no activation: a linear bottleneck's projection).
     """
 
     def __init__(self, unit: nn.Sequential, in_scale: float, w_bits: int | None, a_bits: int | None,
-                 quantizer: str = "lsq"):
+                 quantizer: str = "lsq", signed: bool = False):
         super().__init__()
         self.geometry = Geometry.of(unit)
         self.layer = copy.deepcopy(unit.conv if hasattr(unit, "conv") else unit.fc)
         self.bn = copy.deepcopy(getattr(unit, "bn", None))
         self.drop = copy.deepcopy(getattr(unit, "drop", None))
         self.register_buffer("in_scale", torch.tensor(float(in_scale)))
-        self.relu6 = isinstance(getattr(unit, "act", None), nn.ReLU6)
-        self.w_bits, self.a_bits = w_bits, a_bits
+        unit_act = getattr(unit, "act", None)
+        self.act = None if unit_act is None else "relu6" if isinstance(unit_act, nn.ReLU6) else "relu"
+        self.w_bits, self.a_bits, self.signed = w_bits, a_bits, signed
         wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
         self.wq = wq(w_bits, self.layer.weight) if w_bits else None
-        self.aq = LsqAct(a_bits) if a_bits else None
+        self.aq = LsqAct(a_bits, signed=signed) if a_bits else None
         self._w_cache: tuple[tuple, torch.Tensor] | None = None
 
     def pre_act(self, x_q: torch.Tensor) -> torch.Tensor:
@@ -149,7 +156,7 @@ class QnnUnit(_Cached):
     def core(self, x_q: torch.Tensor) -> torch.Tensor:
         """Output codes before pooling (or float logits for the last layer)."""
         y = self.pre_act(x_q)
-        return y if self.aq is None else self.aq(act(y, self.relu6))
+        return y if self.aq is None else self.aq(act(y, self.act))
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
@@ -166,14 +173,14 @@ class QnnUnit(_Cached):
             parts.append(("act", nn.ReLU6() if u.act == "relu6" else nn.ReLU()))
         if u.pool:
             parts.append(("pool", nn.MaxPool2d(*u.pool)))
-        return cls(nn.Sequential(OrderedDict(parts)), in_scales[0], w_bits, config.a_bits if u.act else None,
-                   config.teacher_quantizer)
+        return cls(nn.Sequential(OrderedDict(parts)), in_scales[0], w_bits, None if u.acc else config.a_bits,
+                   config.teacher_quantizer, u.signed)
 
     def calibrate(self, x_q: torch.Tensor) -> float | None:
         """Set the activation step for minimum MSE on ``x_q``; the step, or None for accumulators."""
         if self.aq is None:
             return None
-        self.aq.init_step(act(self.pre_act(x_q), self.relu6))
+        self.aq.init_step(act(self.pre_act(x_q), self.act))
         return float(self.aq.step)
 
 
@@ -196,7 +203,8 @@ class IntUnit(_Cached):
     spec_type = "int"  # its type in a student's spec (GraphNet.spec)
 
     def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
-                 a_bits: int | None, per_channel: bool = False, raw: bool = False):
+                 a_bits: int | None, per_channel: bool = False, raw: bool = False, signed: bool = False,
+                 in_signed: bool = False):
         super().__init__()
         if per_channel and a_bits is None:
             raise ValueError("a layer without activation bits (logits, residual branch) has one scale, "
@@ -204,6 +212,7 @@ class IntUnit(_Cached):
         self.geometry = geometry
         self.raw = raw  # a residual branch: int32 accumulators out (train mode too), scaled by the add
         self.in_bits, self.w_bits, self.a_bits, self.per_channel = in_bits, w_bits, a_bits, per_channel
+        self.signed, self.in_signed = signed and a_bits is not None, in_signed  # codes out / in are signed
         self.q = weight_range(w_bits)[1]
         self.weight = nn.Parameter(torch.zeros(weight_shape))
         self.bias = nn.Parameter(torch.zeros(geometry.out_channels))
@@ -237,7 +246,8 @@ class IntUnit(_Cached):
         bias_q = bias_q.clamp(-(2**31), 2**31 - 1).to(torch.int64)
         w_q = torch.clamp(torch.floor(self.weight.detach().cpu().double() * self.q + 0.5), -self.q, self.q)
         w_q = w_q.to(torch.int64)
-        lo, hi = acc_bound(w_q.numpy(), act_range(self.in_bits)[1], bias_q.numpy())
+        x_min, x_max = code_range(self.in_bits, self.in_signed)
+        lo, hi = acc_bound(w_q.numpy(), x_max, bias_q.numpy(), x_min)
         # float32 sums are exact below 2^24 (E8) on the CPU; CUDA convolutions may use inexact
         # algorithms (Winograd, FFT) in float32, so there float64 always.
         small = exact_float_dtype(max(int(hi.max()), -int(lo.min()))) == np.float32
@@ -260,7 +270,7 @@ class IntUnit(_Cached):
             return acc
         if self.a_bits is None:
             return acc * alpha  # float logits for the loss
-        return torch.clamp(round_half_up(acc * alpha), 0, act_range(self.a_bits)[1])
+        return clamp_codes(acc * alpha, self.a_bits, self.signed)
 
     def _core_exact(self, x_q: torch.Tensor) -> torch.Tensor:
         p = self.integer_params()
@@ -271,15 +281,16 @@ class IntUnit(_Cached):
         shape = self.geometry.channel_shape()
         prod = acc.to(torch.int64) * p["mult"].reshape(shape)  # |prod| < 2^62 (E4)
         shift = p["shift"].reshape(shape)
-        return requantize_sum(prod, shift, self.a_bits)
+        return requantize_sum(prod, shift, self.a_bits, self.signed)
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
 
     def spec_fields(self) -> dict:
-        return {"geometry": dataclasses.asdict(self.geometry), "weight_shape": list(self.weight.shape),
-                "in_bits": self.in_bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
-                "per_channel": self.per_channel, "raw": self.raw}
+        fields = {"geometry": dataclasses.asdict(self.geometry), "weight_shape": list(self.weight.shape),
+                  "in_bits": self.in_bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
+                  "per_channel": self.per_channel, "raw": self.raw}
+        return fields | {k: True for k in ("signed", "in_signed") if getattr(self, k)}  # older specs: absent
 
     @classmethod
     def from_fields(cls, d: dict) -> IntUnit:
@@ -287,7 +298,7 @@ class IntUnit(_Cached):
         geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
                             tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
         return cls(geometry, tuple(d["weight_shape"]), d["in_bits"], d["w_bits"], d["a_bits"], d["per_channel"],
-                   d["raw"])
+                   d["raw"], d.get("signed", False), d.get("in_signed", False))
 
     def to_node(self, name: str, inputs: tuple[str, ...]) -> IntLayer:
         """The IntGraph node of this (eval-mode) layer: the integers it computes with."""
@@ -296,4 +307,5 @@ class IntUnit(_Cached):
                         bias_q=p["bias_q"].numpy().astype(np.int32), mult=p["mult"].numpy().astype(np.int32),
                         shift=p["shift"].numpy().astype(np.int32), in_bits=self.in_bits, w_bits=self.w_bits,
                         a_bits=self.a_bits, stride=tuple(g.stride), padding=tuple(g.padding),
-                        dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs)
+                        dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs, signed=self.signed,
+                        in_signed=self.in_signed)
