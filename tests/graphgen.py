@@ -437,30 +437,14 @@ def random_graph(seed: int) -> IntGraph:
     in_shape = (int(rng.choice([1, 3])), int(rng.integers(2, 10)), int(rng.integers(2, 10)))
     b = _Builder(rng, in_shape)
     x = "input"
+    spatial = lambda name: b.shape[name][1:] != (1, 1)  # noqa: E731
+    blocks = [(0.25, b.conv, None), (0.4, b.residual, None), (0.48, b.avgpool, spatial), (0.55, b.maxpool, spatial),
+              (0.6, b.lut, None), (0.68, b.squeeze_excite, None), (0.75, b.concat, None), (0.82, b.channels, None),
+              (0.87, b.affine, None), (0.94, b.fc_residual, None),
+              (1.0, lambda name: b.fc(name, int(rng.integers(1, 9)), b._a_bits(), b._signed()), None)]
     for _ in range(int(rng.integers(0, 7))):
-        pick = rng.random()
-        if pick < 0.25:
-            x = b.conv(x)
-        elif pick < 0.4:
-            x = b.residual(x)
-        elif pick < 0.48 and b.shape[x][1:] != (1, 1):
-            x = b.avgpool(x)
-        elif pick < 0.55 and b.shape[x][1:] != (1, 1):
-            x = b.maxpool(x)
-        elif pick < 0.6:
-            x = b.lut(x)
-        elif pick < 0.68:
-            x = b.squeeze_excite(x)
-        elif pick < 0.75:
-            x = b.concat(x)
-        elif pick < 0.82:
-            x = b.channels(x)
-        elif pick < 0.87:
-            x = b.affine(x)
-        elif pick < 0.94:
-            x = b.fc_residual(x)
-        else:
-            x = b.fc(x, int(rng.integers(1, 9)), b._a_bits(), b._signed())
+        pick = rng.random()  # the first block past ``pick`` whose condition holds
+        x = next(make(x) for below, make, fits in blocks if pick < below and (fits is None or fits(x)))
     b.logits(x, int(rng.integers(1, 7)))
     return IntGraph(in_shape, b.nodes[-1].out_channels, tuple(b.nodes))
 
