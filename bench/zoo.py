@@ -307,7 +307,7 @@ def reason_pattern(rec: dict) -> str:
         if m:
             out = m.expand(repl)
             return re.sub(r"\s+", " ", out).strip()
-    return re.sub(r"'[^']*'", "'…'", re.sub(r"\d+", "N", msg))
+    return re.sub(r"'[^'\s]*'", "'…'", re.sub(r"\b\d+\b", "N", msg))  # names and numbers, not "fiqnn's"
 
 
 def _strip_supported(msg: str) -> str:

@@ -10,6 +10,7 @@ a saved student runs without the teacher, and trains again only beside it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -133,8 +134,6 @@ class QnnAffine(nn.Module):
     @classmethod
     def from_unit(cls, u: Unit, in_scales: list[float | None], xs: list[torch.Tensor], config: DistillConfig,
                   w_bits: int) -> QnnAffine:
-        import copy
-
         return cls(copy.deepcopy(u.bn), u.act, in_scales[0], config.a_bits, u.signed)
 
     def calibrate(self, x_q: torch.Tensor) -> float:
