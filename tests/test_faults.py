@@ -249,9 +249,17 @@ def test_resume_of_a_run_that_stored_its_teacher_relative(cli, student, tmp_path
 # --- the process: Ctrl-C, a closed stdout -------------------------------------------------------
 
 
+def _as_from_a_shell() -> None:
+    """A child's SIGINT as a terminal user's shell starts it: default handling, not blocked (a
+    library loaded in the pytest process may have left it ignored or masked, which children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_while_torch_imports(tmp_path):
     cmd = [sys.executable, "-X", "importtime", "-m", "fiqnn", *TEACHER, "--out", str(tmp_path / "t")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_shell)
     for line in proc.stderr:  # -X importtime reports each module as it finishes loading
         if "torch" in line:  # torch is loading, inside main()
             break
