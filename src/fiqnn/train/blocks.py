@@ -33,7 +33,7 @@ from ..nets.fximport import Unit, channel_index
 from .pointwise import IntAffineUnit, IntLutUnit, QnnAffine, QnnLut
 from .pools import IntAvgPoolUnit, MaxPoolUnit, QnnAvgPool
 from .quantizers import LsqAct
-from .units import IntUnit, QnnUnit, _Cached, _version_key, act, clamp_codes, requantize_sum
+from .units import IntUnit, QnnUnit, _Cached, _version_key, act, clamp_codes, in_code, requantize_sum
 
 
 def _int32(p: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +268,7 @@ class ChannelsUnit(nn.Module):
         return self.in_scale
 
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> ChannelsUnit:
-        a_bits = 8 if srcs == ["input"] else students[srcs[0]].a_bits
+        a_bits = in_code(srcs[0], students)[0]
         return ChannelsUnit(self.index.tolist(), a_bits, self.signed)
 
     def spec_fields(self) -> dict:

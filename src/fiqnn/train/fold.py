@@ -27,7 +27,7 @@ from .._progress import bar as progress_bar
 from ..config import DistillConfig
 from ..integer.arith import code_range
 from .graphnet import GraphNet
-from .units import IntUnit, QnnUnit
+from .units import IntUnit, QnnUnit, in_code
 
 
 @torch.no_grad()
@@ -148,14 +148,6 @@ def _median_ratio(acc: torch.Tensor, target: torch.Tensor, dims: list[int]) -> t
     """A scale for channels whose calibration targets are never in the linear region."""
     big = acc.abs().amax(dim=dims).clamp_min(1.0)
     return 1.0 / big
-
-
-def in_code(src: str, students: dict[str, nn.Module]) -> tuple[int, bool]:
-    """(bits, signed) of the codes a student unit reads from ``src``: the network input's 8-bit
-    pixels, or its source's codes."""
-    if src == "input":
-        return 8, False
-    return students[src].a_bits, bool(students[src].signed)
 
 
 @torch.no_grad()

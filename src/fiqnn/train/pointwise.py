@@ -22,11 +22,7 @@ from ..integer.arith import code_range, quantize_multiplier
 from ..integer.graph import IntAffine, IntLut
 from ..nets.fximport import Unit
 from .quantizers import LsqAct
-from .units import _Cached, _version_key, act, clamp_codes, requantize_sum
-
-
-def _in_bits(srcs: list[str], students: dict[str, nn.Module]) -> tuple[int, bool]:
-    return (8, False) if srcs == ["input"] else (students[srcs[0]].a_bits, bool(students[srcs[0]].signed))
+from .units import _Cached, _version_key, act, clamp_codes, in_code, requantize_sum
 
 
 class QnnLut(nn.Module):
@@ -56,7 +52,7 @@ class QnnLut(nn.Module):
 
     @torch.no_grad()
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntLutUnit:
-        in_bits, in_signed = _in_bits(srcs, students)
+        in_bits, in_signed = in_code(srcs[0], students)
         s = IntLutUnit(in_bits, in_signed, self.a_bits, self.signed, self.func)
         s.log_s_in.fill_(float(self.in_scale.log()))
         s.log_s_out.fill_(float(self.aq.step.abs().clamp_min(1e-12).log()))
@@ -144,7 +140,7 @@ class QnnAffine(nn.Module):
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntAffineUnit:
         """BN folded into codes: ``beta = g * s_in / s_out``, ``bias = (b - mean * g) / s_out`` per
         channel, ``g = gamma / sqrt(var + eps)``."""
-        in_bits, in_signed = _in_bits(srcs, students)
+        in_bits, in_signed = in_code(srcs[0], students)
         bn, s_out = self.bn, float(self.aq.step.abs())
         g = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
         s = IntAffineUnit(len(g), in_bits, in_signed, self.a_bits, self.signed)

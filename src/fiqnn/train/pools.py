@@ -18,7 +18,7 @@ from ..integer.graph import IntAvgPool, IntMaxPool
 from ..integer.nodes import pool_divisors
 from ..nets.fximport import Unit
 from .quantizers import LsqAct
-from .units import _Cached, _version_key, clamp_codes, requantize_sum
+from .units import _Cached, _version_key, clamp_codes, in_code, requantize_sum
 
 
 def _window(u: Unit, x: torch.Tensor) -> tuple:
@@ -61,7 +61,7 @@ class QnnAvgPool(nn.Module):
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> IntAvgPoolUnit:
         """beta starts at ``s_in / (kernel area x s_out)``."""
         (kh, kw), _, _ = self.window
-        in_bits = 8 if srcs == ["input"] else students[srcs[0]].a_bits
+        in_bits = in_code(srcs[0], students)[0]
         s = IntAvgPoolUnit(self.window, in_bits, self.a_bits, self.signed, self.ceil_mode, self.count_include_pad)
         s.log_beta.copy_(torch.tensor(float(self.in_scale) / (kh * kw * float(self.aq.step))).log())
         return s
@@ -172,7 +172,7 @@ class MaxPoolUnit(nn.Module):
         return self.in_scale
 
     def init_student(self, srcs: list[str], students: dict[str, nn.Module], config: DistillConfig) -> MaxPoolUnit:
-        a_bits = 8 if srcs == ["input"] else students[srcs[0]].a_bits
+        a_bits = in_code(srcs[0], students)[0]
         return MaxPoolUnit(self.window, a_bits, self.signed, self.ceil_mode)
 
     def spec_fields(self) -> dict:

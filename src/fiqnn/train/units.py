@@ -95,6 +95,14 @@ def requantize_sum(total: torch.Tensor, shift, a_bits: int, signed: bool = False
     return codes.clamp(*code_range(a_bits, signed)).to(torch.float32)
 
 
+def in_code(src: str, students: dict[str, nn.Module]) -> tuple[int, bool]:
+    """(bits, signed) of the codes a student unit reads from ``src``: the network input's 8-bit
+    pixels, or its source's codes."""
+    if src == "input":
+        return 8, False
+    return students[src].a_bits, bool(students[src].signed)
+
+
 def act(x: torch.Tensor, kind: str | None) -> torch.Tensor:
     """The teacher's activation: "relu", "relu6", or None (none: signed codes follow)."""
     return F.hardtanh(x, 0.0, 6.0) if kind == "relu6" else F.relu(x) if kind == "relu" else x
