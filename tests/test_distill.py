@@ -134,11 +134,27 @@ def test_distill_cli_eval_info(cli, digits_teacher, tmp_path):
     assert load_student(out).num_classes == 10
 
 
+def test_val_images_decide_on_the_head_of_the_validation_split(cli, digits_teacher, tmp_path):
+    """--val-images 25: every validation accuracy PTL logs is a count out of 25 images (4% steps),
+    and the config records the choice."""
+    out = tmp_path / "v"
+    code, stdout, err = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", "--out", out,
+                            "--val-images", "25", "--steps-per-epoch", "3", "--max-epochs-per-stage", "1",
+                            "--finetune-epochs", "1", "--json", "--no-progress")
+    assert code == 0, err
+    m = json.loads(stdout)
+    accs = [r["val_acc"] for h in m["history"] for r in h["rows"]] + [h["val_acc"] for h in m["history"]]
+    assert len(accs) > 8 and all(abs(a / 4 - round(a / 4)) < 1e-9 for a in accs), accs
+    assert json.loads((out / "config.json").read_text())["config"]["val_images"] == 25
+    assert m["bit_exact"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--wbits", "9", "--abits", "4"], "w-bits must be an integer in 2..8, got 9"),
     (["--wbits", "4", "--abits", "1"], "a-bits must be an integer in 2..8, got 1"),
     (["--wbits", "4", "--abits", "4", "--method", "magic"], "unknown method 'magic'"),
     (["--wbits", "4"], "distill needs --abits"),
+    (["--wbits", "4", "--abits", "4", "--val-images", "0"], "val-images must be a positive integer, got 0"),
 ])
 def test_distill_bad_flags(cli, digits_teacher, tmp_path, args, message):
     code, _, err = cli("distill", "--teacher", digits_teacher, "--out", tmp_path / "r", *args)

@@ -186,6 +186,29 @@ def test_mixed_precision_distill_is_still_bit_exact(cli, digits_teacher, tmp_pat
     assert m["bit_exact"] and m["test_acc"] > 85
 
 
+def test_channels_last_places_weights_and_keeps_the_student_exact(cli, digits_teacher, tmp_path):
+    """--channels-last trains with NHWC weights (the activations follow); the teacher's saved
+    weights are plain contiguous tensors, and the student's integer path stays exact."""
+    from fiqnn.nets.models import build_model
+    from fiqnn.parallel import Runtime
+
+    model = Runtime(channels_last=True).place(build_model("tiny", 10, (1, 8, 8)))
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                         for w in convs if w.shape[1] > 1)
+    code, _, _ = cli("train-teacher", "--arch", "tiny", "--data", "digits", "--epochs", "1", "--batch-size", "64",
+                     "--channels-last", "--out", tmp_path / "t", "--no-progress")
+    assert code == 0
+    saved = torch.load(tmp_path / "t" / "model.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in saved.values())
+    code, out, _ = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", "--channels-last",
+                       "--steps-per-epoch", "5", "--max-epochs-per-stage", "1", "--finetune-epochs", "1",
+                       "--out", tmp_path / "cl", "--json", "--no-progress")
+    assert code == 0
+    m = json.loads(out)
+    assert m["bit_exact"] and m["test_acc"] > 85
+
+
 def test_residual_network_on_two_ranks(cli, tmp_path):
     """PTL over blocks (fiqnn.train.ptl) under DDP: residual adds and average pools train on both ranks."""
     assert cli("train-teacher", "--arch", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "64",

@@ -109,6 +109,7 @@ class DistillConfig(_Dict):
     batch_size: int = 128
     steps_per_epoch: int | None = None
     calib_images: int = 1024
+    val_images: int | None = None  # PTL's decisions on the first N validation images (None: all)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,6 +129,8 @@ class DistillConfig(_Dict):
                    f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         _check(self.steps_per_epoch is None or self.steps_per_epoch > 0,
                f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        _check(self.val_images is None or (isinstance(self.val_images, int) and self.val_images > 0),
+               f"val-images must be a positive integer, got {self.val_images}")
         for name in ("lambda_target", "lambda_kd", "weight_decay"):
             _check(getattr(self, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
@@ -142,5 +145,6 @@ DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
     "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
-    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images", "seed": "seed",
+    "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images",
+    "val_images": "val_images", "seed": "seed",
 }

@@ -138,6 +138,16 @@ def batches(split, batch_size: int, *, shuffle: bool = False, augment: Augment |
     yield from loader
 
 
+def first_images(split, n: int | None):
+    """The first ``n`` images of ``split`` (all of it when ``n`` is None or not smaller). The
+    validation split is a fixed random draw from the training images, so its head is one too."""
+    if n is None or n >= len(split):
+        return split
+    if isinstance(split, ArraySplit):
+        return split.take(np.arange(n))
+    return torch.utils.data.Subset(split, range(n))
+
+
 def loader_workers() -> int:
     """Decoding processes per training process: this machine's cores shared among the
     processes torchrun started on it (``LOCAL_WORLD_SIZE``), at most 8. (Not torch's thread

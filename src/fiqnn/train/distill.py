@@ -53,7 +53,7 @@ from torch import nn
 
 from .._progress import bar as progress_bar
 from ..config import DistillConfig
-from ..data import DataBundle, batches, num_batches, to_float
+from ..data import DataBundle, batches, first_images, num_batches, to_float
 from ..errors import DataError
 from ..nets.fximport import import_model, verify_import
 from ..parallel import Runtime
@@ -197,13 +197,13 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
 
     def random_qnn() -> nn.Module:
         fresh = build_teacher_qnn(import_model(reinitialised(teacher, config.seed)), config, calib.cpu())
-        return fresh.to(rt.device)
+        return rt.place(fresh)
 
     if resume_state is not None:
         state.load_state_dict(resume_state)
         log(f"resuming after phase {state.done}")
     for m in (state.qnn, state.frozen, state.student):
-        m.to(rt.device)
+        rt.place(m)
     calib = calib.to(rt.device)
     stream = Stream(data, config, rt)
     if resume_state is not None and "stream" in resume_state:  # (older checkpoints have no position)
@@ -215,8 +215,10 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
         random numbers stand, so that a resumed run goes on exactly as the uninterrupted one."""
         return {**state.state_dict(), "stream": stream.state_dict(), "rng": _rng_state(rt.device), **extra}
 
+    val_split = first_images(data.val, config.val_images)
+
     def val_acc(chain: nn.Module) -> Callable[[], float]:
-        return lambda: accuracy(chain, data.val, runtime=rt)
+        return lambda: accuracy(chain, val_split, runtime=rt)
 
     # (name, run it -> per-epoch rows, the network its validation accuracy is reported for)
     Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
@@ -266,7 +268,7 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
             EPOCH_HOOK.reset(token)
         rt.check_same([state.qnn, state.student], name)
         # A trained phase keeps its best epoch, so its validation accuracy is already known.
-        val = max(r["val_acc"] for r in rows) if rows else accuracy(network(), data.val, runtime=rt)
+        val = max(r["val_acc"] for r in rows) if rows else accuracy(network(), val_split, runtime=rt)
         wall = time.perf_counter() - t0
         epochs = sum(1 for r in rows if r["epoch"] > 0)  # rows start with the untrained epoch 0
         state.history.append({"phase": name, "epochs": epochs, "val_acc": val, "wall_s": wall, "rows": rows})

@@ -92,7 +92,7 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
     data = load_data(config.data, config.data_dir, val_fraction=config.val_fraction,
                      image_size=config.image_size)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, data.num_classes, data.in_shape).to(rt.device)
+    model = rt.place(build_model(config.arch, data.num_classes, data.in_shape))
     steps = num_batches(data.train, config.batch_size, drop_last=True)
     if steps == 0:
         raise ConfigError(f"batch size {config.batch_size} is larger than the {len(data.train)} "
@@ -146,8 +146,9 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike, *, resume: bool
 
     test_acc = evaluate(model, data.test, runtime=rt)
     if rt.main:
+        weights = {k: v.cpu().contiguous() for k, v in model.state_dict().items()}  # (--channels-last: NCHW again)
         _io.torch_save({"arch": config.arch, "num_classes": data.num_classes, "in_shape": list(data.in_shape),
-                        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, run.path / MODEL)
+                        "state_dict": weights}, run.path / MODEL)
     metrics = {"status": "done", "arch": config.arch, "data": config.data, "epochs": config.epochs,
                "val_acc": history[-1]["val_acc"], "test_acc": test_acc,
                "train_wall_s": sum(r["wall_s"] for r in history), "history": history}
