@@ -101,7 +101,7 @@ def test_arena_holds_a_weight_row_of_any_length():
 
     w = np.array([[-7, -1, 0, 1, 7], [3, -3, 5, -5, 6], [1, 2, 3, 4, 5]], np.int8)
     graph = IntGraph((1, 1, 5), 3, (_layer(w=w, w_bits=4),))
-    assert plan(graph)["weight_row"] == (0, 5) and plan(graph)["total"] == 8
+    assert plan(graph)["offset"][graph.layers[0].name, "scratch"] == 0 and plan(graph)["total"] == 16  # 3 rows of 5
     x_q = np.random.default_rng(0).integers(0, 256, (8, 1, 1, 5)).astype(np.uint8)
     assert np.array_equal(run_c(graph, x_q, flags=SAN_FLAGS), run(graph, x_q))
 

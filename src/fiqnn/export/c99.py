@@ -3,16 +3,17 @@
 The generated code has no malloc, no float, no libm and no implementation-defined
 shift of a negative value. Weights are ``const`` arrays (flash): int8, or, when a
 layer has w_bits <= 4, two's-complement codes packed low bits first, two per byte
-(4-bit) or four per byte (w_bits <= 2). Activations live in one static arena sized at
-export time (``plan``): each node's output (stored channels-last, H-W-C) for as long as
-it is read, a pooled layer's pre-pool codes, and one row of unpacked weights. The
-kernels (:mod:`fiqnn.export.c_kernels`, one per node class and code kind) are plain loops,
-the conv's inner loop a contiguous u8 x s8 (or s8 x s8) dot product, which compilers
-vectorize at -O3. Codes are bytes: unsigned ones uint8, signed ones their two's-complement
-int8 byte (stored through uint8_t, read as int8). No string of the model file reaches the
-source: comments and the names of a node's constant arrays (``n<index>_...``) name nodes by
-their index. A graph that uses no version-2 feature exports the same C as before version 2,
-but for the arithmetic-version check.
+(4-bit) or four per byte (w_bits <= 2); a depthwise conv's are stored (kh, kw, C).
+Activations live in one static arena sized at export time (``plan``): each node's output
+(stored channels-last, H-W-C) for as long as it is read, a pooled layer's pre-pool codes,
+and each layer kernel's scratch while it runs (unpacked weight rows, a depthwise conv's
+accumulators). The kernels (:mod:`fiqnn.export.c_kernels`, one per node class and code kind)
+are portable C99: a conv/fc is register-blocked, four output channels against four output
+pixels (or one), each window row a contiguous u8 x s8 (or s8 x s8) run that compilers
+vectorize at -O3; a depthwise conv runs across channels. Codes are bytes: unsigned ones
+uint8, signed ones their two's-complement int8 byte (stored through uint8_t, read as int8).
+No string of the model file reaches the source: comments and the names of a node's constant
+arrays (``n<index>_...``) name nodes by their index.
 API::
 
     int fiqnn_run(const uint8_t *input, int32_t *logits);  /* 0 on success */
@@ -94,8 +95,10 @@ def packed_weights(layer: IntLayer, codes: np.ndarray | None = None) -> np.ndarr
     """The weight bytes as stored: int8, or, when w_bits <= 4, two's-complement codes
     packed low bits first, two (4-bit) or four (2-bit) per byte, each output channel's
     row starting on a byte (padded with zero codes). ``codes`` overrides the order of
-    ``layer.w_q`` (the C kernels read a permuted order, see ``kernel_codes``)."""
-    rows = (layer.w_q if codes is None else codes).reshape(len(layer.w_q), -1).astype(np.int16)
+    ``layer.w_q`` (the C kernels read a permuted order, see ``kernel_codes``); its rows are
+    its first axis."""
+    src = layer.w_q if codes is None else codes
+    rows = src.reshape(len(src), -1).astype(np.int16)
     bits = code_bits(layer.w_bits)
     if bits == 8:
         return rows.reshape(-1).astype(np.int8)
@@ -113,15 +116,36 @@ def kernel_codes(graph: IntGraph) -> list[np.ndarray]:
     and an fc layer behind a conv has its columns permuted from the executor's C-H-W
     flattening to H-W-C. The first layer reads the C-H-W input image; when it has more
     than one channel the image is transposed into the arena first.
+
+    A depthwise conv (:func:`depthwise`) is stored (kh * kw, C): one row of C codes per window
+    cell, which its kernel reads across channels.
     """
     out = []
     for layer, ((c, h, w), _, _) in zip(graph.int_layers(), layer_shapes(graph).values()):
-        if layer.kind == "conv":
+        if depthwise(layer):
+            out.append(np.ascontiguousarray(layer.w_q[:, 0].reshape(len(layer.w_q), -1).T))
+        elif layer.kind == "conv":
             out.append(np.ascontiguousarray(layer.w_q.transpose(0, 2, 3, 1)))
         else:
             out.append(np.ascontiguousarray(layer.w_q.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
                                             .reshape(len(layer.w_q), -1)))
     return out
+
+
+def depthwise(layer: IntLayer) -> bool:
+    """A conv with one input channel per group and one group per output channel (C = O = groups)."""
+    return layer.kind == "conv" and layer.groups > 1 and layer.w_q.shape[1] == 1 and layer.groups == len(layer.w_q)
+
+
+def scratch_bytes(layer: IntLayer) -> int:
+    """The arena bytes a conv/fc kernel works in while it runs: a depthwise conv's C int32
+    accumulators (and, packed, its kh * kw unpacked rows of C codes); another layer's unpacked
+    weight rows, four output channels at a time (none when its weights are int8)."""
+    packed = code_bits(layer.w_bits) < 8
+    if depthwise(layer):
+        c = len(layer.w_q)
+        return 4 * c + (c * layer.w_q[0].size if packed else 0)
+    return min(4, len(layer.w_q)) * layer.w_q[0].size if packed else 0
 
 
 def _align(n: int) -> int:
@@ -132,16 +156,15 @@ def plan(graph: IntGraph) -> dict:
     """Where every tensor lives in the static arena.
 
     Each node's output (codes, one byte each, or int32 accumulators feeding an add) is live from
-    the node that makes it to its last reader; a pooled layer's pre-pool codes live only
-    inside that layer; a multi-channel input image gets an H-W-C copy. Offsets are
-    first-fit over those lifetimes, 4-byte aligned; one row of unpacked weights sits at
-    the end, and the total is rounded up to whole int32 words (the arena's type). Returns
-    ``{"offset": {tensor: bytes}, "weight_row": (offset, size), "total": bytes}``, a tensor
-    being a node name, ``"input"`` or ``(name, "prepool")`` (a tuple: no name can clash with it).
+    the node that makes it to its last reader; a pooled layer's pre-pool codes and its kernel's
+    scratch (:func:`scratch_bytes`) live only inside that layer; a multi-channel input image
+    gets an H-W-C copy. Offsets are first-fit over those lifetimes, 4-byte aligned, and the
+    total is rounded up to whole int32 words (the arena's type). Returns
+    ``{"offset": {tensor: bytes}, "total": bytes}``, a tensor being a node name, ``"input"``,
+    ``(name, "prepool")`` or ``(name, "scratch")`` (tuples: no name can clash with them).
     """
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
     pre = {name: p for name, (_, p, _) in layer_shapes(graph).items()}
-    index = {node.name: i for i, node in enumerate(graph.layers)}
     last_use: dict[str, int] = {}
     for i, node in enumerate(graph.layers):
         for src in graph.sources(node):
@@ -149,12 +172,14 @@ def plan(graph: IntGraph) -> dict:
     tensors: list[tuple[str | tuple[str, str], int, int, int]] = []  # (tensor, first, last, bytes)
     if graph.in_shape[0] > 1:
         tensors.append(("input", -1, last_use["input"], int(np.prod(graph.in_shape))))
-    for node in graph.layers[:-1]:
-        i = index[node.name]
-        size = int(np.prod(shapes[node.name])) * (4 if node.a_bits is None else 1)
-        tensors.append((node.name, i, last_use[node.name], size))
+    for i, node in enumerate(graph.layers):
+        if i < len(graph.layers) - 1:  # the last node writes the caller's logits
+            size = int(np.prod(shapes[node.name])) * (4 if node.a_bits is None else 1)
+            tensors.append((node.name, i, last_use[node.name], size))
         if isinstance(node, IntLayer) and node.pool:
             tensors.append(((node.name, "prepool"), i, i, int(np.prod(pre[node.name]))))
+        if isinstance(node, IntLayer) and scratch_bytes(node):
+            tensors.append(((node.name, "scratch"), i, i, scratch_bytes(node)))
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     offset = {}
     for name, first, last, size in tensors:
@@ -167,8 +192,7 @@ def plan(graph: IntGraph) -> dict:
         offset[name] = at
         placed.append((at, size, first, last))
     end = max([o + sz for o, sz, _, _ in placed], default=0)
-    wrow = max([layer.w_q[0].size for layer in graph.int_layers() if layer.w_bits <= 4], default=0)
-    return {"offset": offset, "weight_row": (_align(end), wrow), "total": _align(_align(end) + wrow)}
+    return {"offset": offset, "total": _align(end)}
 
 
 # Bytes per element of each constant array as the C source stores it (a table: output bytes).
@@ -178,9 +202,10 @@ C_BYTES = {"bias_q": 4, "mult": 4, "shift": 1, "table": 1, "index": 4, "offset":
 def footprint(graph: IntGraph) -> dict[str, int]:
     """Weight bytes as stored (packed), as int8, all constant bytes, and the arena size."""
     layers = graph.int_layers()
-    return {"weight_bytes": int(sum(packed_weights(layer).nbytes for layer in layers)),
+    stored = int(sum(packed_weights(layer, codes).nbytes for layer, codes in zip(layers, kernel_codes(graph))))
+    return {"weight_bytes": stored,
             "weight_bytes_int8": int(sum(layer.w_q.size for layer in layers)),
-            "param_bytes": int(sum(packed_weights(layer).nbytes for layer in layers)
+            "param_bytes": int(stored
                                + sum(C_BYTES[key] * getattr(node, key).size for node in graph.layers
                                      for key in node.ARRAYS if key != "w_q")),
             "arena_bytes": plan(graph)["total"]}
@@ -200,11 +225,9 @@ def model_c(graph: IntGraph) -> str:
     x = _Emit(graph, off, shapes, lshapes, c == 1)
     where = {node.name: f"node {j}" for j, node in enumerate(graph.layers)} | {"input": "input"}
     # The emitters first: they name the kernels they call and the constant arrays they need.
-    wrow_off, wrow_size = arena["weight_row"]
     body = ["int fiqnn_run(const uint8_t *input, int32_t *logits)", "{",
             "    uint8_t *const A = (uint8_t *)arena;  /* int32 tensors sit at 4-byte aligned offsets */",
-            f"    int8_t *const wrow = {f'(int8_t *)(A + {wrow_off})' if wrow_size else '0'};",
-            "    if (input == 0 || logits == 0) return -1;", "    (void)A;", "    (void)wrow;"]
+            "    if (input == 0 || logits == 0) return -1;", "    (void)A;"]
     if c > 1:
         body.append(f"    transpose_chw(input, A + {off['input']});")
     for node in graph.layers:
@@ -309,24 +332,25 @@ def _emit_layer(x: _Emit, node: IntLayer, src: tuple[str, ...]) -> list[str]:
     """(E2), (E4), (E7): one conv_hwc call on the layer table's entry (and a max-pool); the
     conv kernel of its input's and output's code kinds."""
     L, off = f"&layers[{x.index[node.name]}]", x.off
-    conv = K.conv_name(node.in_signed, node.signed)
+    conv = (K.dwconv_name if depthwise(node) else K.conv_name)(node.in_signed, node.signed)
     x.need(conv)
+    wrow = f"(int8_t *)(A + {off[node.name, 'scratch']})" if (node.name, "scratch") in off else "0"
     inp = f"(const int8_t *)(A + {off[src[0]]})" if node.in_signed else x.u8(src[0])
     if node is x.graph.layers[-1]:
-        return [f"    {conv}({L}, {inp}, 0, logits, wrow);"]
+        return [f"    {conv}({L}, {inp}, 0, logits, {wrow});"]
     if node.a_bits is None:
-        return [f"    {conv}({L}, {inp}, 0, (int32_t *)(void *)(A + {off[node.name]}), wrow);"]
+        return [f"    {conv}({L}, {inp}, 0, (int32_t *)(void *)(A + {off[node.name]}), {wrow});"]
     if node.pool and node.signed:  # the max-pool node's kernel, on the pre-pool map
         (o, hp, wp), (k, s_, p) = x.lshapes[node.name][1], node.pool
         x.need("maxpool_codes")
         window = (o, hp, wp, k, k, s_, s_, p, p, *x.shapes[node.name][1:], 128)
-        return [f"    {conv}({L}, {inp}, A + {off[node.name, 'prepool']}, 0, wrow);",
+        return [f"    {conv}({L}, {inp}, A + {off[node.name, 'prepool']}, 0, {wrow});",
                 *_block("fiqnn_window", window, f"max_pool_codes(&P, A + {off[node.name, 'prepool']}, {x.out(node)})")]
     if node.pool:
         x.need("maxpool")
-        return [f"    {conv}({L}, {inp}, A + {off[node.name, 'prepool']}, 0, wrow);",
+        return [f"    {conv}({L}, {inp}, A + {off[node.name, 'prepool']}, 0, {wrow});",
                 f"    max_pool_hwc({L}, A + {off[node.name, 'prepool']}, A + {off[node.name]});"]
-    return [f"    {conv}({L}, {inp}, A + {off[node.name]}, 0, wrow);"]
+    return [f"    {conv}({L}, {inp}, A + {off[node.name]}, 0, {wrow});"]
 
 
 def _emit_add(x: _Emit, node: IntAdd, src: tuple[str, ...]) -> list[str]:

@@ -5,14 +5,15 @@ an emitter names the pieces it calls (:data:`NEEDS` adds what a piece itself use
 ``model.c`` gets exactly those, so it has no unused static function. The conv kernel is one
 template (:data:`CONV`) instantiated per code kind of its input and output: ``conv_hwc``
 (uint8 in, unsigned codes out, the only one a graph without signed codes uses), ``conv_hwc_us``,
-``conv_hwc_su``, ``conv_hwc_ss`` (``s``: int8 input codes / signed output codes).
+``conv_hwc_su``, ``conv_hwc_ss`` (``s``: int8 input codes / signed output codes); the depthwise
+kernel (:data:`DWCONV`) likewise (``dwconv_hwc...``).
 
 Codes are bytes: an unsigned code is its uint8, a signed one its two's-complement int8, stored
 through ``uint8_t`` (the conversion of a value in [-128, 127] to uint8_t is defined: modulo 256)
 and read as ``fiqnn_code(b, flip)`` with ``flip`` 128 (or through ``const int8_t *`` in a dot
 product). The version-1 kernels (``conv_hwc``, ``max_pool_hwc``, ``add_terms``,
-``avg_pool_hwc``) are as they were, so a graph that uses no version-2 feature exports the C
-it always did.
+``avg_pool_hwc``) serve graphs without signed codes; the others, written for version 2, read
+codes of either kind.
 """
 
 from __future__ import annotations
@@ -79,41 +80,136 @@ static int32_t dot_s8s8(const int8_t *x, const int8_t *w, int n)
 
 """
 
+# Register-blocked dot products for one kind of input codes ($t: u8 or s8, $xt its C type): four
+# output channels (weight rows w0..w3, from offset k) against one pixel, or against four pixels
+# xs codes apart. Every sum is a subset of the terms (E6) bounds, so none leaves int32.
+DOTS = Template(r"""/* acc[4 j] += sum_i x[i] * wj[k + i], i < n, for the four rows j. */
+static void dot1x4_${t}s8(const $xt *x, const int8_t *w0, const int8_t *w1, const int8_t *w2,
+                          const int8_t *w3, int k, int n, int32_t *acc)
+{
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int i;
+    w0 += k; w1 += k; w2 += k; w3 += k;
+    for (i = 0; i < n; i++) {
+        int32_t v = x[i];
+        a0 += v * w0[i]; a1 += v * w1[i]; a2 += v * w2[i]; a3 += v * w3[i];
+    }
+    acc[0] += a0; acc[4] += a1; acc[8] += a2; acc[12] += a3;
+}
+
+/* acc[4 j + p] += sum_i x[p xs + i] * wj[k + i], i < n, for the four rows j and four pixels p. */
+static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t *w1, const int8_t *w2,
+                          const int8_t *w3, int k, int n, int32_t *acc)
+{
+    const $xt *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
+    int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+    int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+    int i;
+    w0 += k; w1 += k; w2 += k; w3 += k;
+    for (i = 0; i < n; i++) {
+        int32_t v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
+        int32_t u0 = w0[i], u1 = w1[i], u2 = w2[i], u3 = w3[i];
+        a00 += v0 * u0; a01 += v1 * u0; a02 += v2 * u0; a03 += v3 * u0;
+        a10 += v0 * u1; a11 += v1 * u1; a12 += v2 * u1; a13 += v3 * u1;
+        a20 += v0 * u2; a21 += v1 * u2; a22 += v2 * u2; a23 += v3 * u2;
+        a30 += v0 * u3; a31 += v1 * u3; a32 += v2 * u3; a33 += v3 * u3;
+    }
+    acc[0] += a00; acc[1] += a01; acc[2] += a02; acc[3] += a03;
+    acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
+    acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
+    acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
+}
+
+""")
+
+
+def dots(signed: bool) -> str:
+    return DOTS.substitute(t="s8" if signed else "u8", xt="int8_t" if signed else "uint8_t")
+
+
 # (E2) and (E4) for one kind of input codes ($xt, read by $dot) and of output codes ($requantize).
+# Output channels go four at a time (their weight rows unpacked once into wrow when packed); a row
+# of output pixels goes four at a time through dot4x4 where four windows lie inside the map
+# horizontally (groups 1, dilation 1 in x: each window row is one contiguous run), one at a time
+# through dot1x4 where one does (an fc layer: its one pixel), and through the plain per-output
+# sum at the edges and for grouped or dilated convolutions.
 CONV = Template(r"""$doc
+static int32_t point_${name}(const fiqnn_layer *L, const $xt *x, const int8_t *w, int oc, int oy, int ox)
+{
+    int cg = L->c / L->groups, og = L->o / L->groups;
+    int merge = L->dw == 1 && L->groups == 1;  /* a whole kx window is one contiguous run */
+    int iy0 = oy * L->sh - L->ph, ix0 = ox * L->sw - L->pw, lo = 0, hi = L->kw, ky, kx;
+    const $xt *xg = x + (oc / og) * cg;
+    int32_t acc = L->bias[oc];  /* (E6): no partial sum leaves int32 */
+    while (lo < hi && ix0 + lo * L->dw < 0) lo++;        /* zero padding: skip */
+    while (hi > lo && ix0 + (hi - 1) * L->dw >= L->w) hi--;
+    for (ky = 0; ky < L->kh; ky++) {
+        int iy = iy0 + ky * L->dh;
+        const $xt *xr;
+        const int8_t *wr = w + (long)ky * L->kw * cg;
+        if (iy < 0 || iy >= L->h || lo == hi) continue;  /* all padding: form no pointer outside x */
+        xr = xg + (long)iy * L->w * L->c;
+        if (merge) {
+            acc += $dot(xr + (long)(ix0 + lo) * L->c, wr + lo * cg, (hi - lo) * cg);
+        } else {
+            for (kx = lo; kx < hi; kx++)
+                acc += $dot(xr + (long)(ix0 + kx * L->dw) * L->c, wr + kx * cg, cg);
+        }
+    }
+    return acc;
+}
+
+static void put_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int oc, long pixel, int32_t acc)
+{
+    if (L->qmax == 0)
+        logits[pixel * L->o + oc] = acc;
+    else
+        y[pixel * L->o + oc] = $requantize(acc, L->mult[L->per_channel ? oc : 0],
+                                           L->shift[L->per_channel ? oc : 0], L->qmax);
+}
+
 static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *wrow)
 {
-    int cg = L->c / L->groups, og = L->o / L->groups, n = L->kh * L->kw * cg;
-    int merge = L->dw == 1 && L->groups == 1;  /* a whole kx window is one contiguous run */
-    int oc, oy, ox, ky, kx;
-    for (oc = 0; oc < L->o; oc++) {
-        const int8_t *w = weight_row(L, oc, n, wrow);
-        const $xt *xg = x + (oc / og) * cg;
-        int32_t mult = L->mult[L->per_channel ? oc : 0];
-        int shift = L->shift[L->per_channel ? oc : 0];
+    int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
+    int runs = L->dw == 1 && L->groups == 1;
+    long row = (long)L->w * L->c, step = (long)L->sw * L->c;
+    int oc0, oy, ox, j, p, ky;
+    for (oc0 = 0; oc0 < L->o; oc0 += 4) {
+        int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;
+        const int8_t *w[4] = {0, 0, 0, 0};
+        for (j = 0; j < nb; j++)  /* (int8 rows are read in place: wrow may be 0) */
+            w[j] = weight_row(L, oc0 + j, n, L->code_bits == 8 ? wrow : wrow + (long)j * n);
         for (oy = 0; oy < L->ho; oy++) {
-            for (ox = 0; ox < L->wo; ox++) {
-                int iy0 = oy * L->sh - L->ph, ix0 = ox * L->sw - L->pw, lo = 0, hi = L->kw;
-                int32_t acc = L->bias[oc];  /* (E6): no partial sum leaves int32 */
-                while (lo < hi && ix0 + lo * L->dw < 0) lo++;        /* zero padding: skip */
-                while (hi > lo && ix0 + (hi - 1) * L->dw >= L->w) hi--;
-                for (ky = 0; ky < L->kh; ky++) {
-                    int iy = iy0 + ky * L->dh;
-                    const $xt *xr;
-                    const int8_t *wr = w + (long)ky * L->kw * cg;
-                    if (iy < 0 || iy >= L->h || lo == hi) continue;  /* all padding: form no pointer outside x */
-                    xr = xg + (long)iy * L->w * L->c;
-                    if (merge) {
-                        acc += $dot(xr + (long)(ix0 + lo) * L->c, wr + lo * cg, (hi - lo) * cg);
-                    } else {
-                        for (kx = lo; kx < hi; kx++)
-                            acc += $dot(xr + (long)(ix0 + kx * L->dw) * L->c, wr + kx * cg, cg);
+            int iy0 = oy * L->sh - L->ph;
+            for (ox = 0; ox < L->wo;) {
+                int ix0 = ox * L->sw - L->pw, k = 0;  /* k pixels whose windows lie inside the map in x */
+                if (runs && nb == 4 && ix0 >= 0 && ix0 + L->kw <= L->w)
+                    k = ox + 4 <= L->wo && ix0 + 3 * L->sw + L->kw <= L->w ? 4 : 1;
+                if (k > 0) {
+                    int32_t acc[16];
+                    for (j = 0; j < 4; j++)
+                        for (p = 0; p < 4; p++)
+                            acc[4 * j + p] = L->bias[oc0 + j];
+                    for (ky = 0; ky < L->kh; ky++) {
+                        int iy = iy0 + ky * L->dh;
+                        const $xt *r;
+                        if (iy < 0 || iy >= L->h) continue;  /* a row of zero padding */
+                        r = x + iy * row + (long)ix0 * L->c;
+                        if (k == 4)
+                            ${dot4}(r, step, w[0], w[1], w[2], w[3], ky * m, m, acc);
+                        else
+                            ${dot1}(r, w[0], w[1], w[2], w[3], ky * m, m, acc);
                     }
+                    for (j = 0; j < 4; j++)
+                        for (p = 0; p < k; p++)
+                            put_${name}(L, y, logits, oc0 + j, (long)oy * L->wo + ox + p, acc[4 * j + p]);
+                    ox += k;
+                } else {
+                    for (j = 0; j < nb; j++)
+                        put_${name}(L, y, logits, oc0 + j, (long)oy * L->wo + ox,
+                                    point_${name}(L, x, w[j], oc0 + j, oy, ox));
+                    ox++;
                 }
-                if (L->qmax == 0)
-                    logits[((long)oy * L->wo + ox) * L->o + oc] = acc;
-                else
-                    y[((long)oy * L->wo + ox) * L->o + oc] = $requantize(acc, mult, shift, L->qmax);
             }
         }
     }
@@ -121,9 +217,57 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
 
 """)
 
+# (E2) and (E4) for a depthwise convolution (groups = C = O): the weights are stored (kh, kw, C),
+# each (ky, kx) row of C codes starting on a byte, so that the inner loop runs over channels.
+DWCONV = Template(r"""/* $name: a depthwise conv over $kind input codes. scratch: C int32 accumulators, then (packed
+ * weights) the kh * kw unpacked rows of C codes. */
+static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *scratch)
+{
+    int c = L->c, i, oy, ox, ky, kx;
+    int32_t *acc = (int32_t *)(void *)scratch;  /* a 4-byte aligned arena offset */
+    const int8_t *wd = (const int8_t *)L->weights;
+    if (L->code_bits != 8) {
+        int8_t *rows = scratch + 4L * c;
+        for (i = 0; i < L->kh * L->kw; i++)
+            weight_row(L, i, c, rows + (long)i * c);
+        wd = rows;
+    }
+    for (oy = 0; oy < L->ho; oy++)
+        for (ox = 0; ox < L->wo; ox++) {
+            long pixel = (long)oy * L->wo + ox;
+            for (i = 0; i < c; i++)
+                acc[i] = L->bias[i];  /* (E6): no partial sum leaves int32 */
+            for (ky = 0; ky < L->kh; ky++) {
+                int iy = oy * L->sh - L->ph + ky * L->dh;
+                if (iy < 0 || iy >= L->h) continue;
+                for (kx = 0; kx < L->kw; kx++) {
+                    int ix = ox * L->sw - L->pw + kx * L->dw;
+                    const $xt *xp;
+                    const int8_t *wp = wd + (long)(ky * L->kw + kx) * c;
+                    if (ix < 0 || ix >= L->w) continue;
+                    xp = x + ((long)iy * L->w + ix) * c;
+                    for (i = 0; i < c; i++)
+                        acc[i] += (int32_t)xp[i] * (int32_t)wp[i];
+                }
+            }
+            if (L->qmax == 0) {
+                for (i = 0; i < c; i++)
+                    logits[pixel * c + i] = acc[i];
+            } else {
+                for (i = 0; i < c; i++)
+                    y[pixel * c + i] = $requantize(acc[i], L->mult[L->per_channel ? i : 0],
+                                                   L->shift[L->per_channel ? i : 0], L->qmax);
+            }
+        }
+}
+
+""")
+
 LEGACY_CONV_DOC = """/* (E2) then (E4): conv or fc over H-W-C uint8 codes; writes H-W-C codes, or, if qmax == 0,
  * the H-W-C int32 accumulators (the logits, or a residual branch for an add).
  * Rows of weights are contiguous runs over (kx, channel). */"""
+
+_REQUANTIZE = {False: "fiqnn_requantize", True: "(uint8_t)fiqnn_requantize_s8"}
 
 
 def conv(in_signed: bool, out_signed: bool) -> str:
@@ -134,13 +278,23 @@ def conv(in_signed: bool, out_signed: bool) -> str:
     doc = LEGACY_CONV_DOC if name == "conv_hwc" else (
         f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
         "or, if qmax == 0, the int32 accumulators. */")
+    t = "s8" if in_signed else "u8"
     return CONV.substitute(doc=doc, name=name, xt="int8_t" if in_signed else "uint8_t",
-                           dot="dot_s8s8" if in_signed else "dot_u8s8",
-                           requantize="(uint8_t)fiqnn_requantize_s8" if out_signed else "fiqnn_requantize")
+                           dot="dot_s8s8" if in_signed else "dot_u8s8", dot4=f"dot4x4_{t}s8", dot1=f"dot1x4_{t}s8",
+                           requantize=_REQUANTIZE[out_signed])
 
 
 def conv_name(in_signed: bool, out_signed: bool) -> str:
     return "conv_hwc" + ("_" + "us"[in_signed] + "us"[out_signed] if in_signed or out_signed else "")
+
+
+def dwconv(in_signed: bool, out_signed: bool) -> str:
+    return DWCONV.substitute(name="dw" + conv_name(in_signed, out_signed), kind="int8" if in_signed else "uint8",
+                             xt="int8_t" if in_signed else "uint8_t", requantize=_REQUANTIZE[out_signed])
+
+
+def dwconv_name(in_signed: bool, out_signed: bool) -> str:
+    return "dw" + conv_name(in_signed, out_signed)
 
 
 MAXPOOL = r"""/* (E7) max-pool over H-W-C codes; window cells outside the map are skipped. */
@@ -470,11 +624,14 @@ static void gather_channels(const uint8_t *x, int c_in, long hw, const int32_t *
 """
 
 # Every piece of model.c by name, in source order. conv_* are the CONV instances.
-PIECES = {"layer": None, "dot_u8": DOT_U8, "dot_s8": DOT_S8,
-          **{conv_name(a, b): conv(a, b) for a in (False, True) for b in (False, True)},
+_KINDS = [(a, b) for a in (False, True) for b in (False, True)]
+PIECES = {"layer": None, "dot_u8": DOT_U8, "dot_s8": DOT_S8, "dots_u8": dots(False), "dots_s8": dots(True),
+          **{conv_name(a, b): conv(a, b) for a, b in _KINDS}, **{dwconv_name(a, b): dwconv(a, b) for a, b in _KINDS},
           "maxpool": MAXPOOL, "add": ADD, "avgpool": AVGPOOL, "window": WINDOW, "maxpool_codes": MAXPOOL_CODES,
           "avgpool_codes": AVGPOOL_CODES, "add_s": ADD_S, "lut": LUT, "mul": MUL, "requant": REQUANT,
           "gather": GATHER}
 # The pieces a piece uses.
-NEEDS = {**{conv_name(a, b): ("layer", "dot_s8" if a else "dot_u8") for a in (False, True) for b in (False, True)},
+NEEDS = {**{conv_name(a, b): ("layer", "dot_s8" if a else "dot_u8", "dots_s8" if a else "dots_u8")
+            for a, b in _KINDS},
+         **{dwconv_name(a, b): ("layer",) for a, b in _KINDS},
          "maxpool": ("layer",), "maxpool_codes": ("window",), "avgpool_codes": ("window",)}
