@@ -176,19 +176,21 @@ def test_device_errors_are_one_line(cli, digits_teacher, tmp_path):
         assert code == 2 and len(err) == 1 and "no CUDA device" in err[0]
 
 
-def test_mixed_precision_distill_is_still_bit_exact(cli, digits_teacher, tmp_path):
-    """--amp trains under bfloat16 autocast; the exact integer path and the checks are untouched."""
-    code, out, _ = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", "--amp",
+@pytest.mark.parametrize("flag", ["--amp", "--channels-last"])
+def test_runtime_options_keep_the_student_exact(cli, digits_teacher, tmp_path, flag):
+    """--amp trains under bfloat16 autocast, --channels-last with NHWC weights; the exact integer
+    path and the checks are untouched."""
+    code, out, _ = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", flag,
                        "--steps-per-epoch", "5", "--max-epochs-per-stage", "1", "--finetune-epochs", "1",
-                       "--out", tmp_path / "amp", "--json", "--no-progress")
+                       "--out", tmp_path / "run", "--json", "--no-progress")
     assert code == 0
     m = json.loads(out)
     assert m["bit_exact"] and m["test_acc"] > 85
 
 
-def test_channels_last_places_weights_and_keeps_the_student_exact(cli, digits_teacher, tmp_path):
+def test_channels_last_places_weights_and_saves_plain_tensors(cli, tmp_path):
     """--channels-last trains with NHWC weights (the activations follow); the teacher's saved
-    weights are plain contiguous tensors, and the student's integer path stays exact."""
+    weights are plain contiguous tensors."""
     from fiqnn.nets.models import build_model
     from fiqnn.parallel import Runtime
 
@@ -201,12 +203,6 @@ def test_channels_last_places_weights_and_keeps_the_student_exact(cli, digits_te
     assert code == 0
     saved = torch.load(tmp_path / "t" / "model.pt", weights_only=True)["state_dict"]
     assert all(v.is_contiguous() for v in saved.values())
-    code, out, _ = cli("distill", "--teacher", digits_teacher, "--wbits", "4", "--abits", "4", "--channels-last",
-                       "--steps-per-epoch", "5", "--max-epochs-per-stage", "1", "--finetune-epochs", "1",
-                       "--out", tmp_path / "cl", "--json", "--no-progress")
-    assert code == 0
-    m = json.loads(out)
-    assert m["bit_exact"] and m["test_acc"] > 85
 
 
 def test_residual_network_on_two_ranks(cli, tmp_path):
