@@ -120,13 +120,15 @@ def write(t: dict, rows: list[dict], teacher_cmd: list[str], pending: list[str])
                      f"{r['epochs']} | {r['wall_s'] / 60:.1f} min | {yes[r['torch_equal']]} | "
                      f"{yes[r['onnx_equal']]} | {yes[r['c_equal']]} |")
     n = rows[0]["test_images"] if rows else 0
-    lines += ["", f"Students: BN-free, integer-only, accuracy from the numpy integer executor on all {n:,} "
+    lines += [] if not rows else [
+              "", f"Students: BN-free, integer-only, accuracy from the numpy integer executor on all {n:,} "
               "Fashion-MNIST test images; `==`: identical int32 logits on every one of them (torch: the eval-mode "
               f"student's exact integer path, checked by distill itself). PTL stages: "
               f"{rows[0]['stages'] if rows else '-'}; budget per stage: {' '.join(BUDGET)}. First and last layers "
               "keep 8-bit weights. Teacher QNN (BN kept, fake quantization) after its QAT epoch: "
               + ", ".join(f"W{r['w_bits']}A{r['a_bits']} {r['scale']} {r['teacher_qnn_acc']:.2f}%" for r in rows)
-              + ".", "", "Wall times are on this 2-core machine shared with other work: the students ran with one "
+              + "."]
+    lines += ["", "Wall times are on this 2-core machine shared with other work: the students ran with one "
               "thread each (`OMP_NUM_THREADS=1`) two at a time; the teacher's first epoch ran before "
               "`--channels-last` existed (resumed with it: the same weights, another memory layout) and its "
               "epochs took 507 to 1,406 s, depending on what else ran.", "", "Commands:", "",
