@@ -178,8 +178,8 @@ def plan(graph: IntGraph) -> dict:
             tensors.append((node.name, i, last_use[node.name], size))
         if isinstance(node, IntLayer) and node.pool:
             tensors.append(((node.name, "prepool"), i, i, int(np.prod(pre[node.name]))))
-        if isinstance(node, IntLayer) and scratch_bytes(node):
-            tensors.append(((node.name, "scratch"), i, i, scratch_bytes(node)))
+        if isinstance(node, IntLayer) and (scratch := scratch_bytes(node)):
+            tensors.append(((node.name, "scratch"), i, i, scratch))
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     offset = {}
     for name, first, last, size in tensors:

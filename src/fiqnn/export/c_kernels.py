@@ -127,7 +127,8 @@ def dots(signed: bool) -> str:
     return DOTS.substitute(t="s8" if signed else "u8", xt="int8_t" if signed else "uint8_t")
 
 
-# (E2) and (E4) for one kind of input codes ($xt, read by $dot) and of output codes ($requantize).
+# (E2) and (E4) for one kind of input codes ($xt, read by the dot products of $t) and of output
+# codes ($requantize).
 # Output channels go four at a time (their weight rows unpacked once into wrow when packed); a row
 # of output pixels goes four at a time through dot4x4 where four windows lie inside the map
 # horizontally (groups 1, dilation 1 in x: each window row is one contiguous run), one at a time
@@ -150,10 +151,10 @@ static int32_t point_${name}(const fiqnn_layer *L, const $xt *x, const int8_t *w
         if (iy < 0 || iy >= L->h || lo == hi) continue;  /* all padding: form no pointer outside x */
         xr = xg + (long)iy * L->w * L->c;
         if (merge) {
-            acc += $dot(xr + (long)(ix0 + lo) * L->c, wr + lo * cg, (hi - lo) * cg);
+            acc += dot_${t}s8(xr + (long)(ix0 + lo) * L->c, wr + lo * cg, (hi - lo) * cg);
         } else {
             for (kx = lo; kx < hi; kx++)
-                acc += $dot(xr + (long)(ix0 + kx * L->dw) * L->c, wr + kx * cg, cg);
+                acc += dot_${t}s8(xr + (long)(ix0 + kx * L->dw) * L->c, wr + kx * cg, cg);
         }
     }
     return acc;
@@ -196,9 +197,9 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
                         if (iy < 0 || iy >= L->h) continue;  /* a row of zero padding */
                         r = x + iy * row + (long)ix0 * L->c;
                         if (k == 4)
-                            ${dot4}(r, step, w[0], w[1], w[2], w[3], ky * m, m, acc);
+                            dot4x4_${t}s8(r, step, w[0], w[1], w[2], w[3], ky * m, m, acc);
                         else
-                            ${dot1}(r, w[0], w[1], w[2], w[3], ky * m, m, acc);
+                            dot1x4_${t}s8(r, w[0], w[1], w[2], w[3], ky * m, m, acc);
                     }
                     for (j = 0; j < 4; j++)
                         for (p = 0; p < k; p++)
@@ -278,9 +279,7 @@ def conv(in_signed: bool, out_signed: bool) -> str:
     doc = LEGACY_CONV_DOC if name == "conv_hwc" else (
         f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
         "or, if qmax == 0, the int32 accumulators. */")
-    t = "s8" if in_signed else "u8"
-    return CONV.substitute(doc=doc, name=name, xt="int8_t" if in_signed else "uint8_t",
-                           dot="dot_s8s8" if in_signed else "dot_u8s8", dot4=f"dot4x4_{t}s8", dot1=f"dot1x4_{t}s8",
+    return CONV.substitute(doc=doc, name=name, t="s8" if in_signed else "u8", xt="int8_t" if in_signed else "uint8_t",
                            requantize=_REQUANTIZE[out_signed])
 
 
@@ -289,7 +288,7 @@ def conv_name(in_signed: bool, out_signed: bool) -> str:
 
 
 def dwconv(in_signed: bool, out_signed: bool) -> str:
-    return DWCONV.substitute(name="dw" + conv_name(in_signed, out_signed), kind="int8" if in_signed else "uint8",
+    return DWCONV.substitute(name=dwconv_name(in_signed, out_signed), kind="int8" if in_signed else "uint8",
                              xt="int8_t" if in_signed else "uint8_t", requantize=_REQUANTIZE[out_signed])
 
 
