@@ -1,6 +1,8 @@
-"""The C export on ARM: 32-bit ARM Linux under qemu (bit-exact), and a Cortex-M4 build (size only).
+"""The C export on ARM: 32-bit ARM Linux under qemu-user, Cortex-M3 and M4 under qemu-system-arm
+(bit-exact, instruction counts), and a Cortex-M4 object's size.
 
-Needs Debian's gcc-arm-linux-gnueabihf + qemu-user and gcc-arm-none-eabi; each test
+Needs Debian's gcc-arm-linux-gnueabihf + qemu-user, gcc-arm-none-eabi (+ libnewlib-arm-none-eabi)
+and qemu-system-arm; each test
 skips, naming what is missing, when they are not installed.
 """
 
@@ -12,11 +14,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from fiqnn.export.c99 import CFLAGS, export_c, run_c
+from fiqnn.export import cortex_m
+from fiqnn.export.c99 import CFLAGS, CompilerError, export_c, run_c
 from fiqnn.integer.execute import run
 from fiqnn.train.convert import convert
 
 ARM_LINUX_CC, QEMU, M4_CC = "arm-linux-gnueabihf-gcc", "qemu-arm", "arm-none-eabi-gcc"
+M4_SEEDS = 24  # random graphs on the emulated Cortex-M4 (bench/fuzz_backends.py --cortex-m runs more)
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +49,42 @@ def test_cortex_m4_builds(graphs, tmp_path):
     size = subprocess.run(["arm-none-eabi-size", str(obj)], check=True, capture_output=True, text=True).stdout
     text, data_, bss = (int(v) for v in size.splitlines()[1].split()[:3])
     assert text > 0 and bss >= 1
+
+
+@pytest.mark.skipif(cortex_m.available() is not None, reason=str(cortex_m.available()))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_cortex_m_under_qemu_bit_exact(graphs, bits):
+    """On emulated Cortex-M3 (portable C) and M4 (SIMD32 kernels, and -DFIQNN_PORTABLE), every
+    test image's logits are numpy's; the M4's SIMD32 kernels run fewer instructions."""
+    data, g = graphs
+    x_q = data.test.x_q
+    ref = run(g[bits], x_q)
+    counts = {}
+    for cpu, defines in (("cortex-m3", ()), ("cortex-m4", ()), ("cortex-m4", ("FIQNN_PORTABLE",))):
+        r = cortex_m.run_cortex_m(g[bits], x_q, cpu=cpu, defines=defines)
+        assert np.array_equal(r["logits"], ref), (cpu, defines)
+        assert r["instructions_per_tick"] == 40.0  # QEMU's 25 MHz SysTick at 1 ns per instruction
+        assert r["instructions"].shape == (len(x_q), len(g[bits].layers)) and (r["instructions"] > 0).all()
+        counts[cpu, defines] = r["instructions"].sum()
+    assert counts["cortex-m4", ()] < counts["cortex-m4", ("FIQNN_PORTABLE",)]
+
+
+def test_cortex_m_refuses_an_unknown_core(graphs):
+    with pytest.raises(CompilerError, match="no QEMU board"):
+        cortex_m.run_cortex_m(graphs[1][4], graphs[0].test.x_q[:1], cpu="cortex-a53")
+
+
+@pytest.mark.skipif(cortex_m.available() is not None, reason=str(cortex_m.available()))
+def test_cortex_m4_agrees_with_the_oracle_on_random_graphs():
+    """The differential fuzzer's graphs (every node kind, signed and unsigned codes, 2-8 bits) on
+    the emulated Cortex-M4, whose build takes the SIMD32 kernels: the oracle's logits on every input."""
+    from tests import oracle
+    from tests.graphgen import random_graph, random_inputs
+
+    bad = []
+    for seed in range(M4_SEEDS):
+        graph = random_graph(seed)
+        x_q = random_inputs(np.random.default_rng([seed, 1]), graph.in_shape, 16)
+        if cortex_m.run_cortex_m(graph, x_q)["logits"].tolist() != oracle.run(graph, x_q):
+            bad.append(seed)
+    assert not bad, f"Cortex-M4 differs from the oracle on graphs {bad}"

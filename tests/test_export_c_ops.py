@@ -495,5 +495,5 @@ def test_version_1_graph_uses_only_the_version_1_kernels():
 
     src = c99.model_c(residual_graph(0, 4))
     assert "conv_hwc(" in src and "add_terms(" in src and "avg_pool_hwc(" in src
-    for name in ("fiqnn_code", "conv_hwc_", "_codes(", "add_terms_s", "fiqnn_window"):
+    for name in ("fiqnn_code", "conv_hwc_us", "conv_hwc_su", "conv_hwc_ss", "_codes(", "add_terms_s", "fiqnn_window"):
         assert name not in src

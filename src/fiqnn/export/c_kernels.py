@@ -32,6 +32,7 @@ LAYER = Template(r"""typedef struct {
     int per_channel;      /* one (mult, shift) per output channel */
     int32_t qmax;         /* $qmax_doc */
     int pool_k, pool_s, pool_p, pool_ho, pool_wo;
+    int simd;             /* Arm SIMD32 kernel: 1 int8 weights, 2 4-bit ones (sums x 16 inside int32), 0 none */
 } fiqnn_layer;
 
 /* The n weight codes of output channel oc: the int8 array itself, or unpacked into row
@@ -80,17 +81,174 @@ static int32_t dot_s8s8(const int8_t *x, const int8_t *w, int n)
 
 """
 
-# Register-blocked dot products for one kind of input codes ($t: u8 or s8, $xt its C type): four
-# output channels (weight rows w0..w3, from offset k) against one pixel, or against four pixels
-# xs codes apart. Every sum is a subset of the terms (E6) bounds, so none leaves int32.
-DOTS = Template(r"""/* acc[4 j] += sum_i x[i] * wj[k + i], i < n, for the four rows j. */
+# Arm SIMD32 (Armv6 and the Cortex-M4/M7/M33/M55 DSP extension): SXTB16/UXTB16 widen the even
+# and odd bytes of a word into two 16-bit lanes, SMLAD adds both lane products to an accumulator.
+# -DFIQNN_PORTABLE keeps the portable C on such a core (the bench's comparison).
+SIMD32 = r"""#if defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(FIQNN_PORTABLE)
+#include <arm_acle.h>
+#include <string.h>
+#define FIQNN_SIMD32 1
+/* Four bytes at p, any alignment (one LDR on a core that takes unaligned words). */
+static inline uint32_t fiqnn_load4(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint32_t fiqnn_ror8(uint32_t v)
+{
+    return (v >> 8) | (v << 24);
+}
+
+/* SXTB16 of v rotated right by 8: bytes 1 and 3 of v, sign-extended into two 16-bit lanes. */
+static inline int32_t fiqnn_sxtb16_ror8(uint32_t v)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+
+/* Two words of an int16 column. */
+static inline void fiqnn_load8(const int16_t *p, int32_t *lo, int32_t *hi)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    *lo = (int32_t)(uint32_t)v;
+    *hi = (int32_t)(uint32_t)(v >> 32);
+}
+
+/* The sums over the first nm codes (a multiple of 4) of two int8 weight rows against np (2 or 1)
+ * int16 columns laid out by the im2col of the SIMD32 conv: a[2 j + p] += row j . column p. Each
+ * group of four codes is two words per column, (x0, x2) and (x1, x3): the lanes SXTB16 widens a
+ * weight word into, unrotated and rotated by 8. */
+static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const int8_t *w1, int nm, int32_t *a)
+{
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, xe, xo;
+    const int8_t *end = w0 + nm;
+    if (np == 2) {
+        for (; w0 < end; w0 += 4, w1 += 4, col += 8) {
+            uint32_t u = fiqnn_load4(w0), v = fiqnn_load4(w1);
+            int32_t ue = __sxtb16((int32_t)u), uo = fiqnn_sxtb16_ror8(u);
+            int32_t ve = __sxtb16((int32_t)v), vo = fiqnn_sxtb16_ror8(v);
+            fiqnn_load8(col, &xe, &xo);
+            a00 = __smlad(xe, ue, __smlad(xo, uo, a00));
+            a10 = __smlad(xe, ve, __smlad(xo, vo, a10));
+            fiqnn_load8(col + 4, &xe, &xo);
+            a01 = __smlad(xe, ue, __smlad(xo, uo, a01));
+            a11 = __smlad(xe, ve, __smlad(xo, vo, a11));
+        }
+    } else {
+        for (; w0 < end; w0 += 4, w1 += 4, col += 4) {
+            uint32_t u = fiqnn_load4(w0), v = fiqnn_load4(w1);
+            fiqnn_load8(col, &xe, &xo);
+            a00 = __smlad(xe, __sxtb16((int32_t)u), __smlad(xo, fiqnn_sxtb16_ror8(u), a00));
+            a10 = __smlad(xe, __sxtb16((int32_t)v), __smlad(xo, fiqnn_sxtb16_ror8(v), a10));
+        }
+    }
+    a[0] += a00; a[1] += a01; a[2] += a10; a[3] += a11;
+}
+
+/* fiqnn_smlad_w8 for 4-bit rows (two codes a byte, low nibble first; nm a multiple of 8): a
+ * weight word's eight codes widen, each times 16, into (c0, c4), (c2, c6) from w << 4 and
+ * (c1, c5), (c3, c7) from w, both masked to the high nibble of every byte; a column's group of
+ * eight is the four words of those pairs. The sums are 16 times the dot products (the layer's
+ * simd flag says they stay inside int32), so dividing by 16 is exact. */
+static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const uint8_t *w1, int nm, int32_t *a)
+{
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, x0, x1;
+    const uint8_t *end = w0 + nm / 2;
+    for (; w0 < end; w0 += 4, w1 += 4, col += 8 * np) {
+        uint32_t u = fiqnn_load4(w0) << 4, v = fiqnn_load4(w1) << 4;  /* the low nibbles first */
+        int32_t ue, uo, ve, vo;
+        u &= 0xF0F0F0F0u;
+        v &= 0xF0F0F0F0u;
+        ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
+        ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
+        fiqnn_load8(col, &x0, &x1);
+        a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
+        a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
+        if (np == 2) {
+            fiqnn_load8(col + 8, &x0, &x1);
+            a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
+            a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+        }
+        u = fiqnn_load4(w0) & 0xF0F0F0F0u;  /* then the high ones */
+        v = fiqnn_load4(w1) & 0xF0F0F0F0u;
+        ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
+        ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
+        fiqnn_load8(col + 4, &x0, &x1);
+        a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
+        a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
+        if (np == 2) {
+            fiqnn_load8(col + 12, &x0, &x1);
+            a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
+            a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+        }
+    }
+    a[0] += a00 / 16; a[1] += a01 / 16; a[2] += a10 / 16; a[3] += a11 / 16;
+}
+#else
+#define FIQNN_SIMD32 0
+#endif
+
+"""
+
+# Register-blocked dot products for one kind of input codes ($t: u8 or s8, $xt its C type, $ext
+# its SIMD32 widening): four output channels (weight rows w0..w3, from offset k) against one
+# pixel, or against four pixels xs codes apart. Every sum is a subset of the terms (E6) bounds,
+# so none leaves int32 (SMLAD's sums included: it wraps modulo 2^32 exactly like the scalar path
+# would, and never has to).
+DOTS = Template(r"""#if FIQNN_SIMD32
+/* acc[0] += x0 . w0, acc[1] += x1 . w0, acc[4] += x0 . w1, acc[5] += x1 . w1 over n codes:
+ * per four codes two words of x and two of w, each widened into its (0, 2) and (1, 3) lanes. */
+static void dot2x2_${t}s8(const $xt *x0, const $xt *x1, const int8_t *w0, const int8_t *w1, int n,
+                          int32_t *acc)
+{
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t v = fiqnn_load4(x0 + i), u = fiqnn_load4(x1 + i);
+        uint32_t p = fiqnn_load4(w0 + i), q = fiqnn_load4(w1 + i);
+        int32_t ve = (int32_t)$ext(v), vo = (int32_t)$ext(fiqnn_ror8(v));
+        int32_t ue = (int32_t)$ext(u), uo = (int32_t)$ext(fiqnn_ror8(u));
+        int32_t pe = __sxtb16((int32_t)p), po = __sxtb16((int32_t)fiqnn_ror8(p));
+        int32_t qe = __sxtb16((int32_t)q), qo = __sxtb16((int32_t)fiqnn_ror8(q));
+        a00 = __smlad(ve, pe, __smlad(vo, po, a00));
+        a01 = __smlad(ue, pe, __smlad(uo, po, a01));
+        a10 = __smlad(ve, qe, __smlad(vo, qo, a10));
+        a11 = __smlad(ue, qe, __smlad(uo, qo, a11));
+    }
+    for (; i < n; i++) {
+        int32_t v = x0[i], u = x1[i];
+        a00 += v * w0[i]; a01 += u * w0[i]; a10 += v * w1[i]; a11 += u * w1[i];
+    }
+    acc[0] += a00; acc[1] += a01; acc[4] += a10; acc[5] += a11;
+}
+#endif
+
+/* acc[4 j] += sum_i x[i] * wj[k + i], i < n, for the four rows j. */
 static void dot1x4_${t}s8(const $xt *x, const int8_t *w0, const int8_t *w1, const int8_t *w2,
                           const int8_t *w3, int k, int n, int32_t *acc)
 {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int i;
+    int i = 0;
     w0 += k; w1 += k; w2 += k; w3 += k;
-    for (i = 0; i < n; i++) {
+#if FIQNN_SIMD32
+    for (; i + 4 <= n; i += 4) {
+        uint32_t v = fiqnn_load4(x + i), p;
+        int32_t ve = (int32_t)$ext(v), vo = (int32_t)$ext(fiqnn_ror8(v));
+        p = fiqnn_load4(w0 + i);
+        a0 = __smlad(ve, __sxtb16((int32_t)p), __smlad(vo, __sxtb16((int32_t)fiqnn_ror8(p)), a0));
+        p = fiqnn_load4(w1 + i);
+        a1 = __smlad(ve, __sxtb16((int32_t)p), __smlad(vo, __sxtb16((int32_t)fiqnn_ror8(p)), a1));
+        p = fiqnn_load4(w2 + i);
+        a2 = __smlad(ve, __sxtb16((int32_t)p), __smlad(vo, __sxtb16((int32_t)fiqnn_ror8(p)), a2));
+        p = fiqnn_load4(w3 + i);
+        a3 = __smlad(ve, __sxtb16((int32_t)p), __smlad(vo, __sxtb16((int32_t)fiqnn_ror8(p)), a3));
+    }
+#endif
+    for (; i < n; i++) {
         int32_t v = x[i];
         a0 += v * w0[i]; a1 += v * w1[i]; a2 += v * w2[i]; a3 += v * w3[i];
     }
@@ -101,6 +259,13 @@ static void dot1x4_${t}s8(const $xt *x, const int8_t *w0, const int8_t *w1, cons
 static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t *w1, const int8_t *w2,
                           const int8_t *w3, int k, int n, int32_t *acc)
 {
+#if FIQNN_SIMD32
+    /* Four 2 x 2 blocks: sixteen accumulators do not fit the core's registers. */
+    dot2x2_${t}s8(x, x + xs, w0 + k, w1 + k, n, acc);
+    dot2x2_${t}s8(x + 2 * xs, x + 3 * xs, w0 + k, w1 + k, n, acc + 2);
+    dot2x2_${t}s8(x, x + xs, w2 + k, w3 + k, n, acc + 8);
+    dot2x2_${t}s8(x + 2 * xs, x + 3 * xs, w2 + k, w3 + k, n, acc + 10);
+#else
     const $xt *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
     int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
     int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
@@ -118,13 +283,15 @@ static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t 
     acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
     acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
     acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
+#endif
 }
 
 """)
 
 
 def dots(signed: bool) -> str:
-    return DOTS.substitute(t="s8" if signed else "u8", xt="int8_t" if signed else "uint8_t")
+    return DOTS.substitute(t="s8" if signed else "u8", xt="int8_t" if signed else "uint8_t",
+                           ext="__sxtb16" if signed else "__uxtb16")
 
 
 # (E2) and (E4) for one kind of input codes ($xt, read by the dot products of $t) and of output
@@ -169,12 +336,107 @@ static void put_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int o
                                            L->shift[L->per_channel ? oc : 0], L->qmax);
 }
 
+#if FIQNN_SIMD32
+/* Output pixel pixel's window as int16 codes (zero for padding) into slot p of an np-pixel block
+ * of columns: each group of g codes (g = 4 for int8 weights, 8 for 4-bit ones) goes to the lanes
+ * the weight words widen into (fiqnn_smlad_w8, _w4), g codes per column per group; the n % g codes
+ * left over follow, in order, one column after the other. */
+static void ${name}_col(const fiqnn_layer *L, const $xt *x, long pixel, int p, int np, int16_t *col)
+{
+    static const unsigned char lane4[4] = {0, 2, 1, 3}, lane8[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+    int g = L->simd == 2 ? 8 : 4, n = L->kh * L->kw * L->c, nm = n & -g, words = L->c % g == 0;
+    int oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo), ky, kx, c, i = 0;
+    const unsigned char *lane = g == 8 ? lane8 : lane4;
+    int16_t *tail = n > nm ? col + (long)nm * np + (long)p * (n - nm) : col;  /* (no tail: no pointer past it) */
+    col += p * g;
+    for (ky = 0; ky < L->kh; ky++) {
+        int iy = oy * L->sh - L->ph + ky * L->dh;
+        for (kx = 0; kx < L->kw; kx++) {
+            int ix = ox * L->sw - L->pw + kx * L->dw;
+            const $xt *v = iy >= 0 && iy < L->h && ix >= 0 && ix < L->w ? x + ((long)iy * L->w + ix) * L->c : 0;
+            if (words) {  /* whole groups: a word of codes widens into the lanes directly */
+                uint32_t q[4] = {0, 0, 0, 0};
+                int16_t *d = col + (long)i * np;
+                for (c = 0; c < L->c; c += g, d += g * np) {
+                    if (v && g == 4) {
+                        uint32_t b = fiqnn_load4(v + c);
+                        q[0] = (uint32_t)$ext(b);
+                        q[1] = (uint32_t)$ext(fiqnn_ror8(b));
+                    } else if (v) {  /* (x0, x4), (x2, x6), (x1, x5), (x3, x7) from two words */
+                        uint32_t b = fiqnn_load4(v + c), e = fiqnn_load4(v + c + 4);
+                        uint32_t be = (uint32_t)$ext(b), bo = (uint32_t)$ext(fiqnn_ror8(b));
+                        uint32_t ee = (uint32_t)$ext(e), eo = (uint32_t)$ext(fiqnn_ror8(e));
+                        q[0] = (be & 0xFFFFu) | (ee << 16);
+                        q[1] = (be >> 16) | (ee & 0xFFFF0000u);
+                        q[2] = (bo & 0xFFFFu) | (eo << 16);
+                        q[3] = (bo >> 16) | (eo & 0xFFFF0000u);
+                    }
+                    memcpy(d, q, (size_t)g * 2);
+                }
+                i += L->c;
+                continue;
+            }
+            for (c = 0; c < L->c; c++, i++) {
+                int16_t code = (int16_t)(v ? v[c] : 0);
+                if (i < nm)
+                    col[(long)(i & -g) * np + lane[i & (g - 1)]] = code;
+                else
+                    tail[i - nm] = code;
+            }
+        }
+    }
+}
+
+/* (E2), (E4) on Arm SIMD32 (groups 1, L->simd set): output pixels two at a time (one for an fc),
+ * their windows widened once into int16 columns in col, then every pair of output channels
+ * against them with SMLAD. */
+static void ${name}_simd32(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int16_t *col)
+{
+    int n = L->kh * L->kw * L->c, g = L->simd == 2 ? 8 : 4, nm = n - n % g, t = n - nm, oc, i, p, j;
+    long npix = (long)L->ho * L->wo, rowb = L->simd == 2 ? (n + 1) / 2 : n, pix;
+    int np = npix > 1 ? 2 : 1;
+    const uint8_t *wb = (const uint8_t *)L->weights;
+    for (pix = 0; pix < npix; pix += np) {
+        int k = npix - pix < np ? 1 : np;  /* pixels of this block (a last odd one: its column twice) */
+        const int16_t *tail = col + (long)nm * np;
+        for (p = 0; p < np; p++)
+            ${name}_col(L, x, pix + (p < k ? p : 0), p, np, col);
+        for (oc = 0; oc < L->o; oc += 2) {
+            int m = L->o - oc < 2 ? 1 : 2;  /* channels of this pair (a last odd one: its row twice) */
+            const uint8_t *w0 = wb + oc * rowb, *w1 = wb + (oc + m - 1) * rowb;
+            int32_t a[4] = {0, 0, 0, 0};
+            if (L->simd == 1)
+                fiqnn_smlad_w8(col, np, (const int8_t *)w0, (const int8_t *)w1, nm, a);
+            else
+                fiqnn_smlad_w4(col, np, w0, w1, nm, a);
+            for (i = 0; i < t; i++)
+                for (j = 0; j < 2; j++) {
+                    const uint8_t *w = j ? w1 : w0;
+                    int32_t code = L->simd == 1 ? (int32_t)(int8_t)w[nm + i]
+                                   : (int32_t)((((unsigned)w[(nm + i) >> 1] >> (((nm + i) & 1) * 4)) & 15u) ^ 8u) - 8;
+                    for (p = 0; p < np; p++)
+                        a[2 * j + p] += code * tail[(long)p * t + i];
+                }
+            for (j = 0; j < m; j++)
+                for (p = 0; p < k; p++)
+                    put_${name}(L, y, logits, oc + j, pix + p, L->bias[oc + j] + a[2 * j + p]);
+        }
+    }
+}
+#endif
+
 static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *wrow)
 {
     int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
     int runs = L->dw == 1 && L->groups == 1;
     long row = (long)L->w * L->c, step = (long)L->sw * L->c;
     int oc0, oy, ox, j, p, ky;
+#if FIQNN_SIMD32
+    if (L->simd) {
+        ${name}_simd32(L, x, y, logits, (int16_t *)(void *)wrow);  /* a 4-byte aligned arena offset */
+        return;
+    }
+#endif
     for (oc0 = 0; oc0 < L->o; oc0 += 4) {
         int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;
         const int8_t *w[4] = {0, 0, 0, 0};
@@ -280,7 +542,7 @@ def conv(in_signed: bool, out_signed: bool) -> str:
         f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
         "or, if qmax == 0, the int32 accumulators. */")
     return CONV.substitute(doc=doc, name=name, t="s8" if in_signed else "u8", xt="int8_t" if in_signed else "uint8_t",
-                           requantize=_REQUANTIZE[out_signed])
+                           ext="__sxtb16" if in_signed else "__uxtb16", requantize=_REQUANTIZE[out_signed])
 
 
 def conv_name(in_signed: bool, out_signed: bool) -> str:
@@ -624,13 +886,14 @@ static void gather_channels(const uint8_t *x, int c_in, long hw, const int32_t *
 
 # Every piece of model.c by name, in source order. conv_* are the CONV instances.
 _KINDS = [(a, b) for a in (False, True) for b in (False, True)]
-PIECES = {"layer": None, "dot_u8": DOT_U8, "dot_s8": DOT_S8, "dots_u8": dots(False), "dots_s8": dots(True),
+PIECES = {"layer": None, "simd32": SIMD32, "dot_u8": DOT_U8, "dot_s8": DOT_S8, "dots_u8": dots(False),
+          "dots_s8": dots(True),
           **{conv_name(a, b): conv(a, b) for a, b in _KINDS}, **{dwconv_name(a, b): dwconv(a, b) for a, b in _KINDS},
           "maxpool": MAXPOOL, "add": ADD, "avgpool": AVGPOOL, "window": WINDOW, "maxpool_codes": MAXPOOL_CODES,
           "avgpool_codes": AVGPOOL_CODES, "add_s": ADD_S, "lut": LUT, "mul": MUL, "requant": REQUANT,
           "gather": GATHER}
 # The pieces a piece uses.
-NEEDS = {**{conv_name(a, b): ("layer", "dot_s8" if a else "dot_u8", "dots_s8" if a else "dots_u8")
+NEEDS = {**{conv_name(a, b): ("layer", "simd32", "dot_s8" if a else "dot_u8", "dots_s8" if a else "dots_u8")
             for a, b in _KINDS},
          **{dwconv_name(a, b): ("layer",) for a, b in _KINDS},
          "maxpool": ("layer",), "maxpool_codes": ("window",), "avgpool_codes": ("window",)}
