@@ -109,6 +109,24 @@ static inline int32_t fiqnn_sxtb16_ror8(uint32_t v)
     return r;
 }
 
+/* (E3) of acc * mult for shift >= 32 in four instructions: SMULL, the rounding constant
+ * 2^(shift-1) added to the 64-bit product (ADDS/ADC), then the high word shifted right by
+ * shift - 32 (ASR: floor division, as (E3) wants). |acc * mult| < 2^62, so the result fits. */
+static inline int32_t fiqnn_mulshift_hi(int32_t acc, int32_t mult, int shift)
+{
+    uint32_t rlo = shift == 32 ? 0x80000000u : 0u, rhi = shift > 32 ? 1u << (shift - 33) : 0u, lo;
+    int32_t hi;
+    __asm__("smull %[lo], %[hi], %[a], %[m]\n\t"
+            "adds %[lo], %[lo], %[rlo]\n\t"
+            "adc %[hi], %[hi], %[rhi]\n\t"
+            "asr %[hi], %[hi], %[s]"
+            : [lo] "=&r"(lo), [hi] "=&r"(hi)
+            : [a] "r"(acc), [m] "r"(mult), [rlo] "r"(rlo), [rhi] "r"(rhi), [s] "r"(shift - 32)
+            : "cc");
+    (void)lo;
+    return hi;
+}
+
 /* Two words of an int16 column. */
 static inline void fiqnn_load8(const int16_t *p, int32_t *lo, int32_t *hi)
 {
@@ -118,7 +136,7 @@ static inline void fiqnn_load8(const int16_t *p, int32_t *lo, int32_t *hi)
     *hi = (int32_t)(uint32_t)(v >> 32);
 }
 
-/* The sums over the first nm codes (a multiple of 4) of two int8 weight rows against np (2 or 1)
+/* The sums over nm codes (a multiple of 4: whole rows) of two int8 weight rows against np (2 or 1)
  * int16 columns laid out by the im2col of the SIMD32 conv: a[2 j + p] += row j . column p. Each
  * group of four codes is two words per column, (x0, x2) and (x1, x3): the lanes SXTB16 widens a
  * weight word into, unrotated and rotated by 8. */
@@ -126,18 +144,35 @@ static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const i
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, xe, xo;
     const int8_t *end = w0 + nm;
-    if (np == 2) {
-        for (; w0 < end; w0 += 4, w1 += 4, col += 8) {
-            uint32_t u = fiqnn_load4(w0), v = fiqnn_load4(w1);
-            int32_t ue = __sxtb16((int32_t)u), uo = fiqnn_sxtb16_ror8(u);
-            int32_t ve = __sxtb16((int32_t)v), vo = fiqnn_sxtb16_ror8(v);
-            fiqnn_load8(col, &xe, &xo);
-            a00 = __smlad(xe, ue, __smlad(xo, uo, a00));
-            a10 = __smlad(xe, ve, __smlad(xo, vo, a10));
-            fiqnn_load8(col + 4, &xe, &xo);
-            a01 = __smlad(xe, ue, __smlad(xo, uo, a01));
-            a11 = __smlad(xe, ve, __smlad(xo, vo, a11));
-        }
+    if (np == 2 && nm > 0) {
+        /* 17 instructions per 16 multiply-accumulates: the two weight words by register offset
+         * (k counts up to 0 and ends the loop), each column's two words by one LDRD. */
+        int32_t k = -nm, u, v, t, r;
+        w0 = end;
+        w1 += nm;
+        __asm__("1:\n\t"
+                "ldr %[u], [%[w0], %[k]]\n\t"
+                "ldr %[v], [%[w1], %[k]]\n\t"
+                "ldrd %[xe], %[xo], [%[col]], #8\n\t"
+                "sxtb16 %[t], %[u]\n\t"
+                "sxtb16 %[u], %[u], ror #8\n\t"
+                "sxtb16 %[r], %[v]\n\t"
+                "sxtb16 %[v], %[v], ror #8\n\t"
+                "smlad %[a00], %[xe], %[t], %[a00]\n\t"
+                "smlad %[a00], %[xo], %[u], %[a00]\n\t"
+                "smlad %[a10], %[xe], %[r], %[a10]\n\t"
+                "smlad %[a10], %[xo], %[v], %[a10]\n\t"
+                "ldrd %[xe], %[xo], [%[col]], #8\n\t"
+                "smlad %[a01], %[xe], %[t], %[a01]\n\t"
+                "smlad %[a01], %[xo], %[u], %[a01]\n\t"
+                "smlad %[a11], %[xe], %[r], %[a11]\n\t"
+                "smlad %[a11], %[xo], %[v], %[a11]\n\t"
+                "adds %[k], %[k], #4\n\t"
+                "bne 1b"
+                : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k] "+r"(k), [col] "+r"(col),
+                  [u] "=&r"(u), [v] "=&r"(v), [t] "=&r"(t), [r] "=&r"(r), [xe] "=&r"(xe), [xo] "=&r"(xo)
+                : [w0] "r"(w0), [w1] "r"(w1)
+                : "cc", "memory");
     } else {
         for (; w0 < end; w0 += 4, w1 += 4, col += 4) {
             uint32_t u = fiqnn_load4(w0), v = fiqnn_load4(w1);
@@ -158,32 +193,85 @@ static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const 
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, x0, x1;
     const uint8_t *end = w0 + nm / 2;
-    for (; w0 < end; w0 += 4, w1 += 4, col += 8 * np) {
-        uint32_t u = fiqnn_load4(w0) << 4, v = fiqnn_load4(w1) << 4;  /* the low nibbles first */
-        int32_t ue, uo, ve, vo;
-        u &= 0xF0F0F0F0u;
-        v &= 0xF0F0F0F0u;
-        ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
-        ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
-        fiqnn_load8(col, &x0, &x1);
-        a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
-        a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
-        if (np == 2) {
-            fiqnn_load8(col + 8, &x0, &x1);
-            a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
-            a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
-        }
-        u = fiqnn_load4(w0) & 0xF0F0F0F0u;  /* then the high ones */
-        v = fiqnn_load4(w1) & 0xF0F0F0F0u;
-        ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
-        ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
-        fiqnn_load8(col + 4, &x0, &x1);
-        a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
-        a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
-        if (np == 2) {
-            fiqnn_load8(col + 12, &x0, &x1);
-            a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
-            a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+    if (np == 2 && nm > 0) {
+        /* 41 instructions per 32 multiply-accumulates: the low nibbles' lanes, then the high ones'. */
+        int32_t k = -(nm / 2), ue, uo, ve, vo;
+        w0 = end;
+        w1 += nm / 2;
+        __asm__("1:\n\t"
+                "ldr %[uo], [%[w0], %[k]]\n\t"
+                "ldr %[vo], [%[w1], %[k]]\n\t"
+                "lsl %[uo], %[uo], #4\n\t"
+                "lsl %[vo], %[vo], #4\n\t"
+                "and %[uo], %[uo], #0xF0F0F0F0\n\t"
+                "and %[vo], %[vo], #0xF0F0F0F0\n\t"
+                "sxtb16 %[ue], %[uo]\n\t"
+                "sxtb16 %[uo], %[uo], ror #8\n\t"
+                "sxtb16 %[ve], %[vo]\n\t"
+                "sxtb16 %[vo], %[vo], ror #8\n\t"
+                "ldrd %[x0], %[x1], [%[col]]\n\t"
+                "smlad %[a00], %[x0], %[ue], %[a00]\n\t"
+                "smlad %[a00], %[x1], %[uo], %[a00]\n\t"
+                "smlad %[a10], %[x0], %[ve], %[a10]\n\t"
+                "smlad %[a10], %[x1], %[vo], %[a10]\n\t"
+                "ldrd %[x0], %[x1], [%[col], #16]\n\t"
+                "smlad %[a01], %[x0], %[ue], %[a01]\n\t"
+                "smlad %[a01], %[x1], %[uo], %[a01]\n\t"
+                "smlad %[a11], %[x0], %[ve], %[a11]\n\t"
+                "smlad %[a11], %[x1], %[vo], %[a11]\n\t"
+                "ldr %[uo], [%[w0], %[k]]\n\t"
+                "ldr %[vo], [%[w1], %[k]]\n\t"
+                "and %[uo], %[uo], #0xF0F0F0F0\n\t"
+                "and %[vo], %[vo], #0xF0F0F0F0\n\t"
+                "sxtb16 %[ue], %[uo]\n\t"
+                "sxtb16 %[uo], %[uo], ror #8\n\t"
+                "sxtb16 %[ve], %[vo]\n\t"
+                "sxtb16 %[vo], %[vo], ror #8\n\t"
+                "ldrd %[x0], %[x1], [%[col], #8]\n\t"
+                "smlad %[a00], %[x0], %[ue], %[a00]\n\t"
+                "smlad %[a00], %[x1], %[uo], %[a00]\n\t"
+                "smlad %[a10], %[x0], %[ve], %[a10]\n\t"
+                "smlad %[a10], %[x1], %[vo], %[a10]\n\t"
+                "ldrd %[x0], %[x1], [%[col], #24]\n\t"
+                "smlad %[a01], %[x0], %[ue], %[a01]\n\t"
+                "smlad %[a01], %[x1], %[uo], %[a01]\n\t"
+                "smlad %[a11], %[x0], %[ve], %[a11]\n\t"
+                "smlad %[a11], %[x1], %[vo], %[a11]\n\t"
+                "add %[col], %[col], #32\n\t"
+                "adds %[k], %[k], #4\n\t"
+                "bne 1b"
+                : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k] "+r"(k), [col] "+r"(col),
+                  [ue] "=&r"(ue), [uo] "=&r"(uo), [ve] "=&r"(ve), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
+                : [w0] "r"(w0), [w1] "r"(w1)
+                : "cc", "memory");
+    } else {
+        for (; w0 < end; w0 += 4, w1 += 4, col += 8 * np) {
+            uint32_t u = fiqnn_load4(w0) << 4, v = fiqnn_load4(w1) << 4;  /* the low nibbles first */
+            int32_t ue, uo, ve, vo;
+            u &= 0xF0F0F0F0u;
+            v &= 0xF0F0F0F0u;
+            ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
+            ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
+            fiqnn_load8(col, &x0, &x1);
+            a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
+            a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
+            if (np == 2) {
+                fiqnn_load8(col + 8, &x0, &x1);
+                a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
+                a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+            }
+            u = fiqnn_load4(w0) & 0xF0F0F0F0u;  /* then the high ones */
+            v = fiqnn_load4(w1) & 0xF0F0F0F0u;
+            ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
+            ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
+            fiqnn_load8(col + 4, &x0, &x1);
+            a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
+            a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
+            if (np == 2) {
+                fiqnn_load8(col + 12, &x0, &x1);
+                a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
+                a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+            }
         }
     }
     a[0] += a00 / 16; a[1] += a01 / 16; a[2] += a10 / 16; a[3] += a11 / 16;
@@ -259,17 +347,19 @@ static void dot1x4_${t}s8(const $xt *x, const int8_t *w0, const int8_t *w1, cons
 static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t *w1, const int8_t *w2,
                           const int8_t *w3, int k, int n, int32_t *acc)
 {
-#if FIQNN_SIMD32
-    /* Four 2 x 2 blocks: sixteen accumulators do not fit the core's registers. */
-    dot2x2_${t}s8(x, x + xs, w0 + k, w1 + k, n, acc);
-    dot2x2_${t}s8(x + 2 * xs, x + 3 * xs, w0 + k, w1 + k, n, acc + 2);
-    dot2x2_${t}s8(x, x + xs, w2 + k, w3 + k, n, acc + 8);
-    dot2x2_${t}s8(x + 2 * xs, x + 3 * xs, w2 + k, w3 + k, n, acc + 10);
-#else
     const $xt *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
     int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
     int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
     int i;
+#if FIQNN_SIMD32
+    if (n >= 8) {  /* four 2 x 2 blocks: sixteen accumulators do not fit the core's registers */
+        dot2x2_${t}s8(x0, x1, w0 + k, w1 + k, n, acc);
+        dot2x2_${t}s8(x2, x3, w0 + k, w1 + k, n, acc + 2);
+        dot2x2_${t}s8(x0, x1, w2 + k, w3 + k, n, acc + 8);
+        dot2x2_${t}s8(x2, x3, w2 + k, w3 + k, n, acc + 10);
+        return;
+    }
+#endif
     w0 += k; w1 += k; w2 += k; w3 += k;
     for (i = 0; i < n; i++) {
         int32_t v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
@@ -283,7 +373,6 @@ static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t 
     acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
     acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
     acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
-#endif
 }
 
 """)
@@ -329,59 +418,50 @@ static int32_t point_${name}(const fiqnn_layer *L, const $xt *x, const int8_t *w
 
 static void put_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int oc, long pixel, int32_t acc)
 {
+    int k = L->per_channel ? oc : 0;
     if (L->qmax == 0)
         logits[pixel * L->o + oc] = acc;
+#if FIQNN_SIMD32
+    else if (L->shift[k] >= 32)
+        y[pixel * L->o + oc] = (uint8_t)fiqnn_clamp(fiqnn_mulshift_hi(acc, L->mult[k], L->shift[k]), $lo, L->qmax);
+#endif
     else
-        y[pixel * L->o + oc] = $requantize(acc, L->mult[L->per_channel ? oc : 0],
-                                           L->shift[L->per_channel ? oc : 0], L->qmax);
+        y[pixel * L->o + oc] = $requantize(acc, L->mult[k], L->shift[k], L->qmax);
 }
 
 #if FIQNN_SIMD32
 /* Output pixel pixel's window as int16 codes (zero for padding) into slot p of an np-pixel block
- * of columns: each group of g codes (g = 4 for int8 weights, 8 for 4-bit ones) goes to the lanes
- * the weight words widen into (fiqnn_smlad_w8, _w4), g codes per column per group; the n % g codes
- * left over follow, in order, one column after the other. */
+ * of columns. The window's C codes per cell are whole groups of g (g = 4 for int8 weights, 8 for
+ * 4-bit ones: C is a multiple of g where L->simd is set), and each group is stored in the lanes
+ * the weight words widen into (fiqnn_smlad_w8, _w4): g codes per column, column after column. */
 static void ${name}_col(const fiqnn_layer *L, const $xt *x, long pixel, int p, int np, int16_t *col)
 {
-    static const unsigned char lane4[4] = {0, 2, 1, 3}, lane8[8] = {0, 4, 2, 6, 1, 5, 3, 7};
-    int g = L->simd == 2 ? 8 : 4, n = L->kh * L->kw * L->c, nm = n & -g, words = L->c % g == 0;
-    int oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo), ky, kx, c, i = 0;
-    const unsigned char *lane = g == 8 ? lane8 : lane4;
-    int16_t *tail = n > nm ? col + (long)nm * np + (long)p * (n - nm) : col;  /* (no tail: no pointer past it) */
-    col += p * g;
+    int g = L->simd == 2 ? 8 : 4, oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo), ky, kx, c;
+    int16_t *d = col + p * g;
     for (ky = 0; ky < L->kh; ky++) {
         int iy = oy * L->sh - L->ph + ky * L->dh;
         for (kx = 0; kx < L->kw; kx++) {
             int ix = ox * L->sw - L->pw + kx * L->dw;
             const $xt *v = iy >= 0 && iy < L->h && ix >= 0 && ix < L->w ? x + ((long)iy * L->w + ix) * L->c : 0;
-            if (words) {  /* whole groups: a word of codes widens into the lanes directly */
+            for (c = 0; c < L->c; c += g, d += g * np) {
                 uint32_t q[4] = {0, 0, 0, 0};
-                int16_t *d = col + (long)i * np;
-                for (c = 0; c < L->c; c += g, d += g * np) {
-                    if (v && g == 4) {
-                        uint32_t b = fiqnn_load4(v + c);
-                        q[0] = (uint32_t)$ext(b);
-                        q[1] = (uint32_t)$ext(fiqnn_ror8(b));
-                    } else if (v) {  /* (x0, x4), (x2, x6), (x1, x5), (x3, x7) from two words */
-                        uint32_t b = fiqnn_load4(v + c), e = fiqnn_load4(v + c + 4);
-                        uint32_t be = (uint32_t)$ext(b), bo = (uint32_t)$ext(fiqnn_ror8(b));
-                        uint32_t ee = (uint32_t)$ext(e), eo = (uint32_t)$ext(fiqnn_ror8(e));
-                        q[0] = (be & 0xFFFFu) | (ee << 16);
-                        q[1] = (be >> 16) | (ee & 0xFFFF0000u);
-                        q[2] = (bo & 0xFFFFu) | (eo << 16);
-                        q[3] = (bo >> 16) | (eo & 0xFFFF0000u);
-                    }
-                    memcpy(d, q, (size_t)g * 2);
+                if (v && g == 4) {  /* (x0, x2), (x1, x3) */
+                    uint32_t b = fiqnn_load4(v + c);
+                    q[0] = (uint32_t)$ext(b);
+                    q[1] = (uint32_t)$ext(fiqnn_ror8(b));
+                } else if (v) {  /* (x0, x4), (x2, x6), (x1, x5), (x3, x7) from two words */
+                    uint32_t b = fiqnn_load4(v + c), e = fiqnn_load4(v + c + 4);
+                    uint32_t be = (uint32_t)$ext(b), bo = (uint32_t)$ext(fiqnn_ror8(b));
+                    uint32_t ee = (uint32_t)$ext(e), eo = (uint32_t)$ext(fiqnn_ror8(e));
+                    q[0] = (be & 0xFFFFu) | (ee << 16);
+                    q[1] = (be >> 16) | (ee & 0xFFFF0000u);
+                    q[2] = (bo & 0xFFFFu) | (eo << 16);
+                    q[3] = (bo >> 16) | (eo & 0xFFFF0000u);
                 }
-                i += L->c;
-                continue;
-            }
-            for (c = 0; c < L->c; c++, i++) {
-                int16_t code = (int16_t)(v ? v[c] : 0);
-                if (i < nm)
-                    col[(long)(i & -g) * np + lane[i & (g - 1)]] = code;
+                if (g == 4)  /* (constant sizes: stores, not a library call) */
+                    memcpy(d, q, 8);
                 else
-                    tail[i - nm] = code;
+                    memcpy(d, q, 16);
             }
         }
     }
@@ -392,13 +472,12 @@ static void ${name}_col(const fiqnn_layer *L, const $xt *x, long pixel, int p, i
  * against them with SMLAD. */
 static void ${name}_simd32(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int16_t *col)
 {
-    int n = L->kh * L->kw * L->c, g = L->simd == 2 ? 8 : 4, nm = n - n % g, t = n - nm, oc, i, p, j;
-    long npix = (long)L->ho * L->wo, rowb = L->simd == 2 ? (n + 1) / 2 : n, pix;
+    int n = L->kh * L->kw * L->c, oc, p, j;
+    long npix = (long)L->ho * L->wo, rowb = L->simd == 2 ? n / 2 : n, pix;
     int np = npix > 1 ? 2 : 1;
     const uint8_t *wb = (const uint8_t *)L->weights;
     for (pix = 0; pix < npix; pix += np) {
         int k = npix - pix < np ? 1 : np;  /* pixels of this block (a last odd one: its column twice) */
-        const int16_t *tail = col + (long)nm * np;
         for (p = 0; p < np; p++)
             ${name}_col(L, x, pix + (p < k ? p : 0), p, np, col);
         for (oc = 0; oc < L->o; oc += 2) {
@@ -406,17 +485,9 @@ static void ${name}_simd32(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32
             const uint8_t *w0 = wb + oc * rowb, *w1 = wb + (oc + m - 1) * rowb;
             int32_t a[4] = {0, 0, 0, 0};
             if (L->simd == 1)
-                fiqnn_smlad_w8(col, np, (const int8_t *)w0, (const int8_t *)w1, nm, a);
+                fiqnn_smlad_w8(col, np, (const int8_t *)w0, (const int8_t *)w1, n, a);
             else
-                fiqnn_smlad_w4(col, np, w0, w1, nm, a);
-            for (i = 0; i < t; i++)
-                for (j = 0; j < 2; j++) {
-                    const uint8_t *w = j ? w1 : w0;
-                    int32_t code = L->simd == 1 ? (int32_t)(int8_t)w[nm + i]
-                                   : (int32_t)((((unsigned)w[(nm + i) >> 1] >> (((nm + i) & 1) * 4)) & 15u) ^ 8u) - 8;
-                    for (p = 0; p < np; p++)
-                        a[2 * j + p] += code * tail[(long)p * t + i];
-                }
+                fiqnn_smlad_w4(col, np, w0, w1, n, a);
             for (j = 0; j < m; j++)
                 for (p = 0; p < k; p++)
                     put_${name}(L, y, logits, oc + j, pix + p, L->bias[oc + j] + a[2 * j + p]);
@@ -542,7 +613,8 @@ def conv(in_signed: bool, out_signed: bool) -> str:
         f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
         "or, if qmax == 0, the int32 accumulators. */")
     return CONV.substitute(doc=doc, name=name, t="s8" if in_signed else "u8", xt="int8_t" if in_signed else "uint8_t",
-                           ext="__sxtb16" if in_signed else "__uxtb16", requantize=_REQUANTIZE[out_signed])
+                           ext="__sxtb16" if in_signed else "__uxtb16", requantize=_REQUANTIZE[out_signed],
+                           lo="-L->qmax - 1" if out_signed else "0")
 
 
 def conv_name(in_signed: bool, out_signed: bool) -> str:
