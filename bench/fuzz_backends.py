@@ -32,11 +32,17 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="the first graph's seed")
     p.add_argument("--chunk", type=int, default=50, help="graphs per sanitized C executable")
     p.add_argument("--jobs", type=int, default=2, help="parallel compiler runs")
+    p.add_argument("--cortex-m", action="store_true",
+                   help="also run every graph on an emulated Cortex-M4 (arm-none-eabi-gcc, qemu-system-arm)")
     args = p.parse_args()
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from tests.graphgen import features, random_graph
-    from tests.test_fuzz import campaign_inputs, check_graphs
+    from tests.test_fuzz import BACKENDS, CORTEX_M, campaign_inputs, check_graphs
     from tqdm import tqdm
+
+    from fiqnn.export.c99 import kernel_codes, simd32
+
+    backends = (*BACKENDS, CORTEX_M) if args.cortex_m else BACKENDS
 
     t0 = time.perf_counter()
     seen: Counter = Counter()
@@ -49,9 +55,11 @@ def main() -> int:
             graphs = [random_graph(s) for s in seeds]
             inputs = [campaign_inputs(s, g, args.inputs) for s, g in zip(seeds, graphs)]
             with tempfile.TemporaryDirectory(prefix="fiqnn-fuzz-") as tmp:
-                verdicts = check_graphs(graphs, inputs, Path(tmp), jobs=args.jobs)
+                verdicts = check_graphs(graphs, inputs, Path(tmp), backends=backends, jobs=args.jobs)
             for s, g, v in zip(seeds, graphs, verdicts):
                 f = features(g)
+                f["Arm SIMD32 conv/fc layer"] = sum(bool(simd32(layer, c)) for layer, c in
+                                                    zip(g.int_layers(), kernel_codes(g)))
                 seen += f
                 graphs_with.update(k for k, v in f.items() if v)
                 if v:
@@ -90,14 +98,17 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         "# Differential fuzzing of the backends",
         "",
         f"Command: `.venv/bin/python bench/fuzz_backends.py --graphs {args.graphs} --inputs {args.inputs} "
-        f"--seed {args.seed}` ({status}).",
+        f"--seed {args.seed}{' --cortex-m' * args.cortex_m}` ({status}).",
         "",
         "Every random graph of tests/graphgen.py (seeds "
         f"{args.seed}..{args.seed + done - 1}) runs on {args.inputs} images (all 0, all 255, 0/255 pixels, small "
         "codes, uniform) in the numpy executor, ONNX Runtime and the C export compiled twice with "
         "`-fsanitize=address,undefined -fno-sanitize-recover=all`: portable (`-O1 -g`) and for this machine "
-        "(`-O2 -march=native -g`); each backend's int32 logits must equal those of the pure-Python oracle "
-        "(tests/oracle.py), image by image.",
+        "(`-O2 -march=native -g`)"
+        + ("; and the C export built with arm-none-eabi-gcc -O3 for a Cortex-M4, which takes the Arm SIMD32 "
+           "kernels, run under qemu-system-arm (`c-m4`, no sanitizers on bare metal)" if args.cortex_m else "")
+        + "; each backend's int32 logits must equal those of the pure-Python oracle (tests/oracle.py), "
+        "image by image.",
         "",
         "| | |", "|---|---|",
         f"| graphs | {done:,} |",
@@ -111,7 +122,7 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         "",
         "## Coverage", "",
         "| op or feature | nodes | graphs |", "|---|---|---|",
-        *(f"| {f} | {seen[f]:,} | {graphs_with[f]:,} |" for f in FEATURES),
+        *(f"| {f} | {seen[f]:,} | {graphs_with[f]:,} |" for f in (*FEATURES, "Arm SIMD32 conv/fc layer")),
         "",
         "Rows count nodes with the feature (`graph` and `3-channel input`: graphs); `w_bits` counts conv/fc "
         "layers, `a_bits` every node making codes of that width.",

@@ -33,6 +33,8 @@ SAN_FLAGS = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic"
 # compiler vectorizes, and -march=native defines the ISA macros that select optional kernels).
 C_BUILDS = {"c": SAN_FLAGS, "c-native": [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]}
 BACKENDS = ("numpy", "onnx", *C_BUILDS)
+# An optional backend: the C export on an emulated Cortex-M4, which takes the Arm SIMD32 kernels.
+CORTEX_M = "c-m4"
 SEEDS = range(50)
 N_INPUTS = 64
 
@@ -157,6 +159,10 @@ class Verdict:
 
 
 def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
+    if name == CORTEX_M:  # one bare-metal build per graph, run under qemu-system-arm (no sanitizers there)
+        from fiqnn.export.cortex_m import run_cortex_m
+
+        return run_cortex_m(graph, x_q)["logits"]
     return run(graph, x_q) if name == "numpy" else run_onnx(to_onnx(graph), x_q)
 
 
