@@ -78,13 +78,16 @@ def test_cortex_m_refuses_an_unknown_core(graphs):
 def test_cortex_m4_agrees_with_the_oracle_on_random_graphs():
     """The differential fuzzer's graphs (every node kind, signed and unsigned codes, 2-8 bits) on
     the emulated Cortex-M4, whose build takes the SIMD32 kernels: the oracle's logits on every input."""
+    from fiqnn.export.c99 import kernel_codes, simd32
     from tests import oracle
     from tests.graphgen import random_graph, random_inputs
 
-    bad = []
+    bad, simd = [], 0
     for seed in range(M4_SEEDS):
         graph = random_graph(seed)
+        simd += sum(bool(simd32(layer, c)) for layer, c in zip(graph.int_layers(), kernel_codes(graph)))
         x_q = random_inputs(np.random.default_rng([seed, 1]), graph.in_shape, 16)
         if cortex_m.run_cortex_m(graph, x_q)["logits"].tolist() != oracle.run(graph, x_q):
             bad.append(seed)
     assert not bad, f"Cortex-M4 differs from the oracle on graphs {bad}"
+    assert simd >= 5  # layers that took the SIMD32 kernel

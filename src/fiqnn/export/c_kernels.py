@@ -136,6 +136,21 @@ static inline void fiqnn_load8(const int16_t *p, int32_t *lo, int32_t *hi)
     *hi = (int32_t)(uint32_t)(v >> 32);
 }
 
+/* The inner loops' assembly: widen the weight words uo, vo of two channels into their (0, 2)
+ * lanes ue, ve and (1, 3) lanes uo, vo; multiply-accumulate one column's two words xe, xo
+ * against both channels into acc0 (channel 0) and acc1 (channel 1). */
+#define FIQNN_WIDEN \
+    "sxtb16 %[ue], %[uo]\n\t" "sxtb16 %[uo], %[uo], ror #8\n\t" \
+    "sxtb16 %[ve], %[vo]\n\t" "sxtb16 %[vo], %[vo], ror #8\n\t"
+/* Their operands: the four sums, the loop's counter and column pointer, the weight rows. */
+#define FIQNN_SMLAD_OPERANDS \
+    : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k] "+r"(k), [col] "+r"(col), \
+      [ue] "=&r"(ue), [uo] "=&r"(uo), [ve] "=&r"(ve), [vo] "=&r"(vo), [xe] "=&r"(xe), [xo] "=&r"(xo) \
+    : [w0] "r"(w0), [w1] "r"(w1) : "cc", "memory"
+#define FIQNN_SMLAD_COL(acc0, acc1) \
+    "smlad %[" acc0 "], %[xe], %[ue], %[" acc0 "]\n\t" "smlad %[" acc0 "], %[xo], %[uo], %[" acc0 "]\n\t" \
+    "smlad %[" acc1 "], %[xe], %[ve], %[" acc1 "]\n\t" "smlad %[" acc1 "], %[xo], %[vo], %[" acc1 "]\n\t"
+
 /* The sums over nm codes (a multiple of 4: whole rows) of two int8 weight rows against np (2 or 1)
  * int16 columns laid out by the im2col of the SIMD32 conv: a[2 j + p] += row j . column p. Each
  * group of four codes is two words per column, (x0, x2) and (x1, x3): the lanes SXTB16 widens a
@@ -147,32 +162,18 @@ static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const i
     if (np == 2 && nm > 0) {
         /* 17 instructions per 16 multiply-accumulates: the two weight words by register offset
          * (k counts up to 0 and ends the loop), each column's two words by one LDRD. */
-        int32_t k = -nm, u, v, t, r;
+        int32_t k = -nm, ue, uo, ve, vo;
         w0 = end;
         w1 += nm;
         __asm__("1:\n\t"
-                "ldr %[u], [%[w0], %[k]]\n\t"
-                "ldr %[v], [%[w1], %[k]]\n\t"
+                "ldr %[uo], [%[w0], %[k]]\n\t"
+                "ldr %[vo], [%[w1], %[k]]\n\t"
                 "ldrd %[xe], %[xo], [%[col]], #8\n\t"
-                "sxtb16 %[t], %[u]\n\t"
-                "sxtb16 %[u], %[u], ror #8\n\t"
-                "sxtb16 %[r], %[v]\n\t"
-                "sxtb16 %[v], %[v], ror #8\n\t"
-                "smlad %[a00], %[xe], %[t], %[a00]\n\t"
-                "smlad %[a00], %[xo], %[u], %[a00]\n\t"
-                "smlad %[a10], %[xe], %[r], %[a10]\n\t"
-                "smlad %[a10], %[xo], %[v], %[a10]\n\t"
+                FIQNN_WIDEN FIQNN_SMLAD_COL("a00", "a10")
                 "ldrd %[xe], %[xo], [%[col]], #8\n\t"
-                "smlad %[a01], %[xe], %[t], %[a01]\n\t"
-                "smlad %[a01], %[xo], %[u], %[a01]\n\t"
-                "smlad %[a11], %[xe], %[r], %[a11]\n\t"
-                "smlad %[a11], %[xo], %[v], %[a11]\n\t"
+                FIQNN_SMLAD_COL("a01", "a11")
                 "adds %[k], %[k], #4\n\t"
-                "bne 1b"
-                : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k] "+r"(k), [col] "+r"(col),
-                  [u] "=&r"(u), [v] "=&r"(v), [t] "=&r"(t), [r] "=&r"(r), [xe] "=&r"(xe), [xo] "=&r"(xo)
-                : [w0] "r"(w0), [w1] "r"(w1)
-                : "cc", "memory");
+                "bne 1b" FIQNN_SMLAD_OPERANDS);
     } else {
         for (; w0 < end; w0 += 4, w1 += 4, col += 4) {
             uint32_t u = fiqnn_load4(w0), v = fiqnn_load4(w1);
@@ -191,7 +192,7 @@ static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const i
  * simd flag says they stay inside int32), so dividing by 16 is exact. */
 static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const uint8_t *w1, int nm, int32_t *a)
 {
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, x0, x1;
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, xe, xo;
     const uint8_t *end = w0 + nm / 2;
     if (np == 2 && nm > 0) {
         /* 41 instructions per 32 multiply-accumulates: the low nibbles' lanes, then the high ones'. */
@@ -205,72 +206,31 @@ static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const 
                 "lsl %[vo], %[vo], #4\n\t"
                 "and %[uo], %[uo], #0xF0F0F0F0\n\t"
                 "and %[vo], %[vo], #0xF0F0F0F0\n\t"
-                "sxtb16 %[ue], %[uo]\n\t"
-                "sxtb16 %[uo], %[uo], ror #8\n\t"
-                "sxtb16 %[ve], %[vo]\n\t"
-                "sxtb16 %[vo], %[vo], ror #8\n\t"
-                "ldrd %[x0], %[x1], [%[col]]\n\t"
-                "smlad %[a00], %[x0], %[ue], %[a00]\n\t"
-                "smlad %[a00], %[x1], %[uo], %[a00]\n\t"
-                "smlad %[a10], %[x0], %[ve], %[a10]\n\t"
-                "smlad %[a10], %[x1], %[vo], %[a10]\n\t"
-                "ldrd %[x0], %[x1], [%[col], #16]\n\t"
-                "smlad %[a01], %[x0], %[ue], %[a01]\n\t"
-                "smlad %[a01], %[x1], %[uo], %[a01]\n\t"
-                "smlad %[a11], %[x0], %[ve], %[a11]\n\t"
-                "smlad %[a11], %[x1], %[vo], %[a11]\n\t"
+                "ldrd %[xe], %[xo], [%[col]]\n\t"
+                FIQNN_WIDEN FIQNN_SMLAD_COL("a00", "a10")
+                "ldrd %[xe], %[xo], [%[col], #16]\n\t"
+                FIQNN_SMLAD_COL("a01", "a11")
                 "ldr %[uo], [%[w0], %[k]]\n\t"
                 "ldr %[vo], [%[w1], %[k]]\n\t"
                 "and %[uo], %[uo], #0xF0F0F0F0\n\t"
                 "and %[vo], %[vo], #0xF0F0F0F0\n\t"
-                "sxtb16 %[ue], %[uo]\n\t"
-                "sxtb16 %[uo], %[uo], ror #8\n\t"
-                "sxtb16 %[ve], %[vo]\n\t"
-                "sxtb16 %[vo], %[vo], ror #8\n\t"
-                "ldrd %[x0], %[x1], [%[col], #8]\n\t"
-                "smlad %[a00], %[x0], %[ue], %[a00]\n\t"
-                "smlad %[a00], %[x1], %[uo], %[a00]\n\t"
-                "smlad %[a10], %[x0], %[ve], %[a10]\n\t"
-                "smlad %[a10], %[x1], %[vo], %[a10]\n\t"
-                "ldrd %[x0], %[x1], [%[col], #24]\n\t"
-                "smlad %[a01], %[x0], %[ue], %[a01]\n\t"
-                "smlad %[a01], %[x1], %[uo], %[a01]\n\t"
-                "smlad %[a11], %[x0], %[ve], %[a11]\n\t"
-                "smlad %[a11], %[x1], %[vo], %[a11]\n\t"
+                "ldrd %[xe], %[xo], [%[col], #8]\n\t"
+                FIQNN_WIDEN FIQNN_SMLAD_COL("a00", "a10")
+                "ldrd %[xe], %[xo], [%[col], #24]\n\t"
+                FIQNN_SMLAD_COL("a01", "a11")
                 "add %[col], %[col], #32\n\t"
                 "adds %[k], %[k], #4\n\t"
-                "bne 1b"
-                : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [k] "+r"(k), [col] "+r"(col),
-                  [ue] "=&r"(ue), [uo] "=&r"(uo), [ve] "=&r"(ve), [vo] "=&r"(vo), [x0] "=&r"(x0), [x1] "=&r"(x1)
-                : [w0] "r"(w0), [w1] "r"(w1)
-                : "cc", "memory");
+                "bne 1b" FIQNN_SMLAD_OPERANDS);
     } else {
-        for (; w0 < end; w0 += 4, w1 += 4, col += 8 * np) {
-            uint32_t u = fiqnn_load4(w0) << 4, v = fiqnn_load4(w1) << 4;  /* the low nibbles first */
-            int32_t ue, uo, ve, vo;
-            u &= 0xF0F0F0F0u;
-            v &= 0xF0F0F0F0u;
-            ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
-            ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
-            fiqnn_load8(col, &x0, &x1);
-            a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
-            a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
-            if (np == 2) {
-                fiqnn_load8(col + 8, &x0, &x1);
-                a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
-                a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
-            }
-            u = fiqnn_load4(w0) & 0xF0F0F0F0u;  /* then the high ones */
-            v = fiqnn_load4(w1) & 0xF0F0F0F0u;
-            ue = __sxtb16((int32_t)u); uo = fiqnn_sxtb16_ror8(u);
-            ve = __sxtb16((int32_t)v); vo = fiqnn_sxtb16_ror8(v);
-            fiqnn_load8(col + 4, &x0, &x1);
-            a00 = __smlad(x0, ue, __smlad(x1, uo, a00));
-            a10 = __smlad(x0, ve, __smlad(x1, vo, a10));
-            if (np == 2) {
-                fiqnn_load8(col + 12, &x0, &x1);
-                a01 = __smlad(x0, ue, __smlad(x1, uo, a01));
-                a11 = __smlad(x0, ve, __smlad(x1, vo, a11));
+        for (; w0 < end; w0 += 4, w1 += 4, col += 8) {  /* one column (np is 1, or nothing to do) */
+            int half;
+            for (half = 0; half < 2; half++) {  /* the low nibbles' lanes, then the high ones' */
+                uint32_t u = fiqnn_load4(w0) << (4 - 4 * half), v = fiqnn_load4(w1) << (4 - 4 * half);
+                u &= 0xF0F0F0F0u;
+                v &= 0xF0F0F0F0u;
+                fiqnn_load8(col + 4 * half, &xe, &xo);
+                a00 = __smlad(xe, __sxtb16((int32_t)u), __smlad(xo, fiqnn_sxtb16_ror8(u), a00));
+                a10 = __smlad(xe, __sxtb16((int32_t)v), __smlad(xo, fiqnn_sxtb16_ror8(v), a10));
             }
         }
     }
