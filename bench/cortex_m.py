@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def measure(path: str, x_q: np.ndarray, cpu: str, opt: str) -> dict:
 def write(rows: list[dict], labels: list[str], args) -> None:
     OUT.with_suffix(".json").write_text(json.dumps({"cpu": args.cpu, "opt": args.opt, "data": args.data,
                                                     "models": dict(zip(labels, rows))}, indent=2) + "\n")
-    lines = [f"# The C export on an emulated {args.cpu} (arm-none-eabi-gcc {args.opt}, qemu -icount)", "",
-             f"Instructions per multiply-accumulate, mean over the first {rows[0]['images']} {args.data} test "
+    lines = [f"The C export on an emulated {args.cpu} (arm-none-eabi-gcc {args.opt}, qemu-system-arm -icount "
+             f"shift=0). Instructions per multiply-accumulate, mean over the first {rows[0]['images']} {args.data} "
+             "test "
              "images; logits compared with the numpy executor on each of them. simd32: the kernels a "
              f"{args.cpu} build gets (SXTB16 + SMLAD); portable: the same source with -DFIQNN_PORTABLE. "
              "Instructions, not cycles (QEMU models no pipeline or wait states). text/bss: the linked "
@@ -84,9 +86,11 @@ def write(rows: list[dict], labels: list[str], args) -> None:
             s, p = r["simd32"]["nodes"][j], r["portable"]["nodes"][j]
             ps, pp = (f"{s / n['macs']:.2f}", f"{p / n['macs']:.2f}") if n["macs"] else ("-", "-")
             lines.append(f"| {j} | {n['kind']} | {n['macs']:,} | {ps} | {pp} | {s:,.0f} |")
-    lines += ["", "Command:", "", "    .venv/bin/python bench/cortex_m.py " + " ".join(
-        f"--model {label}={r['model']}" for label, r in zip(labels, rows))
-        + f" --data {args.data} --images {args.images} --cpu {args.cpu} --opt {args.opt}"]
+    lines += ["", *([args.note, ""] if args.note else []), "Command:", ""]
+    lines += ["    .venv/bin/python bench/cortex_m.py " + " ".join(
+        f"--model {shlex.quote(f'{label}={path}')}" for label, path in zip(labels, args.paths))
+        + f" --data {args.data} --images {args.images} --cpu {args.cpu} --opt {args.opt}"
+        + (f" --note {shlex.quote(args.note)}" if args.note else "")]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -98,15 +102,17 @@ def main() -> int:
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--cpu", default="cortex-m4")
     p.add_argument("--opt", default="-O3")
+    p.add_argument("--note", default="", help="a line for the table's notes (how the models were made)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from fiqnn.data import load_data
 
     x_q = load_data(args.data).test.x_q[:args.images]
-    labels, rows = [], []
+    labels, rows, args.paths = [], [], []
     for spec in args.model:
         label, _, path = spec.partition("=")
         labels.append(label)
+        args.paths.append(path)
         rows.append(measure(path, x_q, args.cpu, args.opt))
         write(rows, labels, args)
     return 0

@@ -116,3 +116,34 @@ def test_no_node_name_reaches_the_c_source(tmp_path):
         for f in out.iterdir():
             assert "zz_marker" not in f.read_text(), f.name
     assert "/* node 8 (add) <- node 7, node 4 */" in (out.parent / "1" / "model.c").read_text()
+
+
+BATCH_MAIN = r"""#include <stdio.h>
+#include "model.h"
+
+/* All images of argv[1] in one fiqnn_run_batch call; n < 0 must be refused. */
+int main(int argc, char **argv)
+{
+    static uint8_t images[64 * FIQNN_INPUT_SIZE];
+    static int32_t logits[64 * FIQNN_NUM_CLASSES];
+    FILE *in, *out;
+    long n;
+    if (argc != 3 || (in = fopen(argv[1], "rb")) == NULL || (out = fopen(argv[2], "wb")) == NULL)
+        return 2;
+    n = (long)(fread(images, FIQNN_INPUT_SIZE, 64, in));
+    if (fiqnn_run_batch(images, -1, logits) != -1 || fiqnn_run_batch(images, n, logits) != 0)
+        return 1;
+    fwrite(logits, sizeof logits[0], (size_t)(n * FIQNN_NUM_CLASSES), out);
+    return fclose(out) == 0 ? 0 : 1;
+}
+"""
+
+
+def test_run_batch_equals_one_image_at_a_time(graph_of, digits, tmp_path):
+    graph = graph_of(4)
+    x_q = digits[1].test.x_q[:37]
+    (export_c(graph, tmp_path) / "main.c").write_text(BATCH_MAIN)
+    exe = build_c(tmp_path)
+    x_q.tofile(tmp_path / "in.u8")
+    subprocess.run([str(exe), str(tmp_path / "in.u8"), str(tmp_path / "out.i32")], check=True)
+    assert np.array_equal(np.fromfile(tmp_path / "out.i32", "<i4").reshape(37, -1), run(graph, x_q))
