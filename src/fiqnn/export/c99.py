@@ -146,20 +146,28 @@ def depthwise(layer: IntLayer) -> bool:
     return layer.kind == "conv" and layer.groups > 1 and layer.w_q.shape[1] == 1 and layer.groups == len(layer.w_q)
 
 
+def _simd32_group(layer: IntLayer) -> int:
+    """Codes per group of the Arm SIMD32 conv kernel that the layer's shape allows: 4 for int8
+    weights, 8 for 4-bit ones, when groups is 1 and the input channels (an fc: its flattened
+    inputs) are a multiple of it; 0 for the portable kernels (2-bit weights, groups, depthwise, a
+    first conv on one channel, where widening windows costs more than it saves)."""
+    bits = code_bits(layer.w_bits)
+    if depthwise(layer) or (layer.kind == "conv" and layer.groups != 1) or bits == 2:
+        return 0
+    g = 4 if bits == 8 else 8
+    return g if layer.w_q.shape[1] % g == 0 else 0
+
+
 def simd32(layer: IntLayer, codes: np.ndarray) -> int:
     """The Arm SIMD32 conv kernel a layer takes: 1 for int8 weights, 2 for 4-bit ones whose sums
-    times 16 stay inside int32 (the input's largest |code| times a row's sum of |w|), when groups
-    is 1 and the input channels (an fc: its flattened inputs) are a multiple of 4 (8 for 4-bit
-    weights); 0 for the portable kernels (2-bit weights, groups, depthwise, a first conv on one
-    channel, where widening windows costs more than it saves)."""
-    if depthwise(layer) or (layer.kind == "conv" and layer.groups != 1):
-        return 0
-    bits = code_bits(layer.w_bits)
-    if bits == 8:
-        return 1 if layer.w_q.shape[1] % 4 == 0 else 0
+    times 16 stay inside int32 (the input's largest |code| times a row's sum of |w|), 0 for the
+    portable kernels (see :func:`_simd32_group`)."""
+    g = _simd32_group(layer)
+    if g != 8:
+        return int(g == 4)
     lo, hi = code_range(layer.in_bits, layer.in_signed)
     row = int(np.abs(codes.reshape(len(codes), -1).astype(np.int64)).sum(1).max())
-    return 2 if bits == 4 and layer.w_q.shape[1] % 8 == 0 and 16 * max(-lo, hi) * row <= 2**31 - 1 else 0
+    return 2 if 16 * max(-lo, hi) * row <= 2**31 - 1 else 0
 
 
 def scratch_bytes(layer: IntLayer) -> int:
@@ -177,10 +185,7 @@ def scratch_bytes(layer: IntLayer) -> int:
 
 def simd32_columns(layer: IntLayer) -> int:
     """Bytes of the int16 window columns of the Arm SIMD32 conv kernel (two pixels, an fc one)."""
-    if depthwise(layer) or (layer.kind == "conv" and layer.groups != 1) or code_bits(layer.w_bits) == 2 \
-            or layer.w_q.shape[1] % (4 if code_bits(layer.w_bits) == 8 else 8):
-        return 0
-    return 2 * layer.w_q[0].size * (1 if layer.kind == "fc" else 2)
+    return 2 * layer.w_q[0].size * (1 if layer.kind == "fc" else 2) if _simd32_group(layer) else 0
 
 
 def _align(n: int) -> int:
