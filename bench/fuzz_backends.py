@@ -37,7 +37,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from tests.graphgen import features, random_graph
-    from tests.test_fuzz import BACKENDS, CORTEX_M, campaign_inputs, check_graphs
+    from tests.test_fuzz import BACKENDS, CORTEX_M, c_kernel_paths, campaign_inputs, check_graphs
     from tqdm import tqdm
 
     from fiqnn.export.c99 import kernel_codes, simd32
@@ -60,6 +60,7 @@ def main() -> int:
                 f = features(g)
                 f["Arm SIMD32 conv/fc layer"] = sum(bool(simd32(layer, c)) for layer, c in
                                                     zip(g.int_layers(), kernel_codes(g)))
+                f.update({f"C kernel: {k}": v for k, v in c_kernel_paths(g).items()})
                 seen += f
                 graphs_with.update(k for k, v in f.items() if v)
                 if v:
@@ -87,7 +88,7 @@ def _headline(error: str) -> str:
 def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall: float) -> None:
     import onnxruntime
     from tests.graphgen import FEATURES
-    from tests.test_fuzz import _reported
+    from tests.test_fuzz import C_PATHS, _reported
 
     differs = {s: v for s, v in bad.items() if v.differs}
     sanitizer = {s: v for s, v in bad.items() if v.sanitizer}
@@ -102,9 +103,11 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         "",
         "Every random graph of tests/graphgen.py (seeds "
         f"{args.seed}..{args.seed + done - 1}) runs on {args.inputs} images (all 0, all 255, 0/255 pixels, small "
-        "codes, uniform) in the numpy executor, ONNX Runtime and the C export compiled twice with "
-        "`-fsanitize=address,undefined -fno-sanitize-recover=all`: portable (`-O1 -g`) and for this machine "
-        "(`-O2 -march=native -g`)"
+        "codes, uniform) in the numpy executor, ONNX Runtime and the C export compiled four times with "
+        "`-fsanitize=address,undefined -fno-sanitize-recover=all`: portable (`-O1 -g`: on x86-64 the int16 GEMM "
+        "kernels, `c`), the in-place kernels of scalar cores (`-DFIQNN_COLS=0`, `c-inplace`), and for this "
+        "machine (`-O2 -march=native -g`, `c-native`: the VNNI kernels where the CPU has AVX-512 VNNI; and "
+        "with `-DFIQNN_NO_INTRINSICS`, `c-native-plain`: the int8 GEMM kernels in plain C)"
         + ("; and the C export built with arm-none-eabi-gcc -O3 for a Cortex-M4, which takes the Arm SIMD32 "
            "kernels, run under qemu-system-arm (`c-m4`, no sanitizers on bare metal)" if args.cortex_m else "")
         + "; each backend's int32 logits must equal those of the pure-Python oracle (tests/oracle.py), "
@@ -122,7 +125,8 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         "",
         "## Coverage", "",
         "| op or feature | nodes | graphs |", "|---|---|---|",
-        *(f"| {f} | {seen[f]:,} | {graphs_with[f]:,} |" for f in (*FEATURES, "Arm SIMD32 conv/fc layer")),
+        *(f"| {f} | {seen[f]:,} | {graphs_with[f]:,} |" for f in (*FEATURES, "Arm SIMD32 conv/fc layer",
+                                                                   *(f"C kernel: {k}" for k in C_PATHS))),
         "",
         "Rows count nodes with the feature (`graph` and `3-channel input`: graphs); `w_bits` counts conv/fc "
         "layers, `a_bits` every node making codes of that width.",

@@ -1,21 +1,28 @@
-"""Inference speed on this machine: images/s at batch 1 and batch 256.
+"""Inference speed on this machine, as ratios against anchors measured in the same run.
 
-Rows: the float BN teacher in PyTorch; the same teacher exported to float ONNX in ONNX
-Runtime (all cores, and one thread); and the integer student in the numpy executor, in
-ONNX Runtime (integer ONNX) and as compiled C (gcc -O3 for the portable x86-64 baseline,
-and with -march=native). The C harness runs one image at a time, so its batch-1 and
-batch-256 rows are one measurement: images/s over 2,000 images, process start and file
-I/O included. GMAC/s = images/s x multiply-accumulates per image (the student's conv and
-fc layers; the teacher has the same layers).
+Anchors: the float BN teacher exported to ONNX in ONNX Runtime (float32), and the same ONNX
+quantized by ONNX Runtime's own ``quantize_static`` (int8 QDQ: uint8 activations, int8 weights,
+256 calibration images). Rows: each integer student in fiqnn's numpy executor, as fiqnn's
+integer ONNX in ONNX Runtime, and as the C export compiled into a shared library and called in
+this process (``fiqnn_run`` per image at batch 1, ``fiqnn_run_batch`` at batch 256): gcc -O3
+(portable x86-64: its int16 GEMM kernel, FIQNN_COLS 16), gcc -O3 -march=native (int8 columns
+where the CPU has VNNI, FIQNN_COLS 8), and both with ``-DFIQNN_COLS=0``, the in-place kernels
+(what the C export ran before the GEMM kernels). Every timed row is one thread and two threads
+where the runtime has threads (the C export has none: one thread). Each figure is the best of
+``--repeats`` rounds, each round at least ``--min-s`` seconds over the test images; the C logits
+are checked against numpy on the images timed.
 
-    .venv/bin/python bench/speed.py --teacher runs/teacher --student runs/bench/ptl-w4a4
+    .venv/bin/python bench/speed.py --teacher runs/cm/teacher \\
+        --student 'alexnet-s W4A4=runs/cm/fold-w4a4/model.npz' --student 'alexnet-s W8A8=runs/cm/fold-w8a8/model.npz'
 
-Writes bench/results/speed.json and .md.
+Writes bench/results/speed.json and .md. Time nothing else meanwhile: the ratios assume an
+otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -30,83 +37,159 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "speed"
+BATCHES = (1, 256)
+C_BUILDS = {  # label: compiler flags after -std=c99 -O3
+    "C, gcc -O3": [],
+    "C, gcc -O3 -march=native": ["-march=native"],
+    "C, gcc -O3, in-place kernels (FIQNN_COLS=0)": ["-DFIQNN_COLS=0"],
+    "C, gcc -O3 -march=native, in-place kernels (FIQNN_COLS=0)": ["-march=native", "-DFIQNN_COLS=0"],
+}
 
 
-def timed(fn, x: np.ndarray, batch: int, min_s: float = 3.0) -> float:
-    """images/s of ``fn`` over batches of ``batch`` images, repeated for at least ``min_s``."""
+def images_per_s(fn, x: np.ndarray, batch: int, min_s: float, repeats: int) -> float:
+    """Best images/s of ``fn`` over consecutive batches of ``x``, over ``repeats`` rounds."""
     fn(x[:batch])  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_s:
-        start = (n * batch) % (len(x) - batch + 1)
-        fn(x[start:start + batch])
-        n += 1
-    return n * batch / (time.perf_counter() - t0)
+    best = 0.0
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < min_s:
+            start = (n * batch) % (len(x) - batch + 1)
+            fn(x[start:start + batch])
+            n += 1
+        best = max(best, n * batch / elapsed)
+    return best
+
+
+class CModel:
+    """model.c compiled into a shared library, called in this process."""
+
+    def __init__(self, src: Path, flags: list[str], out: Path):
+        from fiqnn.export.c99 import find_compiler
+        subprocess.run([find_compiler(), "-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared",
+                        "-fPIC", *flags, "-o", str(out), str(src / "model.c")], check=True)
+        self.lib = ctypes.CDLL(str(out))
+        self.lib.fiqnn_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.fiqnn_run_batch.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+
+    def __call__(self, x: np.ndarray, classes: int) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        y = np.empty((len(x), classes), np.int32)
+        if len(x) == 1:
+            rc = self.lib.fiqnn_run(x.ctypes.data, y.ctypes.data)
+        else:
+            rc = self.lib.fiqnn_run_batch(x.ctypes.data, len(x), y.ctypes.data)
+        if rc != 0:
+            raise RuntimeError("fiqnn_run failed")
+        return y
+
+
+def qdq_model(float_path: str, out: str, calib: np.ndarray) -> None:
+    """ONNX Runtime's own static int8 quantization of the float teacher (QDQ, U8S8)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib[i:i + 1] for i in range(len(calib)))
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"x": b}
+
+    quantize_static(float_path, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", default="runs/teacher")
-    p.add_argument("--student", default="runs/bench/ptl-w4a4")
+    p.add_argument("--teacher", default="runs/cm/teacher")
+    p.add_argument("--student", action="append", metavar="LABEL=PATH",
+                   help="an integer model file (model.npz); repeatable")
+    p.add_argument("--images", type=int, default=2048, help="test images the timed loops cycle over")
+    p.add_argument("--min-s", type=float, default=2.0)
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    students = dict(s.split("=", 1) for s in (args.student or
+                                             ["alexnet-s W4A4=runs/cm/fold-w4a4/model.npz",
+                                              "alexnet-s W8A8=runs/cm/fold-w8a8/model.npz"]))
     sys.path.insert(0, str(ROOT / "src"))
     import onnxruntime as ort
 
     from fiqnn.data import load_data
-    from fiqnn.export.c99 import CFLAGS, build_c, export_c
+    from fiqnn.export.c99 import export_c
     from fiqnn.export.c99 import macs as count_macs
     from fiqnn.export.onnx import to_onnx
     from fiqnn.integer.execute import run
     from fiqnn.integer.modelfile import load
     from fiqnn.train.teacher import load_teacher
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    x_q = load_data("fashion-mnist").test.x_q
+    torch.set_num_threads(1)
+    data = load_data("fashion-mnist")
+    x_q = data.test.x_q[:args.images]
+    x_f = (x_q / np.float32(255)).astype(np.float32)
+    calib = (data.train.x_q[:256] / np.float32(255)).astype(np.float32)
     teacher = load_teacher(args.teacher)
-    graph = load(Path(args.student) / "model.npz")
-    so, so1 = ort.SessionOptions(), ort.SessionOptions()
-    so.intra_op_num_threads, so1.intra_op_num_threads = os.cpu_count() or 1, 1
-    macs = count_macs(graph)
+    threads = (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
+    rows: list[dict] = []
+
+    def session(model, n_threads: int):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = n_threads, 1
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+    def measure(group: str, backend: str, fn, x, n_threads: int, macs: int, batches=BATCHES):
+        for batch in batches:
+            rate = images_per_s(fn, x, batch, args.min_s, args.repeats)
+            rows.append({"group": group, "backend": backend, "threads": n_threads, "batch": batch,
+                         "images_per_s": round(rate, 1), "gmac_per_s": round(rate * macs / 1e9, 2)})
+            print(f"{group:>16} | {backend:<58} | {n_threads} | {batch:>3} | {rate:9.1f} img/s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         torch.onnx.export(teacher, (torch.zeros(1, *x_q.shape[1:]),), f"{tmp}/float.onnx", dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=13)
-        float_sess = ort.InferenceSession(f"{tmp}/float.onnx", so, providers=["CPUExecutionProvider"])
-        float_sess1 = ort.InferenceSession(f"{tmp}/float.onnx", so1, providers=["CPUExecutionProvider"])
-        int_sess = ort.InferenceSession(to_onnx(graph).SerializeToString(), so, providers=["CPUExecutionProvider"])
-        x_q[:2000].tofile(f"{tmp}/in.u8")
-        c_rates = {}
-        for label, flags in (("gcc -O3", CFLAGS), ("gcc -O3 -march=native", [*CFLAGS, "-march=native"])):
-            exe = build_c(export_c(graph, f"{tmp}/c"), flags=flags)
-            t0 = time.perf_counter()
-            subprocess.run([str(exe), f"{tmp}/in.u8", f"{tmp}/out.i32"], check=True)
-            c_rates[f"student integer, compiled C ({label}, 1 thread)"] = 2000 / (time.perf_counter() - t0)
-
-        @torch.no_grad()
-        def torch_float(b):
-            return teacher(torch.from_numpy(b).float() / 255)
-
-        runners = {
-            "teacher float, PyTorch": torch_float,
-            "teacher float, ONNX Runtime": lambda b: float_sess.run(None, {"x": (b / np.float32(255))
-                                                                           .astype(np.float32)}),
-            "teacher float, ONNX Runtime (1 thread)": lambda b: float_sess1.run(None, {"x": (b / np.float32(255))
-                                                                                       .astype(np.float32)}),
-            "student integer, numpy executor": lambda b: run(graph, b),
-            "student integer, ONNX Runtime": lambda b: int_sess.run(None, {"x_q": b}),
-        }
-        rows = [{"backend": name, "batch": batch, "images_per_s": round(timed(fn, x_q, batch), 1)}
-                for name, fn in runners.items() for batch in (1, 256)]
-    rows += [{"backend": name, "batch": b, "images_per_s": round(rate, 1)} for name, rate in c_rates.items()
-             for b in (1, 256)]
+        qdq_model(f"{tmp}/float.onnx", f"{tmp}/qdq.onnx", calib)
+        graph0 = load(next(iter(students.values())))
+        teacher_macs = count_macs(graph0)  # the teacher has the student's conv and fc layers
+        for n_threads in threads:
+            for label, path in (("ONNX Runtime float32", "float.onnx"), ("ONNX Runtime int8 QDQ", "qdq.onnx")):
+                sess = session(f"{tmp}/{path}", n_threads)
+                measure("teacher", label, lambda b, s=sess: s.run(None, {"x": b}), x_f, n_threads, teacher_macs)
+        for name, path in students.items():
+            graph = load(path)
+            macs = count_macs(graph)
+            ref = run(graph, x_q)
+            measure(name, "numpy executor", lambda b, g=graph: run(g, b), x_q, 1, macs, batches=(256,))
+            onnx_bytes = to_onnx(graph).SerializeToString()
+            for n_threads in threads:
+                sess = session(onnx_bytes, n_threads)
+                measure(name, "fiqnn integer ONNX, ONNX Runtime", lambda b, s=sess: s.run(None, {"x_q": b}), x_q,
+                        n_threads, macs)
+            src = export_c(graph, f"{tmp}/c-{len(rows)}")
+            for i, (label, flags) in enumerate(C_BUILDS.items()):
+                model = CModel(src, flags, Path(tmp) / f"lib{len(rows)}-{i}.so")
+                if not np.array_equal(model(x_q, graph.num_classes), ref):
+                    raise SystemExit(f"{name}, {label}: C logits differ from numpy")
+                measure(name, label, lambda b, m=model, k=graph.num_classes: m(b, k), x_q, 1, macs)
+    anchor = {(r["backend"], r["threads"], r["batch"]): r["images_per_s"] for r in rows if r["group"] == "teacher"}
     for r in rows:
-        r["gmac_per_s"] = round(r["images_per_s"] * macs / 1e9, 2)
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
-            "macs_per_image": int(macs), "torch_threads": torch.get_num_threads(), "teacher": args.teacher,
-            "student": args.student, "info": graph.info, "command": " ".join(["python", *sys.argv])}
+        r["x_float"] = round(r["images_per_s"] / anchor["ONNX Runtime float32", r["threads"], r["batch"]], 2)
+        r["x_qdq"] = round(r["images_per_s"] / anchor["ONNX Runtime int8 QDQ", r["threads"], r["batch"]], 2)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "cpu") if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu}", "teacher": args.teacher,
+            "students": students, "macs_per_image": teacher_macs, "onnxruntime": ort.__version__,
+            "gcc": subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout.strip(),
+            "command": " ".join(["python", *sys.argv])}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| backend | batch | images/s | GMAC/s |", "|---|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:,.1f} | {r['gmac_per_s']:.2f} |" for r in rows]
-    lines += ["", f"Measured on {meta['machine']} with `{meta['command']}`; {macs:,} multiply-accumulates per "
-              f"image; student {graph.info}."]
+    lines = ["| model | backend | threads | batch | images/s | GMAC/s | x ORT float32 | x ORT int8 QDQ |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['group']} | {r['backend']} | {r['threads']} | {r['batch']} | {r['images_per_s']:,.1f} | "
+              f"{r['gmac_per_s']:.2f} | {r['x_float']:.2f} | {r['x_qdq']:.2f} |" for r in rows]
+    lines += ["", f"Measured on {meta['machine']} (ONNX Runtime {meta['onnxruntime']}, gcc {meta['gcc']}) with "
+              f"`{meta['command']}`; {teacher_macs:,} multiply-accumulates per image. Ratios are against the "
+              "teacher's rows of the same threads and batch, measured in the same run; the C logits equal "
+              f"the numpy executor's on the {len(x_q):,} images timed."]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -31,6 +31,40 @@ def test_c_bit_exact_on_whole_test_set(graph_of, digits, bits, scale):
     assert np.array_equal(run_c(graph, x_q), run(graph, x_q))
 
 
+def _native_has(macro: str) -> bool:
+    """Whether ``cc -march=native`` defines the predefined macro (an ISA extension of this CPU)."""
+    out = subprocess.run(["cc", "-march=native", "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True, text=True)
+    return out.returncode == 0 and f"#define {macro} " in out.stdout
+
+
+# Every kernel family of the C export an x86 host can build: the in-place kernels (FIQNN_COLS 0,
+# what a scalar microcontroller runs), the int16 GEMM (16, the x86-64 default), the int8 GEMM
+# (8) in plain C, and with -march=native whatever this CPU selects (VNNI intrinsics where it has them).
+VARIANTS = {"in-place": ["-DFIQNN_COLS=0"], "int16 gemm": ["-DFIQNN_COLS=16"], "int8 gemm": ["-DFIQNN_COLS=8"],
+            "native": ["-march=native"], "native, no intrinsics": ["-march=native", "-DFIQNN_NO_INTRINSICS"]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bits,scale", [(2, "per-layer"), (4, "per-channel"), (8, "per-layer")])
+def test_every_kernel_variant_is_exact(graph_of, digits, bits, scale, variant):
+    graph = graph_of(bits, scale)
+    x_q = digits[1].test.x_q
+    assert np.array_equal(run_c(graph, x_q, flags=[*CFLAGS, *VARIANTS[variant]]), run(graph, x_q))
+
+
+@pytest.mark.skipif(not _native_has("__AVX512VNNI__"), reason="this CPU has no AVX-512 VNNI")
+def test_vnni_kernel_is_selected_and_exact(graph_of, digits, tmp_path):
+    """On a VNNI CPU, -march=native compiles the VPDPBUSD kernel (FIQNN_VNNI 1) and it is exact,
+    also for a layer reading signed codes (the XOR 128 correction) and a per-channel layer."""
+    graph = graph_of(4, "per-channel")
+    src = export_c(graph, tmp_path)
+    probe = subprocess.run(["cc", *CFLAGS, "-march=native", "-E", "-dM", str(src / "model.c")], capture_output=True,
+                           text=True, check=True).stdout
+    assert "#define FIQNN_VNNI 1" in probe
+    x_q = digits[1].test.x_q
+    assert np.array_equal(run_c(graph, x_q, flags=[*CFLAGS, "-march=native"]), run(graph, x_q))
+
+
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
 def test_clang_builds_and_agrees(graph_of, digits):
     graph = graph_of(3)
@@ -147,3 +181,31 @@ def test_run_batch_equals_one_image_at_a_time(graph_of, digits, tmp_path):
     x_q.tofile(tmp_path / "in.u8")
     subprocess.run([str(exe), str(tmp_path / "in.u8"), str(tmp_path / "out.i32")], check=True)
     assert np.array_equal(np.fromfile(tmp_path / "out.i32", "<i4").reshape(37, -1), run(graph, x_q))
+
+
+def test_wide_fc_on_signed_codes_under_sanitizers():
+    """The GEMM kernels' other corners, under ASan and UBSan: an fc of 70 outputs (past 64 and not
+    a multiple of 16: the VNNI kernel's four-block and tail paths for one pixel) reading signed
+    codes (its XOR 128 correction), behind a per-channel conv writing signed codes, at -O2 with
+    -march=native (whatever this CPU selects) and at the x86-64 default."""
+    from fiqnn.integer.graph import IntLayer
+    from tests.test_fuzz import SAN_FLAGS
+
+    rng = np.random.default_rng(7)
+    conv = IntLayer(name="c", kind="conv", w_q=rng.integers(-127, 128, (8, 1, 3, 3)).astype(np.int8),
+                    bias_q=rng.integers(-500, 500, 8).astype(np.int32), mult=np.full(8, 2**30, np.int32),
+                    shift=rng.integers(36, 40, 8).astype(np.int32), in_bits=8, w_bits=8, a_bits=6, signed=True,
+                    padding=(1, 1))
+    fc1 = IntLayer(name="f", kind="fc", w_q=rng.integers(-7, 8, (70, 8 * 6 * 6)).astype(np.int8),
+                   bias_q=rng.integers(-300, 300, 70).astype(np.int32), mult=np.array([2**30], np.int32),
+                   shift=np.array([38], np.int32), in_bits=6, in_signed=True, w_bits=4, a_bits=5, signed=True)
+    fc2 = IntLayer(name="g", kind="fc", w_q=rng.integers(-127, 128, (10, 70)).astype(np.int8),
+                   bias_q=np.zeros(10, np.int32), mult=np.array([2**30], np.int32), shift=np.array([31], np.int32),
+                   in_bits=5, in_signed=True, w_bits=8, a_bits=None)
+    graph = IntGraph((1, 6, 6), 10, (conv, fc1, fc2))
+    x_q = rng.integers(0, 256, (16, 1, 6, 6)).astype(np.uint8)
+    ref = run(graph, x_q)
+    assert len(np.unique(ref)) > 50  # the codes are not all clamped
+    native = [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]
+    for flags in (SAN_FLAGS, native, [*native, "-DFIQNN_NO_INTRINSICS"]):
+        assert np.array_equal(run_c(graph, x_q, flags=flags), ref)

@@ -29,9 +29,13 @@ from tests.graphgen import FEATURES, features, random_graph, random_inputs
 
 SAN_FLAGS = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
              "-fno-sanitize-recover=all"]
-# The C builds a campaign checks: the portable code, and the code for this machine at -O2 (the
-# compiler vectorizes, and -march=native defines the ISA macros that select optional kernels).
-C_BUILDS = {"c": SAN_FLAGS, "c-native": [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]}
+# The C builds a campaign checks: the portable code (on x86-64 its int16 GEMM kernels), the
+# in-place kernels a scalar microcontroller runs (FIQNN_COLS=0), and the code for this machine at
+# -O2 (the compiler vectorizes, and -march=native defines the ISA macros that select optional
+# kernels: x86 VNNI intrinsics where the CPU has them), with and without its intrinsics.
+_NATIVE = [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]
+C_BUILDS = {"c": SAN_FLAGS, "c-inplace": [*SAN_FLAGS, "-DFIQNN_COLS=0"], "c-native": _NATIVE,
+            "c-native-plain": [*_NATIVE, "-DFIQNN_NO_INTRINSICS"]}
 BACKENDS = ("numpy", "onnx", *C_BUILDS)
 # An optional backend: the C export on an emulated Cortex-M4, which takes the Arm SIMD32 kernels.
 CORTEX_M = "c-m4"
@@ -211,6 +215,44 @@ def test_backends_agree_with_the_oracle_on_random_graphs(graphs, tmp_path):
 def test_campaign_covers_every_op_and_feature(graphs):
     seen = sum((features(g) for g in graphs), Counter())
     assert [f for f in FEATURES if not seen[f]] == []
+
+
+def c_kernel_paths(graph: IntGraph) -> Counter:
+    """Which code paths of the C export's conv kernels a graph's layers take (see c_kernels.py)."""
+    from fiqnn.export import c_kernels as K
+    from fiqnn.export.c99 import code_bits, depthwise, layer_shapes
+
+    seen: Counter = Counter()
+    for layer, ((c, _, _), _, _) in zip(graph.int_layers(), layer_shapes(graph).values()):
+        if depthwise(layer):
+            seen["depthwise"] += 1
+            continue
+        if layer.kind == "conv" and layer.groups != 1:
+            seen["grouped, in place"] += 1
+            continue
+        n = layer.w_q[0].size
+        seen["gemm, window < SMALL_K" if n < K.SMALL_K else "gemm, window >= SMALL_K"] += 1
+        seen[f"gemm, W{code_bits(layer.w_bits)} stored"] += 1
+        seen["gemm, signed input (VNNI: XOR 128)" if layer.in_signed else "gemm, unsigned input"] += 1
+        if not layer.in_signed and layer.kind == "conv" and c % 4 == 0 and layer.dilation[1] == 1:
+            seen["VNNI windows read in place"] += 1
+        if len(layer.w_q) % 16:
+            seen["output channels not a multiple of 16"] += 1
+        if len(layer.w_q) >= 64:
+            seen["64 channels or more (VNNI 4-block)"] += 1
+        if layer.kind == "fc":
+            seen["fc (one pixel)"] += 1
+    return seen
+
+
+C_PATHS = ("depthwise", "grouped, in place", "gemm, window < SMALL_K", "gemm, window >= SMALL_K", "gemm, W2 stored",
+           "gemm, W4 stored", "gemm, W8 stored", "gemm, signed input (VNNI: XOR 128)", "gemm, unsigned input",
+           "VNNI windows read in place", "output channels not a multiple of 16", "fc (one pixel)")
+
+
+def test_campaign_covers_every_c_kernel_path(graphs):
+    seen = sum((c_kernel_paths(g) for g in graphs), Counter())
+    assert [f for f in C_PATHS if not seen[f]] == []
 
 
 def test_graphs_are_seeded(graphs):

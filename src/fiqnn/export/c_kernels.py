@@ -14,6 +14,25 @@ and read as ``fiqnn_code(b, flip)`` with ``flip`` 128 (or through ``const int8_t
 product). The version-1 kernels (``conv_hwc``, ``max_pool_hwc``, ``add_terms``,
 ``avg_pool_hwc``) serve graphs without signed codes; the others, written for version 2, read
 codes of either kind.
+
+A conv or fc layer runs on one of four kernel families, chosen by the compiler's own macros
+(every one computes the same integers; tests build each and compare them with numpy, the
+fuzzer under sanitizers):
+
+- in place (``FIQNN_COLS`` 0: scalar cores, e.g. Cortex-M0/M3): window rows read where they
+  are, four output channels x four pixels of register-blocked sums, packed weights unpacked
+  four rows at a time into the arena;
+- Arm SIMD32 (``__ARM_FEATURE_SIMD32``: Cortex-M4/M7/M33/M55): SXTB16 + SMLAD over int16
+  window columns, 4-bit weights read packed (:data:`SIMD32`);
+- GEMM (``FIQNN_COLS`` 16 on x86-64 and NEON, 8 where the target has a byte dot product):
+  im2col columns in a static buffer of their own, one vectorisable loop over the whole window
+  per (row, column) pair (:data:`COLS`);
+- x86 AVX-512 VNNI (``__AVX512VNNI__`` with ``FIQNN_COLS`` 8): weights rearranged once into
+  16-channel x 4-code blocks for VPDPBUSD, windows read in place where they can be, (E4) on 16
+  channels at a time (:data:`VNNI`).
+
+``-DFIQNN_COLS=0|8|16``, ``-DFIQNN_NO_INTRINSICS`` and ``-DFIQNN_PORTABLE`` (no SIMD32) choose
+another family on the same machine.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ LAYER = Template(r"""typedef struct {
     int32_t qmax;         /* $qmax_doc */
     int pool_k, pool_s, pool_p, pool_ho, pool_wo;
     int simd;             /* Arm SIMD32 kernel: 1 int8 weights, 2 4-bit ones (sums x 16 inside int32), 0 none */
+    long pre;             /* x86 VNNI kernel: byte offset of the rearranged weights in fiqnn_pre, -1 none */
 } fiqnn_layer;
 
 /* The n weight codes of output channel oc: the int8 array itself, or unpacked into row
@@ -238,6 +258,244 @@ static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const 
 }
 #else
 #define FIQNN_SIMD32 0
+#endif
+
+"""
+
+# Vector cores: conv and fc layers of groups 1 as a blocked integer GEMM over im2col columns.
+BLOCK = 32  # output pixels per block of columns of the GEMM kernels
+SMALL_K = 32  # windows of fewer codes than this go across output channels instead (a first conv)
+COLS = Template(r"""/* Vector cores: a conv or fc layer of groups 1 runs as a blocked GEMM: four output pixels'
+ * windows copied into columns (zero for padding), then every four output channels' weight rows
+ * against them, each a loop over the whole window that the compiler vectorises into one
+ * multiply-add chain per (row, column) pair (a 4 x 4 block of sums). The columns live in a
+ * static buffer of their own, fiqnn_cols (the arena keeps what a scalar microcontroller needs).
+ * FIQNN_COLS is their element: 8, the codes themselves, where the target has a u8 x s8
+ * dot-product instruction that gcc's vectoriser emits for such a loop (x86 AVX-512 VNNI or
+ * AVX-VNNI, Arm's dot product); 16, codes widened to int16, where it has a 16-bit multiply-add
+ * (x86 SSE2's PMADDWD, which every x86-64 has, Arm NEON); 0, no buffer: the in-place kernels
+ * (scalar cores; Arm SIMD32 has its own). -DFIQNN_COLS=0, 8 or 16 chooses it. The sums are the
+ * same integers in every variant: products of codes, added in int32, each a subset of the terms
+ * (E6) bounds. */
+#ifndef FIQNN_COLS
+#if FIQNN_SIMD32
+#define FIQNN_COLS 0
+#elif defined(__AVX512VNNI__) || defined(__AVXVNNI__) || defined(__ARM_FEATURE_DOTPROD)
+#define FIQNN_COLS 8
+#elif defined(__SSE2__) || defined(__ARM_NEON)
+#define FIQNN_COLS 16
+#else
+#define FIQNN_COLS 0
+#endif
+#endif
+#if FIQNN_COLS == 16
+typedef int16_t fiqnn_row_t;
+#elif FIQNN_COLS == 8
+typedef int8_t fiqnn_row_t;
+#elif FIQNN_COLS != 0
+#error "FIQNN_COLS must be 0, 8 or 16"
+#endif
+#if FIQNN_COLS
+#define FIQNN_SMALL_K $small_k  /* windows of fewer codes go across output channels (the _small kernels) */
+#define FIQNN_BLOCK $block  /* output pixels per block of columns */
+static int32_t fiqnn_cols[FIQNN_COLS_WORDS];
+
+/* (E4) clamp(rshift_round(acc * mult, shift), lo, hi) without a branch the vectoriser cannot
+ * turn into a select: for shift >= 1, floor(p / 2^shift) of p = acc * mult + 2^(shift-1) is
+ * floor((p + 2^63) / 2^shift) - 2^(63-shift), a logical shift (2^63 is a multiple of 2^shift;
+ * |acc * mult| < 2^62 puts p + 2^63 inside [0, 2^64), so uint64 holds it exactly, and the
+ * shifted value below 2^63, so int64 does); shift 0 is acc * mult itself. */
+static inline int32_t fiqnn_requant_lane(int32_t acc, int32_t mult, int shift, int32_t lo, int32_t hi)
+{
+    int64_t p = (int64_t)acc * mult;
+    int s = shift > 0 ? shift : 1;
+    uint64_t u = ((uint64_t)p + ((uint64_t)1 << (s - 1)) + ((uint64_t)1 << 63)) >> s;
+    int64_t r = shift > 0 ? (int64_t)u - ((int64_t)1 << (63 - s)) : p;
+    r = r > lo ? r : lo;  /* (as max, then min: what the vectoriser maps to those instructions) */
+    r = r < hi ? r : hi;
+    return (int32_t)r;
+}
+
+/* The n weight codes of output channel oc as fiqnn_row_t: an int8 row in place (FIQNN_COLS 8),
+ * else unpacked into row, one packed byte at a time (a loop the compiler vectorises). */
+static const fiqnn_row_t *fiqnn_row(const fiqnn_layer *L, int oc, int n, fiqnn_row_t *row)
+{
+    int i, nb = (n * L->code_bits + 7) / 8;
+    const uint8_t *p = (const uint8_t *)L->weights + (long)oc * nb;
+#if FIQNN_COLS == 8
+    if (L->code_bits == 8)
+        return (const int8_t *)L->weights + (long)oc * n;
+#endif
+    if (L->code_bits == 8) {
+        for (i = 0; i < n; i++)
+            row[i] = (fiqnn_row_t)(int8_t)p[i];
+    } else if (L->code_bits == 4) {
+        for (i = 0; i < n / 2; i++) {
+            row[2 * i] = (fiqnn_row_t)((int)((p[i] & 15u) ^ 8u) - 8);
+            row[2 * i + 1] = (fiqnn_row_t)((int)((unsigned)(p[i] >> 4) ^ 8u) - 8);
+        }
+        if (n & 1)
+            row[n - 1] = (fiqnn_row_t)((int)((p[n / 2] & 15u) ^ 8u) - 8);
+    } else {
+        for (i = 0; i < n / 4; i++) {
+            row[4 * i] = (fiqnn_row_t)((int)((p[i] & 3u) ^ 2u) - 2);
+            row[4 * i + 1] = (fiqnn_row_t)((int)((unsigned)(p[i] >> 2 & 3u) ^ 2u) - 2);
+            row[4 * i + 2] = (fiqnn_row_t)((int)((unsigned)(p[i] >> 4 & 3u) ^ 2u) - 2);
+            row[4 * i + 3] = (fiqnn_row_t)((int)((unsigned)(p[i] >> 6) ^ 2u) - 2);
+        }
+        for (i = n / 4 * 4; i < n; i++)
+            row[i] = (fiqnn_row_t)((int)((unsigned)(p[i / 4] >> (i % 4 * 2) & 3u) ^ 2u) - 2);
+    }
+    return row;
+}
+#endif
+#if FIQNN_COLS == 16
+/* acc[4 j + p] += sum_i x[p xs + i] * wj[i], i < n, for the four rows j and four int16 columns p. */
+static void dot4x4_s16(const int16_t *x, long xs, const int16_t *w0, const int16_t *w1, const int16_t *w2,
+                       const int16_t *w3, int n, int32_t *acc)
+{
+    const int16_t *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
+    int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+    int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+    int i;
+    for (i = 0; i < n; i++) {
+        int32_t v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
+        int32_t u0 = w0[i], u1 = w1[i], u2 = w2[i], u3 = w3[i];
+        a00 += v0 * u0; a01 += v1 * u0; a02 += v2 * u0; a03 += v3 * u0;
+        a10 += v0 * u1; a11 += v1 * u1; a12 += v2 * u1; a13 += v3 * u1;
+        a20 += v0 * u2; a21 += v1 * u2; a22 += v2 * u2; a23 += v3 * u2;
+        a30 += v0 * u3; a31 += v1 * u3; a32 += v2 * u3; a33 += v3 * u3;
+    }
+    acc[0] += a00; acc[1] += a01; acc[2] += a02; acc[3] += a03;
+    acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
+    acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
+    acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
+}
+
+/* acc[4 j] += sum_i x[i] * wj[i], i < n, for the four rows j. */
+static void dot1x4_s16(const int16_t *x, const int16_t *w0, const int16_t *w1, const int16_t *w2,
+                       const int16_t *w3, int n, int32_t *acc)
+{
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int i;
+    for (i = 0; i < n; i++) {
+        int32_t v = x[i];
+        a0 += v * w0[i]; a1 += v * w1[i]; a2 += v * w2[i]; a3 += v * w3[i];
+    }
+    acc[0] += a0; acc[4] += a1; acc[8] += a2; acc[12] += a3;
+}
+#endif
+
+""").substitute(small_k=SMALL_K, block=BLOCK)
+
+# x86 AVX-512 VNNI: VPDPBUSD multiplies 64 unsigned bytes by 64 signed ones and adds each four
+# products into one of 16 int32 lanes (no saturation), so a register of weights holds 16 output
+# channels x 4 window codes and a broadcast word of 4 column codes feeds all 16 channels.
+VNNI = r"""/* x86 AVX-512 VNNI (with FIQNN_COLS 8; -DFIQNN_NO_INTRINSICS keeps the plain C GEMM): conv and fc
+ * layers of groups 1 multiply with VPDPBUSD. Their
+ * weights are rearranged once, on the first fiqnn_run, into fiqnn_pre: per block of 16 output
+ * channels, per group of 4 window codes, 64 bytes (channel-major, code-minor; channels past o and
+ * codes past n are 0); then per channel the int32 correction 128 * sum(row) for int8 input codes,
+ * which VPDPBUSD reads as uint8 (code + 128: the byte XOR 128), so sum((x + 128) w) - 128 sum(w) is
+ * the sum; then (E4)'s mult (int32), shift and 2^(shift-1) (int64, even channels of each 16 first)
+ * per channel (a per-layer pair repeated). VPDPBUSD adds modulo 2^32; the true sum fits int32
+ * ((E6)), so the result is exact. */
+#if FIQNN_COLS == 8 && defined(__AVX512VNNI__) && defined(__AVX512BW__) && !defined(FIQNN_NO_INTRINSICS)
+#include <immintrin.h>
+#include <string.h>
+#define FIQNN_VNNI 1
+static __m512i fiqnn_pre[FIQNN_PRE_BYTES / 64];
+static int fiqnn_pre_ready;
+
+/* Fill fiqnn_pre from the layer table (once). */
+static void fiqnn_vnni_prepare(const fiqnn_layer *layers, int count)
+{
+    int i, oc, k;
+    for (i = 0; i < count; i++) {
+        const fiqnn_layer *L = &layers[i];
+        int n = L->kh * L->kw * L->c, n4 = (n + 3) / 4 * 4, o16 = (L->o + 15) / 16 * 16;
+        int8_t *w;
+        int32_t *corr, *mult;
+        int64_t *shift, *half;
+        if (L->pre < 0) continue;
+        w = (int8_t *)(void *)fiqnn_pre + L->pre;
+        corr = (int32_t *)(void *)(w + (long)o16 * n4);
+        mult = corr + o16;
+        shift = (int64_t *)(void *)(mult + o16);
+        half = shift + o16;
+        for (oc = 0; oc < L->o; oc++) {
+            const int8_t *row = fiqnn_row(L, oc, n, (int8_t *)(void *)fiqnn_cols);
+            int32_t sum = 0;
+            int j = L->per_channel ? oc : 0, e = oc / 16 * 16 + (oc % 2 ? 8 : 0) + oc % 16 / 2;
+            for (k = 0; k < n; k++) {
+                w[((long)(oc / 16) * (n4 / 4) + k / 4) * 64 + (oc % 16) * 4 + k % 4] = row[k];
+                sum += row[k];
+            }
+            corr[oc] = 128 * sum;
+            mult[oc] = L->mult[j];
+            shift[e] = L->shift[j];  /* per block of 16: the even channels' 8 lanes, then the odd ones' */
+            half[e] = L->shift[j] ? (int64_t)1 << (L->shift[j] - 1) : 0;
+        }
+    }
+    fiqnn_pre_ready = 1;
+}
+
+/* np (8 or 1) columns against r (1, 2 or 4) blocks of 16 channels (w, wb bytes apart):
+ * acc[p os + 16 b + lane] = the sums. Column p is ns runs of gs groups of 4 codes, run j at
+ * src[8 j + p] (the weights' groups follow the runs in order); inlined where np and r are
+ * constants, so that the np x r accumulators live in registers. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void fiqnn_vnni_block(const uint8_t *const *src, int ns, int gs, int np, const int8_t *w, long wb,
+                                    int r, int32_t *acc, long os)
+{
+    __m512i a[8][4];
+    int p, b, i, j;
+    for (p = 0; p < np; p++)
+        for (b = 0; b < r; b++)
+            a[p][b] = _mm512_setzero_si512();
+    for (j = 0; j < ns; j++, w += 64L * gs) {
+        for (i = 0; i < gs; i++) {
+            __m512i wv[4];
+            for (b = 0; b < r; b++)
+                wv[b] = _mm512_loadu_si512((const void *)(w + b * wb + 64L * i));
+            for (p = 0; p < np; p++) {
+                int32_t word;
+                __m512i xv;
+                memcpy(&word, src[8 * j + p] + 4L * i, 4);
+                xv = _mm512_set1_epi32(word);
+                for (b = 0; b < r; b++)
+                    a[p][b] = _mm512_dpbusd_epi32(a[p][b], xv, wv[b]);
+            }
+        }
+    }
+    for (p = 0; p < np; p++)
+        for (b = 0; b < r; b++)
+            _mm512_storeu_si512((void *)(acc + p * os + 16 * b), a[p][b]);
+}
+
+/* (E4) for 16 channels' sums acc (bias included) with the layer's prepared mult, shift, half
+ * (see fiqnn_vnni_prepare): the 64-bit products of the even and the odd lanes (VPMULDQ), the
+ * rounding constant added, an arithmetic shift (floor division: (E3)), the clamp to [lo, hi] in
+ * int64, then the 16 codes as bytes (VPMOVDB) into y, the first m of them. */
+static inline void fiqnn_vnni_requant(__m512i acc, const int32_t *mult, const int64_t *shift, const int64_t *half,
+                                      int64_t lo, int64_t hi, uint8_t *y, int m)
+{
+    __m512i mv = _mm512_loadu_si512((const void *)mult), lov = _mm512_set1_epi64(lo), hiv = _mm512_set1_epi64(hi);
+    __m512i pe = _mm512_mul_epi32(acc, mv);
+    __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_srli_epi64(mv, 32));
+    pe = _mm512_srav_epi64(_mm512_add_epi64(pe, _mm512_loadu_si512((const void *)half)),
+                           _mm512_loadu_si512((const void *)shift));
+    po = _mm512_srav_epi64(_mm512_add_epi64(po, _mm512_loadu_si512((const void *)(half + 8))),
+                           _mm512_loadu_si512((const void *)(shift + 8)));
+    pe = _mm512_min_epi64(_mm512_max_epi64(pe, lov), hiv);
+    po = _mm512_min_epi64(_mm512_max_epi64(po, lov), hiv);
+    _mm512_mask_cvtepi32_storeu_epi8(y, (__mmask16)((1u << m) - 1),
+                                     _mm512_mask_blend_epi32((__mmask16)0xAAAA, pe, _mm512_slli_epi64(po, 32)));
+}
+#else
+#define FIQNN_VNNI 0
 #endif
 
 """
@@ -456,6 +714,247 @@ static void ${name}_simd32(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32
 }
 #endif
 
+#if FIQNN_COLS
+#if FIQNN_COLS == 16
+typedef int16_t ${name}_col_t;
+#else
+typedef $xt ${name}_col_t;
+#endif
+
+/* Output pixel pixel's window as kh * kw * C column elements, window cell after cell (zero for
+ * padding): the order of a weight row. A window row inside the map (dilation 1) is one run. */
+static void ${name}_im2col(const fiqnn_layer *L, const $xt *x, long pixel, ${name}_col_t *restrict d)
+{
+    int oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo), m = L->kw * L->c, ky, kx, c;
+    int ix0 = ox * L->sw - L->pw;
+    for (ky = 0; ky < L->kh; ky++, d += m) {
+        int iy = oy * L->sh - L->ph + ky * L->dh;
+        const $xt *restrict v = x + ((long)iy * L->w + ix0) * L->c;
+        if (iy < 0 || iy >= L->h) {
+            for (c = 0; c < m; c++)
+                d[c] = 0;
+        } else if (L->dw == 1 && ix0 >= 0 && ix0 + L->kw <= L->w) {
+            for (c = 0; c < m; c++)
+                d[c] = (${name}_col_t)v[c];
+        } else {
+            for (kx = 0; kx < L->kw; kx++) {
+                int ix = ix0 + kx * L->dw;
+                ${name}_col_t *restrict e = d + kx * L->c;
+                if (ix >= 0 && ix < L->w) {
+                    const $xt *restrict u = x + ((long)iy * L->w + ix) * L->c;
+                    for (c = 0; c < L->c; c++)
+                        e[c] = (${name}_col_t)u[c];
+                } else {
+                    for (c = 0; c < L->c; c++)
+                        e[c] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* (E4) at one output pixel for all o channels from their sums without bias (a loop the compiler
+ * vectorises), or the int32 accumulators when qmax is 0. */
+static void ${name}_out(const fiqnn_layer *L, const int32_t *acc, long pixel, uint8_t *y, int32_t *logits)
+{
+    int o = L->o, j;
+    const int32_t *b = L->bias;
+    uint8_t *yp = y + pixel * o;
+    if (L->qmax == 0) {
+        for (j = 0; j < o; j++)
+            logits[pixel * o + j] = b[j] + acc[j];
+    } else if (L->per_channel) {
+        const int32_t *mult = L->mult;
+        const uint8_t *shift = L->shift;
+        int32_t lo = $lo, hi = L->qmax;
+        for (j = 0; j < o; j++)
+            yp[j] = (uint8_t)fiqnn_requant_lane(b[j] + acc[j], mult[j], shift[j], lo, hi);
+    } else {
+        int32_t mult = L->mult[0], lo = $lo, hi = L->qmax;
+        int shift = L->shift[0];
+        for (j = 0; j < o; j++)
+            yp[j] = (uint8_t)fiqnn_requant_lane(b[j] + acc[j], mult, shift, lo, hi);
+    }
+}
+
+/* (E2), (E4) for windows of fewer than FIQNN_SMALL_K codes (a first conv on one channel): the
+ * weights transposed once into wt (window code k of channel j at wt[k o + j]), then at every
+ * output pixel all o sums at once, a loop across channels per window code. */
+static void ${name}_small(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits)
+{
+    int n = L->kh * L->kw * L->c, o = L->o, k, j;
+    long npix = (long)L->ho * L->wo, pix;
+    int32_t *acc = fiqnn_cols;
+    int16_t *wt = (int16_t *)(void *)(acc + o);
+    ${name}_col_t *col = (${name}_col_t *)(void *)(wt + (long)n * o);
+    fiqnn_row_t row[FIQNN_SMALL_K];
+    for (j = 0; j < o; j++) {
+        const fiqnn_row_t *r = fiqnn_row(L, j, n, row);
+        for (k = 0; k < n; k++)
+            wt[(long)k * o + j] = r[k];
+    }
+    for (pix = 0; pix < npix; pix++) {
+        ${name}_im2col(L, x, pix, col);
+        for (j = 0; j < o; j++)
+            acc[j] = 0;
+        for (k = 0; k < n; k++) {
+            int32_t v = col[k];
+            const int16_t *wk = wt + (long)k * o;
+            if (v == 0) continue;
+            for (j = 0; j < o; j++)
+                acc[j] += v * wk[j];
+        }
+        ${name}_out(L, acc, pix, y, logits);
+    }
+}
+
+#if FIQNN_VNNI
+/* (E2), (E4) with VPDPBUSD (see fiqnn_pre), 8 output pixels at a time (1 for a single pixel)
+ * against 32 channels at a time (64 for one pixel). Where the input codes are uint8, C is a
+ * multiple of 4 and dilation in x is 1, a window inside the map is read in place, as kh runs of
+ * kw * C codes (its column, if copied, is read as the same runs); other windows are copied into
+ * uint8 columns of n4 codes (int8 codes XOR 128; padding is the code 0 either way, 128 for int8).
+ * Returns 0, doing nothing, for a layer without prepared weights (L->pre < 0). */
+static int ${name}_vnni(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits)
+{
+    int n = L->kh * L->kw * L->c, n4 = (n + 3) / 4 * 4, o16 = (L->o + 15) / 16 * 16, g = n4 / 4, oc, p, j;
+    int direct = !$signed && L->c % 4 == 0 && L->dw == 1 && L->kh <= 8, kc;
+    long npix = (long)L->ho * L->wo, pix, wb = 16L * n4;
+    const int8_t *w;
+    const int32_t *corr, *mult;
+    const int64_t *shift;
+    int32_t *acc = fiqnn_cols, *bias = acc + 8 * o16;
+    uint8_t *col = (uint8_t *)(void *)(bias + o16);
+    const uint8_t *src[64];
+    if (L->pre < 0)
+        return 0;
+    w = (const int8_t *)(const void *)fiqnn_pre + L->pre;
+    corr = (const int32_t *)(const void *)(w + (long)o16 * n4);
+    mult = corr + o16;
+    shift = (const int64_t *)(const void *)(mult + o16);
+    for (j = 0; j < o16; j++)
+        bias[j] = j < L->o ? L->bias[j] : 0;
+    for (pix = 0; pix < npix; pix += kc) {
+        int np = npix - pix == 1 ? 1 : 8, k = npix - pix < np ? (int)(npix - pix) : np;
+        int ns = direct ? L->kh : 1, gs = direct ? L->kw * L->c / 4 : g;
+        kc = k;
+        for (p = 0; p < np; p++) {
+            long q = pix + (p < k ? p : 0);
+            int iy = (int)(q / L->wo) * L->sh - L->ph, ix = (int)(q % L->wo) * L->sw - L->pw;
+            uint8_t *d = col + (long)p * n4;
+            if (direct && iy >= 0 && iy + (L->kh - 1) * L->dh < L->h && ix >= 0 && ix + L->kw <= L->w) {
+                for (j = 0; j < ns; j++)  /* window row j in place */
+                    src[8 * j + p] = (const uint8_t *)(const void *)x + ((long)(iy + j * L->dh) * L->w + ix) * L->c;
+                continue;
+            }
+            ${name}_im2col(L, x, q, (${name}_col_t *)(void *)d);
+            for (j = n; j < n4; j++)
+                d[j] = 0;
+            if ($signed)
+                for (j = 0; j < n; j++)
+                    d[j] ^= 128u;
+            for (j = 0; j < ns; j++)  /* its column, as ns runs */
+                src[8 * j + p] = d + 4L * gs * j;
+        }
+        for (oc = 0; oc < o16;) {
+            const int8_t *wo = w + (long)oc * n4;
+            if (np == 8 && o16 - oc >= 32) {
+                fiqnn_vnni_block(src, ns, gs, 8, wo, wb, 2, acc + oc, o16);
+                oc += 32;
+            } else if (np == 8) {
+                fiqnn_vnni_block(src, ns, gs, 8, wo, wb, 1, acc + oc, o16);
+                oc += 16;
+            } else if (o16 - oc >= 64) {
+                fiqnn_vnni_block(src, ns, gs, 1, wo, wb, 4, acc + oc, o16);
+                oc += 64;
+            } else {
+                fiqnn_vnni_block(src, ns, gs, 1, wo, wb, 1, acc + oc, o16);
+                oc += 16;
+            }
+        }
+        for (p = 0; p < k; p++) {
+            int32_t *a = acc + (long)p * o16;
+            if (L->qmax == 0) {
+                if ($signed)
+                    for (j = 0; j < L->o; j++)
+                        a[j] -= corr[j];
+                ${name}_out(L, a, pix + p, y, logits);
+                continue;
+            }
+            for (j = 0; j < L->o; j += 16) {
+                __m512i v = _mm512_add_epi32(_mm512_loadu_si512((const void *)(a + j)),
+                                             _mm512_loadu_si512((const void *)(bias + j)));
+                if ($signed)
+                    v = _mm512_sub_epi32(v, _mm512_loadu_si512((const void *)(corr + j)));
+                fiqnn_vnni_requant(v, mult + j, shift + j, shift + o16 + j, $lo, L->qmax,
+                                   y + (pix + p) * L->o + j, L->o - j < 16 ? L->o - j : 16);
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
+/* (E2), (E4) on a vector core, groups 1 (see fiqnn_cols): up to FIQNN_BLOCK output pixels'
+ * windows into columns (an fc's one pixel with int8 columns: its input is its column); then per
+ * four output channels their weight rows (unpacked once for the block) against every four
+ * columns (a last short group repeats the block's first pixel, whose sums are not kept); then
+ * each pixel's o sums requantized at once. */
+static void ${name}_gemm(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits)
+{
+    int n = L->kh * L->kw * L->c, o = L->o, oc, j, p, q;
+    long npix = (long)L->ho * L->wo, pix;
+    int32_t *acc = fiqnn_cols;
+    ${name}_col_t *col = (${name}_col_t *)(void *)(acc + FIQNN_BLOCK * o);
+    fiqnn_row_t *rows = (fiqnn_row_t *)(void *)(col + (long)FIQNN_BLOCK * n);
+#if FIQNN_VNNI
+    if (${name}_vnni(L, x, y, logits))
+        return;
+#endif
+    if (n < FIQNN_SMALL_K) {
+        ${name}_small(L, x, y, logits);
+        return;
+    }
+    for (pix = 0; pix < npix; pix += FIQNN_BLOCK) {
+        int k = npix - pix < FIQNN_BLOCK ? (int)(npix - pix) : FIQNN_BLOCK;
+        int kc = k == 1 ? 1 : (k + 3) / 4 * 4;  /* columns filled */
+        const ${name}_col_t *c = col;
+#if FIQNN_COLS == 8
+        if (npix == 1 && L->h * L->w == 1 && L->kh * L->kw == 1)
+            c = x;
+        else
+#endif
+            for (p = 0; p < kc; p++)
+                ${name}_im2col(L, x, pix + (p < k ? p : 0), col + (long)p * n);
+        for (oc = 0; oc < o; oc += 4) {
+            int m = o - oc < 4 ? o - oc : 4;
+            const fiqnn_row_t *w[4];
+            for (j = 0; j < 4; j++)
+                w[j] = j < m ? fiqnn_row(L, oc + j, n, rows + (long)j * n) : w[0];
+            for (p = 0; p < k; p += 4) {
+                int32_t a[16] = {0};
+#if FIQNN_COLS == 16
+                if (kc == 1)
+                    dot1x4_s16(c, w[0], w[1], w[2], w[3], n, a);
+                else
+                    dot4x4_s16(c + (long)p * n, n, w[0], w[1], w[2], w[3], n, a);
+#else
+                if (kc == 1)
+                    dot1x4_${t}s8(c, w[0], w[1], w[2], w[3], 0, n, a);
+                else
+                    dot4x4_${t}s8(c + (long)p * n, n, w[0], w[1], w[2], w[3], 0, n, a);
+#endif
+                for (j = 0; j < m; j++)
+                    for (q = 0; q < 4 && p + q < k; q++)
+                        acc[(p + q) * o + oc + j] = a[4 * j + q];
+            }
+        }
+        for (p = 0; p < k; p++)
+            ${name}_out(L, acc + p * o, pix + p, y, logits);
+    }
+}
+#endif
+
 static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *wrow)
 {
     int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
@@ -465,6 +964,12 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
 #if FIQNN_SIMD32
     if (L->simd) {
         ${name}_simd32(L, x, y, logits, (int16_t *)(void *)wrow);  /* a 4-byte aligned arena offset */
+        return;
+    }
+#endif
+#if FIQNN_COLS
+    if (L->groups == 1) {
+        ${name}_gemm(L, x, y, logits);
         return;
     }
 #endif
@@ -572,7 +1077,8 @@ def conv(in_signed: bool, out_signed: bool) -> str:
     doc = LEGACY_CONV_DOC if name == "conv_hwc" else (
         f"/* {name}: conv_hwc over {'int8' if in_signed else 'uint8'} input codes, writing {out} "
         "or, if qmax == 0, the int32 accumulators. */")
-    return CONV.substitute(doc=doc, name=name, t="s8" if in_signed else "u8", xt="int8_t" if in_signed else "uint8_t",
+    return CONV.substitute(doc=doc, name=name, signed=int(in_signed), t="s8" if in_signed else "u8",
+                           xt="int8_t" if in_signed else "uint8_t",
                            ext="__sxtb16" if in_signed else "__uxtb16", requantize=_REQUANTIZE[out_signed],
                            lo="-L->qmax - 1" if out_signed else "0")
 
@@ -918,14 +1424,14 @@ static void gather_channels(const uint8_t *x, int c_in, long hw, const int32_t *
 
 # Every piece of model.c by name, in source order. conv_* are the CONV instances.
 _KINDS = [(a, b) for a in (False, True) for b in (False, True)]
-PIECES = {"layer": None, "simd32": SIMD32, "dot_u8": DOT_U8, "dot_s8": DOT_S8, "dots_u8": dots(False),
-          "dots_s8": dots(True),
+PIECES = {"layer": None, "simd32": SIMD32, "cols": COLS, "vnni": VNNI, "dot_u8": DOT_U8, "dot_s8": DOT_S8,
+          "dots_u8": dots(False), "dots_s8": dots(True),
           **{conv_name(a, b): conv(a, b) for a, b in _KINDS}, **{dwconv_name(a, b): dwconv(a, b) for a, b in _KINDS},
           "maxpool": MAXPOOL, "add": ADD, "avgpool": AVGPOOL, "window": WINDOW, "maxpool_codes": MAXPOOL_CODES,
           "avgpool_codes": AVGPOOL_CODES, "add_s": ADD_S, "lut": LUT, "mul": MUL, "requant": REQUANT,
           "gather": GATHER}
 # The pieces a piece uses.
-NEEDS = {**{conv_name(a, b): ("layer", "simd32", "dot_s8" if a else "dot_u8", "dots_s8" if a else "dots_u8")
-            for a, b in _KINDS},
+NEEDS = {**{conv_name(a, b): ("layer", "simd32", "cols", "vnni", "dot_s8" if a else "dot_u8",
+                                "dots_s8" if a else "dots_u8") for a, b in _KINDS},
          **{dwconv_name(a, b): ("layer",) for a, b in _KINDS},
          "maxpool": ("layer",), "maxpool_codes": ("window",), "avgpool_codes": ("window",)}
