@@ -5,14 +5,17 @@ quantized by ONNX Runtime's own ``quantize_static`` (int8 QDQ: uint8 activations
 256 calibration images). Rows: each integer student in fiqnn's numpy executor, as fiqnn's
 integer ONNX in ONNX Runtime, and as the C export compiled into a shared library and called in
 this process (``fiqnn_run`` per image at batch 1, ``fiqnn_run_batch`` at batch 256): gcc -O3
-(portable x86-64: its int16 GEMM kernel, FIQNN_COLS 16), gcc -O3 -march=native (int8 columns
-where the CPU has VNNI, FIQNN_COLS 8), and both with ``-DFIQNN_COLS=0``, the in-place kernels
-(what the C export ran before the GEMM kernels). Every timed row is one thread and two threads
-where the runtime has threads (the C export has none: one thread). Each figure is the best of
-``--repeats`` rounds, each round at least ``--min-s`` seconds over the test images; the C logits
-are checked against numpy on the images timed.
+(portable x86-64: the int16 GEMM kernels, FIQNN_COLS 16), gcc -O3 -march=native in plain C
+(``-DFIQNN_NO_INTRINSICS``: the int8 GEMM kernels where the CPU has a byte dot product) and
+with its intrinsics (the AVX-512 VNNI kernels where it has them), and gcc -O3 with and without
+-march=native with ``-DFIQNN_COLS=0``, the in-place kernels (what the C export ran on x86
+before the GEMM kernels). One core's VPDPBUSD peak is measured too, where the CPU has it.
+Every timed row is one thread, and two threads where the runtime has threads (the C export has
+none: one thread). Each figure is the best of ``--repeats`` rounds, each round at least
+``--min-s`` seconds over the test images; every C build's logits are checked against numpy on
+all the images the loops cycle over (``--images 10000``: the whole test set).
 
-    .venv/bin/python bench/speed.py --teacher runs/cm/teacher \\
+    .venv/bin/python bench/speed.py --teacher runs/cm/teacher --images 10000 \\
         --student 'alexnet-s W4A4=runs/cm/fold-w4a4/model.npz' --student 'alexnet-s W8A8=runs/cm/fold-w8a8/model.npz'
 
 Writes bench/results/speed.json and .md. Time nothing else meanwhile: the ratios assume an
@@ -39,11 +42,59 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "speed"
 BATCHES = (1, 256)
 C_BUILDS = {  # label: compiler flags after -std=c99 -O3
-    "C, gcc -O3": [],
-    "C, gcc -O3 -march=native": ["-march=native"],
-    "C, gcc -O3, in-place kernels (FIQNN_COLS=0)": ["-DFIQNN_COLS=0"],
-    "C, gcc -O3 -march=native, in-place kernels (FIQNN_COLS=0)": ["-march=native", "-DFIQNN_COLS=0"],
+    "C, gcc -O3 (x86-64: int16 GEMM)": [],
+    "C, gcc -O3 -march=native -DFIQNN_NO_INTRINSICS (plain C: int8 GEMM)": ["-march=native", "-DFIQNN_NO_INTRINSICS"],
+    "C, gcc -O3 -march=native (VNNI intrinsics where the CPU has them)": ["-march=native"],
+    "C, gcc -O3 -DFIQNN_COLS=0 (in-place kernels)": ["-DFIQNN_COLS=0"],
+    "C, gcc -O3 -march=native -DFIQNN_COLS=0 (in-place kernels)": ["-march=native", "-DFIQNN_COLS=0"],
 }
+# One core's VPDPBUSD peak: 16 independent accumulators, 16 x 64 multiply-accumulates an iteration.
+PEAK_C = r"""#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+#define D(a) a = _mm512_dpbusd_epi32(a, x, w)
+int main(void)
+{
+    __m512i x = _mm512_set1_epi32(0x01010101), w = _mm512_set1_epi32(0x01020304);
+    __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2);
+    __m512i a3 = _mm512_set1_epi32(3), a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5);
+    __m512i a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7), a8 = _mm512_set1_epi32(8);
+    __m512i a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
+    __m512i a12 = _mm512_set1_epi32(12), a13 = _mm512_set1_epi32(13), a14 = _mm512_set1_epi32(14);
+    __m512i a15 = _mm512_set1_epi32(15);
+    long i, iters = 50000000;
+    struct timespec t0, t1;
+    int out[16];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (i = 0; i < iters; i++) {
+        D(a0); D(a1); D(a2); D(a3); D(a4); D(a5); D(a6); D(a7);
+        D(a8); D(a9); D(a10); D(a11); D(a12); D(a13); D(a14); D(a15);
+        __asm__ volatile("" : "+v"(x), "+v"(w));
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    a0 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                          _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    a8 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)),
+                          _mm512_add_epi32(_mm512_add_epi32(a12, a13), _mm512_add_epi32(a14, a15)));
+    _mm512_storeu_si512((void *)out, _mm512_add_epi32(a0, a8));
+    printf("%.3f %d\n", 1024.0 * iters / ((t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec)) / 1e9, out[0]);
+    return 0;
+}
+"""
+
+
+def vnni_peak(tmp: str, repeats: int) -> float | None:
+    """GMAC/s of one core's VPDPBUSD at its peak (best of ``repeats``), or None without AVX-512 VNNI."""
+    from fiqnn.export.c99 import find_compiler
+    cc = find_compiler()
+    probe = subprocess.run([cc, "-march=native", "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True, text=True)
+    if "#define __AVX512VNNI__ " not in probe.stdout:
+        return None
+    Path(tmp, "peak.c").write_text(PEAK_C)
+    subprocess.run([cc, "-O2", "-march=native", "-D_POSIX_C_SOURCE=200809L", "-o", f"{tmp}/peak", f"{tmp}/peak.c"],
+                   check=True)
+    return max(float(subprocess.run([f"{tmp}/peak"], capture_output=True, text=True, check=True).stdout.split()[0])
+               for _ in range(repeats))
 
 
 def images_per_s(fn, x: np.ndarray, batch: int, min_s: float, repeats: int) -> float:
@@ -144,6 +195,7 @@ def main() -> int:
             print(f"{group:>16} | {backend:<58} | {n_threads} | {batch:>3} | {rate:9.1f} img/s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
+        peak = vnni_peak(tmp, args.repeats)
         torch.onnx.export(teacher, (torch.zeros(1, *x_q.shape[1:]),), f"{tmp}/float.onnx", dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}}, opset_version=13)
         qdq_model(f"{tmp}/float.onnx", f"{tmp}/qdq.onnx", calib)
@@ -179,7 +231,7 @@ def main() -> int:
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu}", "teacher": args.teacher,
             "students": students, "macs_per_image": teacher_macs, "onnxruntime": ort.__version__,
             "gcc": subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout.strip(),
-            "command": " ".join(["python", *sys.argv])}
+            "vpdpbusd_peak_gmac_per_s": peak, "command": " ".join(["python", *sys.argv])}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["| model | backend | threads | batch | images/s | GMAC/s | x ORT float32 | x ORT int8 QDQ |",
@@ -190,6 +242,11 @@ def main() -> int:
               f"`{meta['command']}`; {teacher_macs:,} multiply-accumulates per image. Ratios are against the "
               "teacher's rows of the same threads and batch, measured in the same run; the C logits equal "
               f"the numpy executor's on the {len(x_q):,} images timed."]
+    if peak:
+        best = max(r["gmac_per_s"] for r in rows if "VNNI" in r["backend"] and r["batch"] == 1)
+        lines += ["", f"One core's VPDPBUSD peak, measured in the same run (16 independent accumulators): "
+                  f"{peak:.1f} GMAC/s; the fastest VNNI row at batch 1 reaches {best:.1f} GMAC/s, "
+                  f"{100 * best / peak:.0f}% of it."]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
