@@ -13,10 +13,12 @@ from fiqnn.integer.execute import run
 from fiqnn.integer.modelfile import load
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch", "onnx", "c"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "onnx", "openvino", "c"])
 def test_eval_backends_agree(cli, digits_student, backend):
     if backend == "c" and shutil.which("cc") is None:
         pytest.skip("no C compiler")
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
     code, out, err = cli("eval", digits_student, "--backend", backend, "--json")
     assert code == 0, err
     metrics = json.loads((digits_student / "metrics.json").read_text())

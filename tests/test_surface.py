@@ -3,6 +3,7 @@ errors for missing extras, one calling convention for every backend, and a quiet
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import sys
@@ -103,6 +104,12 @@ def test_eval_onnx_backend_without_onnx(cli, student_run, monkeypatch, module):
                                  "pip install 'fiqnn[onnx]'"]
 
 
+def test_eval_openvino_backend_without_openvino(cli, student_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code, _, err = cli("eval", student_run, "--backend", "openvino")
+    assert code == 2 and err == ["fiqnn: error: the openvino backend needs openvino: pip install 'fiqnn[openvino]'"]
+
+
 def test_export_onnx_without_onnx(cli, model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     code, _, err = cli("export", model[1], "--format", "onnx", "--out", tmp_path / "new" / "m.onnx")
@@ -137,6 +144,10 @@ def test_backends_take_the_same_arguments(model):
     ref = fiqnn.run(graph, x_q)
     assert ref.dtype == np.int32 and ref.shape == (len(x_q), graph.num_classes)
     runs = [fiqnn.run, run_onnx]
+    if importlib.util.find_spec("openvino") is not None:
+        from fiqnn.export.onnx import run_openvino
+
+        runs.append(run_openvino)
     if shutil.which("cc"):
         from fiqnn.export.c99 import run_c
 

@@ -7,7 +7,8 @@ from types import ModuleType
 
 from .errors import MissingExtraError
 
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "matplotlib": "plots"}  # top-level module -> pyproject extra
+# top-level module -> pyproject extra
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "matplotlib": "plots"}
 
 
 def optional_import(name: str, needed_by: str) -> ModuleType:

@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", parents=[common], help="test accuracy of a distilled student")
     e.add_argument("run", help="distill run directory (or its model.npz)")
     e.add_argument("--backend", default="numpy",
-                   help="numpy (reference executor, default) | onnx (ONNX Runtime) | c (compiled C99) | torch")
+                   help="numpy (reference executor, default) | onnx (ONNX Runtime) | openvino (OpenVINO, the "
+                        "ONNX export) | c (compiled C99) | torch")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", parents=[common], help="write the integer model as npz, ONNX or C99 source")

@@ -133,11 +133,11 @@ def compare_backends(student: GraphNet, graph: IntGraph, split, progress: bool =
             "max_abs_diff": int(np.abs(t - n).max())}
 
 
-BACKENDS = ("numpy", "torch", "onnx", "c")
+BACKENDS = ("numpy", "torch", "onnx", "openvino", "c")
 
 
 def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool = False) -> np.ndarray:
-    """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, or compiled C."""
+    """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, OpenVINO, or compiled C."""
     if backend == "numpy":
         return run(graph, x_q, progress=progress)
     if backend == "onnx":
@@ -148,11 +148,19 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool =
         from .export.onnx import run_onnx
 
         return run_onnx(graph, x_q, progress=progress)
+    if backend == "openvino":
+        from ._optional import optional_import
+
+        for module in ("onnx", "openvino"):
+            optional_import(module, "the openvino backend")
+        from .export.onnx import run_openvino
+
+        return run_openvino(graph, x_q, progress=progress)
     if backend == "c":
         from .export.c99 import run_c
 
         return run_c(graph, x_q, progress=progress)
-    raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx or c")
+    raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx, openvino or c")
 
 
 EXPORT_FORMATS = ("npz", "onnx", "c")
