@@ -288,6 +288,27 @@ COLS = Template(r"""/* Vector cores: a conv or fc layer of groups 1 runs as a bl
 #define FIQNN_COLS 0
 #endif
 #endif
+/* acc[4 j + p] += sum_i xp[i] * wj[i], i < n, for the four pixels' codes x0..x3 and the four
+ * weight rows w0..w3 of the function it is used in: the body of every register-blocked 4 x 4 dot
+ * product (one multiply-add chain per pair, which compilers vectorize). */
+#define FIQNN_DOT4X4(n, acc) do { \
+        int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0; \
+        int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0; \
+        int i_; \
+        for (i_ = 0; i_ < (n); i_++) { \
+            int32_t v0 = x0[i_], v1 = x1[i_], v2 = x2[i_], v3 = x3[i_]; \
+            int32_t u0 = w0[i_], u1 = w1[i_], u2 = w2[i_], u3 = w3[i_]; \
+            a00 += v0 * u0; a01 += v1 * u0; a02 += v2 * u0; a03 += v3 * u0; \
+            a10 += v0 * u1; a11 += v1 * u1; a12 += v2 * u1; a13 += v3 * u1; \
+            a20 += v0 * u2; a21 += v1 * u2; a22 += v2 * u2; a23 += v3 * u2; \
+            a30 += v0 * u3; a31 += v1 * u3; a32 += v2 * u3; a33 += v3 * u3; \
+        } \
+        (acc)[0] += a00; (acc)[1] += a01; (acc)[2] += a02; (acc)[3] += a03; \
+        (acc)[4] += a10; (acc)[5] += a11; (acc)[6] += a12; (acc)[7] += a13; \
+        (acc)[8] += a20; (acc)[9] += a21; (acc)[10] += a22; (acc)[11] += a23; \
+        (acc)[12] += a30; (acc)[13] += a31; (acc)[14] += a32; (acc)[15] += a33; \
+    } while (0)
+
 #if FIQNN_COLS == 16
 typedef int16_t fiqnn_row_t;
 #elif FIQNN_COLS == 8
@@ -355,21 +376,7 @@ static void dot4x4_s16(const int16_t *x, long xs, const int16_t *w0, const int16
                        const int16_t *w3, int n, int32_t *acc)
 {
     const int16_t *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
-    int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
-    int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
-    int i;
-    for (i = 0; i < n; i++) {
-        int32_t v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
-        int32_t u0 = w0[i], u1 = w1[i], u2 = w2[i], u3 = w3[i];
-        a00 += v0 * u0; a01 += v1 * u0; a02 += v2 * u0; a03 += v3 * u0;
-        a10 += v0 * u1; a11 += v1 * u1; a12 += v2 * u1; a13 += v3 * u1;
-        a20 += v0 * u2; a21 += v1 * u2; a22 += v2 * u2; a23 += v3 * u2;
-        a30 += v0 * u3; a31 += v1 * u3; a32 += v2 * u3; a33 += v3 * u3;
-    }
-    acc[0] += a00; acc[1] += a01; acc[2] += a02; acc[3] += a03;
-    acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
-    acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
-    acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
+    FIQNN_DOT4X4(n, acc);
 }
 
 /* acc[4 j] += sum_i x[i] * wj[i], i < n, for the four rows j. */
@@ -566,9 +573,6 @@ static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t 
                           const int8_t *w3, int k, int n, int32_t *acc)
 {
     const $xt *x0 = x, *x1 = x + xs, *x2 = x + 2 * xs, *x3 = x + 3 * xs;
-    int32_t a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
-    int32_t a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
-    int i;
 #if FIQNN_SIMD32
     if (n >= 8) {  /* four 2 x 2 blocks: sixteen accumulators do not fit the core's registers */
         dot2x2_${t}s8(x0, x1, w0 + k, w1 + k, n, acc);
@@ -579,18 +583,7 @@ static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t 
     }
 #endif
     w0 += k; w1 += k; w2 += k; w3 += k;
-    for (i = 0; i < n; i++) {
-        int32_t v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
-        int32_t u0 = w0[i], u1 = w1[i], u2 = w2[i], u3 = w3[i];
-        a00 += v0 * u0; a01 += v1 * u0; a02 += v2 * u0; a03 += v3 * u0;
-        a10 += v0 * u1; a11 += v1 * u1; a12 += v2 * u1; a13 += v3 * u1;
-        a20 += v0 * u2; a21 += v1 * u2; a22 += v2 * u2; a23 += v3 * u2;
-        a30 += v0 * u3; a31 += v1 * u3; a32 += v2 * u3; a33 += v3 * u3;
-    }
-    acc[0] += a00; acc[1] += a01; acc[2] += a02; acc[3] += a03;
-    acc[4] += a10; acc[5] += a11; acc[6] += a12; acc[7] += a13;
-    acc[8] += a20; acc[9] += a21; acc[10] += a22; acc[11] += a23;
-    acc[12] += a30; acc[13] += a31; acc[14] += a32; acc[15] += a33;
+    FIQNN_DOT4X4(n, acc);
 }
 
 """)
