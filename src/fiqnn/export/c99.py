@@ -188,45 +188,44 @@ def simd32_columns(layer: IntLayer) -> int:
     return 2 * layer.w_q[0].size * (1 if layer.kind == "fc" else 2) if _simd32_group(layer) else 0
 
 
-def cols_bytes(layer: IntLayer, sizing: bool = False) -> int:
-    """Bytes of ``fiqnn_cols`` a conv/fc layer of groups 1 needs on a vector core (FIQNN_COLS 8 or
-    16): the int32 sums of a block of K.BLOCK output pixels, their int16 columns of the window's n
-    codes and four int16 weight rows (the VNNI kernel uses less: 8 pixels' sums and uint8
-    columns); below K.SMALL_K codes, the most of that and the small kernel's o int32 sums,
-    transposed int16 weights and one column. 0 for grouped and depthwise convs (the in-place
-    kernels), unless ``sizing``: what the buffer is sized by counts a grouped conv as if it took
-    the GEMM (code it never runs still meets the buffer's declared size in the compiler's bounds
-    analysis)."""
-    if layer.kind == "conv" and layer.groups != 1 and not sizing:
-        return 0
+def cols_bytes(layer: IntLayer) -> int:
+    """Bytes of ``fiqnn_cols`` a conv/fc layer needs on a vector core (FIQNN_COLS 8 or 16): the
+    int32 sums of a block of K.BLOCK output pixels, their int16 columns of the window's n codes
+    and four int16 weight rows (the VNNI kernel uses less: 8 pixels' sums and uint8 columns);
+    below K.SMALL_K codes, the most of that and the small kernel's o int32 sums, transposed int16
+    weights and one column. Grouped and depthwise convs never take the GEMM, yet count too: the
+    code they never run still meets the buffer's declared size in the compiler's bounds analysis."""
     n, o = layer.w_q[0].size, len(layer.w_q)
-    o16 = _align16(o)
     small = 4 * o + 2 * n * o + 2 * n if n < K.SMALL_K else 0
-    return max(small, K.BLOCK * (4 * o16 + 2 * n + 4) + 4 * o16 + 8 * n)
-
-
-def _align16(n: int) -> int:
-    return -(-n // 16) * 16
+    return max(small, K.BLOCK * (4 * _align(o, 16) + 2 * n + 4) + 4 * _align(o, 16) + 8 * n)
 
 
 def pre_offsets(graph: IntGraph) -> tuple[list[int], int]:
     """Each conv/fc layer's byte offset in ``fiqnn_pre``, the weights rearranged for the x86 VNNI
-    kernel (-1: a layer it does not take), and the buffer's size: per layer, its output channels
-    rounded up to 16 times its window codes rounded up to 4, then 24 bytes per channel (the
-    correction, mult, shift and rounding constant), in 64-byte steps."""
+    kernel (-1: a grouped or depthwise conv, which it does not take), and the buffer's size: per
+    layer, its output channels rounded up to 16 times its window codes rounded up to 4, then 24
+    bytes per channel (the correction, mult, shift and rounding constant), in 64-byte steps."""
     offsets, at = [], 0
     for layer in graph.int_layers():
-        if cols_bytes(layer) == 0:
+        if layer.kind == "conv" and layer.groups != 1:
             offsets.append(-1)
             continue
         offsets.append(at)
-        o16, n4 = _align16(len(layer.w_q)), -(-layer.w_q[0].size // 4) * 4
-        at += -(-(o16 * n4 + 24 * o16) // 64) * 64
+        o16 = _align(len(layer.w_q), 16)
+        at += _align(o16 * _align(layer.w_q[0].size) + 24 * o16, 64)
     return offsets, at
 
 
-def _align(n: int) -> int:
-    return -(-n // 4) * 4
+def vector_buffers(graph: IntGraph) -> dict[str, int]:
+    """The bytes of the static buffers a vector-core build adds beside the arena: ``cols``
+    (fiqnn_cols, whole int32 words) and ``pre`` (fiqnn_pre, the VNNI weights, whole 64-byte
+    registers); each at least one unit, so that the C arrays are never empty."""
+    cols = max([cols_bytes(layer) for layer in graph.int_layers()], default=0)
+    return {"cols": max(_align(cols), 4), "pre": max(pre_offsets(graph)[1], 64)}
+
+
+def _align(n: int, to: int = 4) -> int:
+    return -(-n // to) * to
 
 
 def plan(graph: IntGraph) -> dict:
@@ -297,7 +296,7 @@ def _array(ctype: str, name: str, values: np.ndarray) -> str:
 def model_c(graph: IntGraph) -> str:
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
     lshapes, arena = layer_shapes(graph), plan(graph)
-    pre, pre_bytes = pre_offsets(graph)
+    pre = pre_offsets(graph)[0]
     off = arena["offset"]
     c, h, w = graph.in_shape
     x = _Emit(graph, off, shapes, lshapes, c == 1)
@@ -354,9 +353,9 @@ def model_c(graph: IntGraph) -> str:
     signed = any(layer.signed for layer in graph.int_layers())
     qmax_doc = ("2^A - 1 (signed codes: 2^(A-1) - 1), or 0: int32 out" if signed
                 else "2^A - 1, or 0 for the logits layer")
-    cols = max([cols_bytes(layer, sizing=True) for layer in graph.int_layers()], default=0)
-    parts.append(f"#define FIQNN_COLS_WORDS {max(_align(cols) // 4, 1)}  /* fiqnn_cols: {cols} bytes */\n"
-                 f"#define FIQNN_PRE_BYTES {max(pre_bytes, 64)}  /* fiqnn_pre (x86 VNNI) */\n\n")
+    vec = vector_buffers(graph)
+    parts.append(f"#define FIQNN_COLS_WORDS {vec['cols'] // 4}  /* fiqnn_cols: {vec['cols']} bytes */\n"
+                 f"#define FIQNN_PRE_BYTES {vec['pre']}  /* fiqnn_pre (x86 VNNI) */\n\n")
     parts += [K.LAYER.substitute(qmax_doc=qmax_doc) if name == "layer" else text
               for name, text in K.PIECES.items() if name in x.needs]
     c, h, w = graph.in_shape
@@ -568,12 +567,12 @@ def export_c(graph: IntGraph, out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     c, h, w = graph.in_shape
     fp = footprint(graph)
-    cols = _align(max([cols_bytes(layer, sizing=True) for layer in graph.int_layers()], default=0))
+    vec = vector_buffers(graph)
     header = (f"/* Generated by fiqnn. Integer-only inference; ARITH_VERSION {graph.arith_version}.\n"
               f" * Weights {fp['weight_bytes']} bytes (const), "
               f"activation arena {fp['arena_bytes']} bytes (static). Builds for vector cores\n"
-              f" * (FIQNN_COLS 8 or 16: x86-64, NEON) add a static GEMM buffer of {max(cols, 4)} bytes, and with\n"
-              f" * AVX-512 VNNI {max(pre_offsets(graph)[1], 64)} bytes of rearranged weights. */\n"
+              f" * (FIQNN_COLS 8 or 16: x86-64, NEON) add a static GEMM buffer of {vec['cols']} bytes, and with\n"
+              f" * AVX-512 VNNI {vec['pre']} bytes of rearranged weights. */\n"
               "#ifndef FIQNN_MODEL_H\n#define FIQNN_MODEL_H\n\n#include <stdint.h>\n\n"
               f"#define FIQNN_INPUT_C {c}\n#define FIQNN_INPUT_H {h}\n#define FIQNN_INPUT_W {w}\n"
               f"#define FIQNN_INPUT_SIZE {c * h * w}\n#define FIQNN_NUM_CLASSES {graph.num_classes}\n"

@@ -811,7 +811,8 @@ static void ${name}_small(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_
 static int ${name}_vnni(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits)
 {
     int n = L->kh * L->kw * L->c, n4 = (n + 3) / 4 * 4, o16 = (L->o + 15) / 16 * 16, g = n4 / 4, oc, p, j;
-    int direct = !$signed && L->c % 4 == 0 && L->dw == 1 && L->kh <= 8, kc;
+    int direct = !$signed && L->c % 4 == 0 && L->dw == 1 && L->kh <= 8;
+    int ns = direct ? L->kh : 1, gs = direct ? L->kw * L->c / 4 : g;  /* runs per column, groups per run */
     long npix = (long)L->ho * L->wo, pix, wb = 16L * n4;
     const int8_t *w;
     const int32_t *corr, *mult;
@@ -827,10 +828,8 @@ static int ${name}_vnni(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t 
     shift = (const int64_t *)(const void *)(mult + o16);
     for (j = 0; j < o16; j++)
         bias[j] = j < L->o ? L->bias[j] : 0;
-    for (pix = 0; pix < npix; pix += kc) {
+    for (pix = 0; pix < npix; pix += 8) {  /* (a block of one pixel is the last) */
         int np = npix - pix == 1 ? 1 : 8, k = npix - pix < np ? (int)(npix - pix) : np;
-        int ns = direct ? L->kh : 1, gs = direct ? L->kw * L->c / 4 : g;
-        kc = k;
         for (p = 0; p < np; p++) {
             long q = pix + (p < k ? p : 0);
             int iy = (int)(q / L->wo) * L->sh - L->ph, ix = (int)(q % L->wo) * L->sw - L->pw;
