@@ -7,11 +7,14 @@ layer has w_bits <= 4, two's-complement codes packed low bits first, two per byt
 Activations live in one static arena sized at export time (``plan``): each node's output
 (stored channels-last, H-W-C) for as long as it is read, a pooled layer's pre-pool codes,
 and each layer kernel's scratch while it runs (unpacked weight rows, a depthwise conv's
-accumulators). The kernels (:mod:`fiqnn.export.c_kernels`, one per node class and code kind)
-are portable C99: a conv/fc is register-blocked, four output channels against four output
-pixels (or one), each window row a contiguous u8 x s8 (or s8 x s8) run that compilers
-vectorize at -O3; a depthwise conv runs across channels. Codes are bytes: unsigned ones
-uint8, signed ones their two's-complement int8 byte (stored through uint8_t, read as int8).
+accumulators, the Arm SIMD32 kernel's int16 window columns); a conv's output may overlap the
+rows of its input that its kernels have finished reading (``overlaps``). The kernels
+(:mod:`fiqnn.export.c_kernels`, one per node class and code kind) are portable C99: a conv/fc
+is register-blocked, four output channels against four output pixels (or one), each window row
+a contiguous u8 x s8 (or s8 x s8) run that compilers vectorize at -O3; a depthwise conv runs
+across channels; cores with SIMD get kernels of their own (see c_kernels.py). Codes are bytes:
+unsigned ones uint8, signed ones their two's-complement int8 byte (stored through uint8_t, read
+as int8).
 No string of the model file reaches the source: comments and the names of a node's constant
 arrays (``n<index>_...``) name nodes by their index.
 API::
@@ -60,6 +63,7 @@ from . import c_kernels as K
 
 HERE = Path(__file__).resolve().parent
 CFLAGS = ["-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SIMD32_PIXELS, SIMD32_MIN_PIXELS = K.SIMD32_PIXELS, K.SIMD32_MIN_PIXELS
 
 
 class CompilerError(FiqnnError):
@@ -148,14 +152,19 @@ def depthwise(layer: IntLayer) -> bool:
 
 def _simd32_group(layer: IntLayer) -> int:
     """Codes per group of the Arm SIMD32 conv kernel that the layer's shape allows: 4 for int8
-    weights, 8 for 4-bit ones, when groups is 1 and the input channels (an fc: its flattened
-    inputs) are a multiple of it; 0 for the portable kernels (2-bit weights, groups, depthwise, a
-    first conv on one channel, where widening windows costs more than it saves)."""
+    weights, 8 for 4-bit ones, when groups is 1; 0 for the portable kernels (2-bit weights,
+    grouped and depthwise convs)."""
     bits = code_bits(layer.w_bits)
     if depthwise(layer) or (layer.kind == "conv" and layer.groups != 1) or bits == 2:
         return 0
-    g = 4 if bits == 8 else 8
-    return g if layer.w_q.shape[1] % g == 0 else 0
+    return 4 if bits == 8 else 8
+
+
+def simd32_codes(layer: IntLayer) -> int:
+    """A window's codes as the Arm SIMD32 kernels read them: rounded up to a whole group (see
+    :func:`_simd32_group`) with zero columns; the weight words read past a row's end meet them,
+    and the layer's weight array has padding for them after its last row."""
+    return _align(layer.w_q[0].size, _simd32_group(layer))
 
 
 def simd32(layer: IntLayer, codes: np.ndarray) -> int:
@@ -170,22 +179,72 @@ def simd32(layer: IntLayer, codes: np.ndarray) -> int:
     return 2 if 16 * max(-lo, hi) * row <= 2**31 - 1 else 0
 
 
-def scratch_bytes(layer: IntLayer) -> int:
+def scratch_bytes(layer: IntLayer, pixels: int = SIMD32_MIN_PIXELS) -> int:
     """The arena bytes a conv/fc kernel works in while it runs: a depthwise conv's C int32
     accumulators (and, packed, its kh * kw unpacked rows of C codes); another layer's unpacked
     weight rows, four output channels at a time (none when its weights are int8), or, on Arm
-    SIMD32, two output pixels' windows as int16 columns (one pixel's for an fc), whichever is more."""
+    SIMD32, ``pixels`` output pixels' windows as int16 columns (one pixel's for an fc),
+    whichever is more."""
     packed = code_bits(layer.w_bits) < 8
     if depthwise(layer):
         c = len(layer.w_q)
         return 4 * c + (c * layer.w_q[0].size if packed else 0)
     rows = min(4, len(layer.w_q)) * layer.w_q[0].size if packed else 0
-    return max(rows, simd32_columns(layer))
+    return max(rows, simd32_columns(layer, pixels))
 
 
-def simd32_columns(layer: IntLayer) -> int:
-    """Bytes of the int16 window columns of the Arm SIMD32 conv kernel (two pixels, an fc one)."""
-    return 2 * layer.w_q[0].size * (1 if layer.kind == "fc" else 2) if _simd32_group(layer) else 0
+def simd32_columns(layer: IntLayer, pixels: int = SIMD32_MIN_PIXELS) -> int:
+    """Bytes of the int16 window columns of the Arm SIMD32 conv kernel: ``pixels`` output
+    pixels' windows (an fc: its one pixel's) of :func:`simd32_codes` codes each."""
+    if not _simd32_group(layer):
+        return 0
+    return 2 * simd32_codes(layer) * (1 if layer.kind == "fc" else pixels)
+
+
+def simd32_kernels(graph: IntGraph, kinds: dict[str, int], pixels: dict[str, int]) -> int:
+    """The Arm SIMD32 kernels the layers take, as the bits of ``FIQNN_SIMD32_KERNELS`` (see
+    :data:`K.SIMD32_KERNELS`; the C compiles only those in): per kind (``kinds``: each layer's
+    :func:`simd32`, 0 for the in-place kernel) the one-channel kernel of each block size a layer
+    has (:func:`simd32_pixels`), the two-channel one for blocks of 2 or 1, a last short block's
+    kernel as the C picks it."""
+    bits, lshapes = 0, layer_shapes(graph)
+    for layer in graph.int_layers():
+        kind = kinds[layer.name]
+        if not kind:
+            bits |= K.SIMD32_KERNELS["in place"]
+            continue
+        most, (_, ho, wo) = pixels[layer.name], lshapes[layer.name][1]
+        bits |= K.SIMD32_KERNELS[kind, most if most > 2 else 2]
+    for layer in graph.int_layers():
+        kind = kinds[layer.name]
+        most, (_, ho, wo) = pixels.get(layer.name, 1), lshapes[layer.name][1]
+        left = ho * wo % most if ho * wo >= most else ho * wo
+        if kind and most > 2 and left:
+            four = bits & K.SIMD32_KERNELS[kind, 4]
+            bits |= K.SIMD32_KERNELS[kind, 2] if left <= 2 else 0 if (left <= 4 and four) else 0
+    return bits
+
+
+def simd32_pixels(graph: IntGraph) -> dict[str, int]:
+    """Output pixels per block of the Arm SIMD32 conv kernel, per conv/fc layer it takes (an fc:
+    1). More pixels per block widen each weight word once for more of them, and cost int16
+    columns in the arena: layer by layer, the most MACs first, the most of :data:`SIMD32_PIXELS`
+    that keeps the arena within its size with every layer at :data:`SIMD32_MIN_PIXELS`, or within
+    the largest input plus output bytes of one layer (what any plan of disjoint activations needs),
+    whichever is more."""
+    pixels = {layer.name: 1 if layer.kind == "fc" else SIMD32_MIN_PIXELS
+              for layer in graph.int_layers() if _simd32_group(layer)}
+    shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
+    budget = max([_plan(graph, pixels)["total"]]
+                 + [int(np.prod(shapes[layer.name]) + np.prod(shapes[graph.sources(layer)[0]]))
+                    for layer in graph.int_layers()])
+    macs = layer_macs(graph)
+    for name in sorted(pixels, key=lambda n: -macs[n]):
+        for more in SIMD32_PIXELS:
+            if pixels[name] != 1 and more > pixels[name] and _plan(graph, {**pixels, name: more})["total"] <= budget:
+                pixels[name] = more
+                break
+    return pixels
 
 
 def cols_bytes(layer: IntLayer) -> int:
@@ -234,11 +293,19 @@ def plan(graph: IntGraph) -> dict:
     Each node's output (codes, one byte each, or int32 accumulators feeding an add) is live from
     the node that makes it to its last reader; a pooled layer's pre-pool codes and its kernel's
     scratch (:func:`scratch_bytes`) live only inside that layer; a multi-channel input image
-    gets an H-W-C copy. Offsets are first-fit over those lifetimes, 4-byte aligned, and the
-    total is rounded up to whole int32 words (the arena's type). Returns
+    gets an H-W-C copy. Offsets are first-fit over those lifetimes, 4-byte aligned, placing the
+    tensors in the order they are made and, again, largest first (the smaller total wins, the
+    first on a tie); the total is rounded up to whole int32 words (the arena's type). Returns
     ``{"offset": {tensor: bytes}, "total": bytes}``, a tensor being a node name, ``"input"``,
-    ``(name, "prepool")`` or ``(name, "scratch")`` (tuples: no name can clash with them).
+    ``(name, "prepool")`` or ``(name, "scratch")`` (tuples: no name can clash with them), and
+    ``"pixels"``: the Arm SIMD32 kernel's pixels per block it was planned for
+    (:func:`simd32_pixels`).
     """
+    pixels = simd32_pixels(graph)
+    return {**_plan(graph, pixels), "pixels": pixels}
+
+
+def _plan(graph: IntGraph, pixels: dict[str, int]) -> dict:
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
     pre = {name: p for name, (_, p, _) in layer_shapes(graph).items()}
     last_use: dict[str, int] = {}
@@ -254,8 +321,81 @@ def plan(graph: IntGraph) -> dict:
             tensors.append((node.name, i, last_use[node.name], size))
         if isinstance(node, IntLayer) and node.pool:
             tensors.append(((node.name, "prepool"), i, i, int(np.prod(pre[node.name]))))
-        if isinstance(node, IntLayer) and (scratch := scratch_bytes(node)):
+        if isinstance(node, IntLayer) and (scratch := scratch_bytes(node, pixels.get(node.name, 1))):
             tensors.append(((node.name, "scratch"), i, i, scratch))
+    plans = [_first_fit(tensors), _first_fit(sorted(tensors, key=lambda t: -t[3])),
+             _least_extent(tensors, overlaps(graph))]
+    return min(plans, key=lambda p: p["total"])
+
+
+def overlaps(graph: IntGraph) -> dict[str, tuple[str, int]]:
+    """The conv layers whose output may overlap the part of their input already consumed: per
+    layer name, its input tensor and how many bytes below the input's start the output may begin
+    at least. A layer qualifies when its input is the codes of a node that no later node reads,
+    it has groups 1, no pooling, and codes out. Every kernel that can run it finishes reading an
+    output pixel's inputs, and those of all pixels up to ``lag`` before it, before it writes
+    that pixel: the GEMM in blocks of K.BLOCK pixels (the VNNI kernel in 8, Arm SIMD32 in at most
+    6), the in-place kernel a row of output pixels at a time (``by_row`` in its layer table, set
+    for such a layer). So output pixel p (bytes p O to (p + 1) O of the output) may be written
+    over input rows below the first that pixel p - lag's window reads."""
+    shapes, last_use = layer_shapes(graph), {}
+    nodes = {node.name: node for node in graph.layers}
+    for i, node in enumerate(graph.layers):
+        for src in graph.sources(node):
+            last_use[src] = i
+    out = {}
+    for i, node in enumerate(graph.layers[:-1]):
+        if not (isinstance(node, IntLayer) and node.kind == "conv" and node.groups == 1 and not node.pool
+                and node.a_bits is not None):
+            continue
+        src = graph.sources(node)[0]
+        if src == "input" or last_use[src] != i or nodes[src].a_bits is None:
+            continue
+        (c, _, w), (o, ho, wo), _ = shapes[node.name]
+        p = np.arange(ho * wo, dtype=np.int64)
+        first = np.maximum(p - max(K.BLOCK - 1, wo - 1), 0)  # the earliest pixel still to read
+        rows = np.maximum((first // wo) * node.stride[0] - node.padding[0], 0)
+        out[node.name] = (src, _align(int(((p + 1) * o - rows * w * c).max())))
+    return out
+
+
+def overlapping(graph: IntGraph, arena: dict) -> set[str]:
+    """The layers whose output overlaps their input in the plan ``arena`` (see :func:`overlaps`)."""
+    shapes, off = {"input": tuple(graph.in_shape), **node_shapes(graph)}, arena["offset"]
+    out = set()
+    for name, (src, _) in overlaps(graph).items():
+        if name in off and src in off:
+            a, b = off[name], off[src]
+            if a < b + int(np.prod(shapes[src])) and b < a + int(np.prod(shapes[name])):
+                out.add(name)
+    return out
+
+
+def _least_extent(tensors: list, overlap: dict[str, tuple[str, int]]) -> dict:
+    """Each tensor in the order given where it grows the arena least (the lowest such place on a
+    tie): beside a live tensor, at 0, or, for a layer's output, ``overlap``'s bytes below its
+    input's start, over it (see :func:`overlaps`); offsets may go below 0 and are shifted to
+    start at 0 at the end."""
+    placed: list[tuple[int, int, int, int, object]] = []  # (offset, size, first, last, tensor)
+    offset: dict = {}
+    lo = hi = 0
+    for name, first, last, size in tensors:
+        live = [(o, sz, t) for o, sz, f, la, t in placed if not (la < first or f > last)]
+
+        spots = [(at, None) for at in [0] + [_align(o + sz) for o, sz, _ in live]
+                 + [o - size - (o - size) % 4 for o, _, _ in live]]
+        if name in overlap and overlap[name][0] in offset:
+            spots.append((offset[overlap[name][0]] - overlap[name][1], overlap[name][0]))
+        at = min((at for at, skip in spots
+                  if all(at + size <= o or at >= o + sz for o, sz, t in live if t != skip)),
+                 key=lambda a: (max(hi, a + size) - min(lo, a), a))
+        offset[name] = at
+        placed.append((at, size, first, last, name))
+        lo, hi = min(lo, at), max(hi, at + size)
+    return {"offset": {t: o - lo for t, o in offset.items()}, "total": _align(hi - lo)}
+
+
+def _first_fit(tensors: list) -> dict:
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     offset = {}
     for name, first, last, size in tensors:
@@ -295,8 +435,9 @@ def _array(ctype: str, name: str, values: np.ndarray) -> str:
 
 def model_c(graph: IntGraph) -> str:
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
-    lshapes, arena = layer_shapes(graph), plan(graph)
-    pre = pre_offsets(graph)[0]
+    lshapes, arena, pre = layer_shapes(graph), plan(graph), pre_offsets(graph)[0]
+    pixels = arena["pixels"]
+    by_row = overlapping(graph, arena)
     off = arena["offset"]
     c, h, w = graph.in_shape
     x = _Emit(graph, off, shapes, lshapes, c == 1)
@@ -329,7 +470,7 @@ def model_c(graph: IntGraph) -> str:
              f'#if FIQNN_ARITH_VERSION != {ARITH_VERSION}\n#error "arithmetic version mismatch"\n#endif\n\n'
              '#ifdef FIQNN_PROFILE\n#define FIQNN_NODE_DONE(j) fiqnn_node_done(j)\n'
              '#else\n#define FIQNN_NODE_DONE(j) ((void)0)\n#endif\n\n']
-    descs = []
+    descs, kinds = [], {}
     for i, (layer, codes) in enumerate(zip(graph.int_layers(), kernel_codes(graph))):
         (c, h, w), (o, ho, wo), (_, ph_, pw_) = lshapes[layer.name]
         n = f"l{i}"
@@ -337,7 +478,12 @@ def model_c(graph: IntGraph) -> str:
         out = "int32 accumulators" if layer.a_bits is None else f"out {layer.a_bits}-bit{' signed' * layer.signed}"
         parts.append(f"/* {where[layer.name]}: {layer.kind}, W{layer.w_bits} stored in {bits} bits, "
                      f"in {layer.in_bits}-bit{' signed' * layer.in_signed}, {out} */\n")
-        parts.append(_array("int8_t" if bits == 8 else "uint8_t", f"{n}_w", packed_weights(layer, codes)))
+        weights, simd = packed_weights(layer, codes), simd32(layer, codes)
+        kinds[layer.name] = simd
+        if simd:  # the SIMD32 kernel's reads past the last row (see simd32_codes)
+            weights = np.pad(weights, (0, (simd32_codes(layer) - layer.w_q[0].size) * bits // 8))
+            simd |= pixels[layer.name] << 2
+        parts.append(_array("int8_t" if bits == 8 else "uint8_t", f"{n}_w", weights))
         parts.append(_array("int32_t", f"{n}_bias", layer.bias_q))
         parts.append(_array("int32_t", f"{n}_mult", layer.mult))
         parts.append(_array("uint8_t", f"{n}_shift", layer.shift))
@@ -349,12 +495,13 @@ def model_c(graph: IntGraph) -> str:
         qmax = 0 if layer.a_bits is None else code_range(layer.a_bits, layer.signed)[1]
         descs.append("    {" + ", ".join(str(v) for v in (c, h, w, o, ho, wo, *geometry, bits))
                      + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {int(len(layer.mult) > 1)}, "
-                     f"{qmax}, {k}, {s_}, {p}, {ph_}, {pw_}, {simd32(layer, codes)}, {pre[i]}}}")
+                     f"{qmax}, {k}, {s_}, {p}, {ph_}, {pw_}, {simd}, {pre[i]}, {int(layer.name in by_row)}}}")
     signed = any(layer.signed for layer in graph.int_layers())
     qmax_doc = ("2^A - 1 (signed codes: 2^(A-1) - 1), or 0: int32 out" if signed
                 else "2^A - 1, or 0 for the logits layer")
     vec = vector_buffers(graph)
-    parts.append(f"#define FIQNN_COLS_WORDS {vec['cols'] // 4}  /* fiqnn_cols: {vec['cols']} bytes */\n"
+    parts.append(f"#define FIQNN_SIMD32_KERNELS {simd32_kernels(graph, kinds, pixels):#x}  /* see c_kernels.py */\n"
+                 f"#define FIQNN_COLS_WORDS {vec['cols'] // 4}  /* fiqnn_cols: {vec['cols']} bytes */\n"
                  f"#define FIQNN_PRE_BYTES {vec['pre']}  /* fiqnn_pre (x86 VNNI) */\n\n")
     parts += [K.LAYER.substitute(qmax_doc=qmax_doc) if name == "layer" else text
               for name, text in K.PIECES.items() if name in x.needs]

@@ -22,8 +22,11 @@ fuzzer under sanitizers):
 - in place (``FIQNN_COLS`` 0: scalar cores, e.g. Cortex-M0/M3): window rows read where they
   are, four output channels x four pixels of register-blocked sums, packed weights unpacked
   four rows at a time into the arena;
-- Arm SIMD32 (``__ARM_FEATURE_SIMD32``: Cortex-M4/M7/M33/M55): SXTB16 + SMLAD over int16
-  window columns, 4-bit weights read packed (:data:`SIMD32`);
+- Arm SIMD32 (``__ARM_FEATURE_SIMD32``: Cortex-M4/M7/M33/M55): blocks of output pixels'
+  windows widened into int16 columns in the arena, each output channel's weight row against a
+  block of 6 or 4 (:func:`_dot1xp`), or two channels against 2 or 1 pixels, in SXTB16 + SMLAD
+  assembly loops, 4-bit weights read packed (:data:`SIMD32`; the block sizes are the exporter's,
+  ``c99.simd32_pixels``, and ``FIQNN_SIMD32_KERNELS`` keeps only the kernels the layers take);
 - GEMM (``FIQNN_COLS`` 16 on x86-64 and NEON, 8 where the target has a byte dot product):
   im2col columns in a static buffer of their own, one vectorisable loop over the whole window
   per (row, column) pair (:data:`COLS`);
@@ -51,8 +54,10 @@ LAYER = Template(r"""typedef struct {
     int per_channel;      /* one (mult, shift) per output channel */
     int32_t qmax;         /* $qmax_doc */
     int pool_k, pool_s, pool_p, pool_ho, pool_wo;
-    int simd;             /* Arm SIMD32 kernel: 1 int8 weights, 2 4-bit ones (sums x 16 inside int32), 0 none */
+    int simd;             /* Arm SIMD32 kernel: 0 none; else 1 int8 weights, 2 4-bit ones (sums x 16 inside
+                           * int32), plus 4 x the output pixels per block (1 for an fc) */
     long pre;             /* x86 VNNI kernel: byte offset of the rearranged weights in fiqnn_pre, -1 none */
+    int by_row;           /* the output overlaps the input's rows already read: in-place kernel row by row */
 } fiqnn_layer;
 
 /* The n weight codes of output channel oc: the int8 array itself, or unpacked into row
@@ -121,11 +126,19 @@ static inline uint32_t fiqnn_ror8(uint32_t v)
     return (v >> 8) | (v << 24);
 }
 
-/* SXTB16 of v rotated right by 8: bytes 1 and 3 of v, sign-extended into two 16-bit lanes. */
+/* SXTB16 (UXTB16) of v rotated right by 8: bytes 1 and 3 of v, sign- (zero-) extended into two
+ * 16-bit lanes, in one instruction. */
 static inline int32_t fiqnn_sxtb16_ror8(uint32_t v)
 {
     int32_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+
+static inline uint32_t fiqnn_uxtb16_ror8(uint32_t v)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 }
 
@@ -145,6 +158,15 @@ static inline int32_t fiqnn_mulshift_hi(int32_t acc, int32_t mult, int shift)
             : "cc");
     (void)lo;
     return hi;
+}
+
+/* Zero one group of a column slot: 4 int16 codes, or 8 (w4); constant sizes, so stores, not a call. */
+static inline void fiqnn_zero_group(int16_t *d, int w4)
+{
+    if (w4)
+        memset(d, 0, 16);
+    else
+        memset(d, 0, 8);
 }
 
 /* Two words of an int16 column. */
@@ -175,6 +197,7 @@ static inline void fiqnn_load8(const int16_t *p, int32_t *lo, int32_t *hi)
  * int16 columns laid out by the im2col of the SIMD32 conv: a[2 j + p] += row j . column p. Each
  * group of four codes is two words per column, (x0, x2) and (x1, x3): the lanes SXTB16 widens a
  * weight word into, unrotated and rotated by 8. */
+__attribute__((noinline))  /* (inlined, gcc -O3 spills its C loop) */
 static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const int8_t *w1, int nm, int32_t *a)
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, xe, xo;
@@ -210,6 +233,7 @@ static void fiqnn_smlad_w8(const int16_t *col, int np, const int8_t *w0, const i
  * (c1, c5), (c3, c7) from w, both masked to the high nibble of every byte; a column's group of
  * eight is the four words of those pairs. The sums are 16 times the dot products (the layer's
  * simd flag says they stay inside int32), so dividing by 16 is exact. */
+__attribute__((noinline))
 static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const uint8_t *w1, int nm, int32_t *a)
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, xe, xo;
@@ -261,6 +285,79 @@ static void fiqnn_smlad_w4(const int16_t *col, int np, const uint8_t *w0, const 
 #endif
 
 """
+
+SIMD32_PIXELS = (6, 4)  # output pixels per block of the one-channel SIMD32 kernels (fiqnn_dot1xP_w8/_w4)
+SIMD32_MIN_PIXELS = 2  # the two-channel kernels' block (fiqnn_smlad_w8/_w4), a layer's least
+# FIQNN_SIMD32_KERNELS, the kernels a model's layers take on Arm SIMD32 (its exporter writes it,
+# c99.simd32_kernels): per (kind: 1 int8 weights, 2 4-bit ones, block of pixels: 6 or 4 the
+# one-channel kernels, 2 the two-channel ones), and the in-place conv kernel (a layer that has
+# no SIMD32 kernel). The rest compile to nothing (their calls are in code a constant disables).
+SIMD32_KERNELS = {(1, 6): 1, (1, 4): 2, (1, 2): 4, (2, 6): 8, (2, 4): 16, (2, 2): 32, "in place": 64}
+
+
+def _dot1xp(p: int, w4: bool) -> str:
+    """One output channel's weight row against p int16 columns (p of SIMD32_PIXELS) in a loop of
+    Arm assembly, one group of codes per step: the group's weight word(s) widened once, then
+    each pixel's two words of the group by one LDRD and two SMLADs. col, advanced by the first
+    LDRD of a group (pre-indexed), starts one group before the first. steps: groups (of 4 codes
+    for int8 weights, 8 for 4-bit ones), at least 1."""
+    acc = [f"a{j}" for j in range(p)]
+
+    def pixels(half: int, stride: int, first: bool) -> str:
+        lines = []
+        for j in range(p):
+            at = stride * j + 8 * half
+            load = (f"ldrd %[xe], %[xo], [%[col], #{stride * p}]!" if first and j == 0
+                    else f"ldrd %[xe], %[xo], [%[col], #{at}]")
+            lines.append(f'"{load}\\n\\t" "smlad %[{acc[j]}], %[xe], %[we], %[{acc[j]}]\\n\\t" '
+                         f'"smlad %[{acc[j]}], %[xo], %[wo], %[{acc[j]}]\\n\\t"')
+        return "\n                ".join(lines)
+
+    widen = '"sxtb16 %[wo], %[we], ror #8\\n\\t" "sxtb16 %[we], %[we]\\n\\t"'
+    if w4:
+        name, wt, unit = f"fiqnn_dot1x{p}_w4", "uint8_t", "eight codes (one weight word)"
+        entry = '"1:\\n\\t"'
+        body = (f'"ldr %[wr], [%[w]], #4\\n\\t" "lsl %[we], %[wr], #4\\n\\t" "and %[we], %[we], #0xF0F0F0F0\\n\\t"\n'
+                f'                {widen}\n                {pixels(0, 16, True)}\n'
+                f'                "and %[we], %[wr], #0xF0F0F0F0\\n\\t"\n'
+                f'                {widen}\n                {pixels(1, 16, False)}')
+        count = 10 + 6 * p
+        temps, extra = "we, wo, xe, xo, wr", ', [wr] "=&r"(wr)'
+        macs, out = 8 * p, " / 16"
+    else:
+        name, wt, unit = f"fiqnn_dot1x{p}_w8", "int8_t", "four codes (one weight word), two per loop"
+        # an odd number of steps enters the loop at its second group
+        entry = '"tst %[steps], #1\\n\\t" "itt ne\\n\\t" "addne %[steps], %[steps], #1\\n\\t" "bne 2f\\n\\t"'
+        group = (f'"ldr %[we], [%[w]], #4\\n\\t"\n                {widen}\n                ' + "{}")
+        body = ('"1:\\n\\t"\n                ' + group.format(pixels(0, 8, True))
+                + '\n            "2:\\n\\t"\n                ' + group.format(pixels(0, 8, True)))
+        count = 2 + 2 * (3 + 3 * p)  # (and 4 once per call)
+        temps, extra = "we, wo, xe, xo", ""
+        macs, out = 8 * p, ""
+    operands = ", ".join(f'[{a}] "+r"({a})' for a in acc)
+    return f"""/* a[j] = weight row w . column j for the {p} columns of a block (laid out by a conv's _col):
+ * {count} instructions per {macs} multiply-accumulates, steps of {unit}. */
+static void {name}(const int16_t *col, const {wt} *w, int steps, int32_t *a)
+{{
+    int32_t {", ".join(f"{a} = 0" for a in acc)}, {temps};
+    __asm__("sub %[col], %[col], #{(16 if w4 else 8) * p}\\n\\t"
+            {entry}
+                {body}
+            "subs %[steps], %[steps], #{1 if w4 else 2}\\n\\t"
+            "bne 1b"
+            : {operands}, [col] "+r"(col), [w] "+r"(w), [steps] "+r"(steps),
+              [we] "=&r"(we), [wo] "=&r"(wo), [xe] "=&r"(xe), [xo] "=&r"(xo){extra}
+            :
+            : "cc", "memory");
+    {" ".join(f"a[{j}] = {a}{out};" for j, a in enumerate(acc))}
+}}
+
+"""
+
+
+SIMD32 = SIMD32.replace("#else\n#define FIQNN_SIMD32 0\n#endif\n", "".join(
+    _dot1xp(p, w4) for p in SIMD32_PIXELS for w4 in (False, True)) + "#else\n#define FIQNN_SIMD32 0\n#endif\n")
+
 
 # Vector cores: conv and fc layers of groups 1 as a blocked integer GEMM over im2col columns.
 BLOCK = 32  # output pixels per block of columns of the GEMM kernels
@@ -641,67 +738,140 @@ static void put_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int o
 }
 
 #if FIQNN_SIMD32
-/* Output pixel pixel's window as int16 codes (zero for padding) into slot p of an np-pixel block
- * of columns. The window's C codes per cell are whole groups of g (g = 4 for int8 weights, 8 for
- * 4-bit ones: C is a multiple of g where L->simd is set), and each group is stored in the lanes
- * the weight words widen into (fiqnn_smlad_w8, _w4): g codes per column, column after column. */
+/* put_$name of bias + a[p] at the np pixels from pixel pixel on, for channel oc: on
+ * (E4)'s common path (int8/uint8 codes out, shift >= 32) the channel's constants loaded once. */
+static void puts_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int oc, long pixel, int np,
+                         const int32_t *a)
+{
+    int k = L->per_channel ? oc : 0, shift = L->shift[k], p;
+    int32_t mult = L->mult[k], bias = L->bias[oc], lo = $lo, hi = L->qmax;
+    uint8_t *yp = y + pixel * L->o + oc;
+    if (L->qmax == 0 || shift < 32) {
+        for (p = 0; p < np; p++)
+            put_${name}(L, y, logits, oc, pixel + p, bias + a[p]);
+        return;
+    }
+    for (p = 0; p < np; p++, yp += L->o) {
+        int32_t v = fiqnn_mulshift_hi(bias + a[p], mult, shift);
+        *yp = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+    }
+}
+#endif
+
+#if FIQNN_SIMD32
+/* Output pixel pixel's window as int16 codes (zero for padding and for the codes from n up to
+ * n rounded up to g) into slot p of an np-pixel block of columns: group after group of g
+ * codes (g = 4 for int8 weights, 8 for 4-bit ones), each group's np slots side by side, each
+ * slot holding its g codes in the lanes the weight words widen into (fiqnn_smlad_w8, _w4,
+ * fiqnn_dot1xP_w8, _w4): (x0, x2), (x1, x3); for g = 8 (x0, x4), (x2, x6), (x1, x5), (x3, x7). */
 static void ${name}_col(const fiqnn_layer *L, const $xt *x, long pixel, int p, int np, int16_t *col)
 {
-    int g = L->simd == 2 ? 8 : 4, oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo), ky, kx, c;
-    int16_t *d = col + p * g;
+    static const unsigned char lane[2][8] = {{0, 2, 1, 3}, {0, 4, 2, 6, 1, 5, 3, 7}};
+    int w4 = (L->simd & 3) == 2, g = w4 ? 8 : 4, n = L->kh * L->kw * L->c, f, ky, kx, c;
+    int oy = (int)(pixel / L->wo), ox = (int)(pixel % L->wo);
+    const unsigned char *s = lane[w4];
+    long step = (long)g * np;
+    int16_t *d = col + p * g;  /* the current group's slot */
+    if (L->c % g) {  /* groups across cells (a first conv on one channel): zeros, then code by code */
+        int lg = w4 ? 3 : 2;
+        for (f = 0; f < n; f += g, d += step)  /* n rounded up to g */
+            fiqnn_zero_group(d, w4);
+        for (ky = 0; ky < L->kh; ky++) {
+            int iy = oy * L->sh - L->ph + ky * L->dh, ix0 = ox * L->sw - L->pw, lo = 0, hi = L->kw;
+            const $xt *v;
+            while (lo < hi && ix0 + lo * L->dw < 0) lo++;  /* the window row's cells inside the map */
+            while (hi > lo && ix0 + (hi - 1) * L->dw >= L->w) hi--;
+            if (iy < 0 || iy >= L->h || lo == hi)
+                continue;
+            v = x + ((long)iy * L->w + ix0 + lo * L->dw) * L->c;
+            f = (ky * L->kw + lo) * L->c;
+            if (L->dw == 1) {  /* one run of cells */
+                int e = f + (hi - lo) * L->c;
+                for (; f < e; f++, v++)
+                    col[(long)(f >> lg) * step + p * g + s[f & (g - 1)]] = (int16_t)*v;
+                continue;
+            }
+            for (kx = lo; kx < hi; kx++, v += (long)L->dw * L->c)
+                for (c = 0; c < L->c; c++, f++)
+                    col[(long)(f >> lg) * step + p * g + s[f & (g - 1)]] = (int16_t)v[c];
+        }
+        return;
+    }
     for (ky = 0; ky < L->kh; ky++) {
         int iy = oy * L->sh - L->ph + ky * L->dh;
         for (kx = 0; kx < L->kw; kx++) {
             int ix = ox * L->sw - L->pw + kx * L->dw;
             const $xt *v = iy >= 0 && iy < L->h && ix >= 0 && ix < L->w ? x + ((long)iy * L->w + ix) * L->c : 0;
-            for (c = 0; c < L->c; c += g, d += g * np) {
-                uint32_t q[4] = {0, 0, 0, 0};
-                if (v && g == 4) {  /* (x0, x2), (x1, x3) */
-                    uint32_t b = fiqnn_load4(v + c);
+            if (!v) {
+                for (c = 0; c < L->c; c += g, d += step)
+                    fiqnn_zero_group(d, w4);
+            } else if (!w4) {  /* (x0, x2), (x1, x3) */
+                for (c = 0; c < L->c; c += 4, d += step) {
+                    uint32_t b = fiqnn_load4(v + c), q[2];
                     q[0] = (uint32_t)$ext(b);
-                    q[1] = (uint32_t)$ext(fiqnn_ror8(b));
-                } else if (v) {  /* (x0, x4), (x2, x6), (x1, x5), (x3, x7) from two words */
-                    uint32_t b = fiqnn_load4(v + c), e = fiqnn_load4(v + c + 4);
-                    uint32_t be = (uint32_t)$ext(b), bo = (uint32_t)$ext(fiqnn_ror8(b));
-                    uint32_t ee = (uint32_t)$ext(e), eo = (uint32_t)$ext(fiqnn_ror8(e));
+                    q[1] = (uint32_t)$extr(b);
+                    memcpy(d, q, 8);
+                }
+            } else {  /* (x0, x4), (x2, x6), (x1, x5), (x3, x7) from two words */
+                for (c = 0; c < L->c; c += 8, d += step) {
+                    uint32_t b = fiqnn_load4(v + c), e = fiqnn_load4(v + c + 4), q[4];
+                    uint32_t be = (uint32_t)$ext(b), bo = (uint32_t)$extr(b);
+                    uint32_t ee = (uint32_t)$ext(e), eo = (uint32_t)$extr(e);
                     q[0] = (be & 0xFFFFu) | (ee << 16);
                     q[1] = (be >> 16) | (ee & 0xFFFF0000u);
                     q[2] = (bo & 0xFFFFu) | (eo << 16);
                     q[3] = (bo >> 16) | (eo & 0xFFFF0000u);
-                }
-                if (g == 4)  /* (constant sizes: stores, not a library call) */
-                    memcpy(d, q, 8);
-                else
                     memcpy(d, q, 16);
+                }
             }
         }
     }
 }
 
-/* (E2), (E4) on Arm SIMD32 (groups 1, L->simd set): output pixels two at a time (one for an fc),
- * their windows widened once into int16 columns in col, then every pair of output channels
- * against them with SMLAD. */
+/* (E2), (E4) on Arm SIMD32 (groups 1, L->simd set): output pixels in blocks of L->simd >> 2 (one
+ * for an fc; a last short block takes the next block size up), their windows widened once into
+ * int16 columns in col; then, in blocks of 4 or 6, each output channel against them
+ * (fiqnn_dot1xP), in blocks of 2 or 1, every pair of output channels (fiqnn_smlad). */
 static void ${name}_simd32(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int16_t *col)
 {
-    int n = L->kh * L->kw * L->c, oc, p, j;
-    long npix = (long)L->ho * L->wo, rowb = L->simd == 2 ? n / 2 : n, pix;
-    int np = npix > 1 ? 2 : 1;
+    int w4 = (L->simd & 3) == 2, g = w4 ? 8 : 4, n = L->kh * L->kw * L->c, ng = (n + g - 1) / g, most = L->simd >> 2;
+    int np, oc, p, j;
+    long npix = (long)L->ho * L->wo, rowb = w4 ? (n + 1) / 2 : n, pix;
     const uint8_t *wb = (const uint8_t *)L->weights;
+    int has4 = FIQNN_SIMD32_KERNELS & (w4 ? 16 : 2);  /* (constants: the exporter keeps only what is used) */
     for (pix = 0; pix < npix; pix += np) {
-        int k = npix - pix < np ? 1 : np;  /* pixels of this block (a last odd one: its column twice) */
+        long left = npix - pix;
+        int k;
+        np = left >= most ? most : left <= 2 ? (int)left : left <= 4 && has4 ? 4 : most;
+        k = left < np ? (int)left : np;  /* pixels of this block (the rest repeat its first one's column) */
         for (p = 0; p < np; p++)
             ${name}_col(L, x, pix + (p < k ? p : 0), p, np, col);
+        if (np >= 4) {
+            for (oc = 0; oc < L->o; oc++) {
+                const uint8_t *w = wb + oc * rowb;
+                int32_t a[6] = {0, 0, 0, 0, 0, 0};
+                if ((FIQNN_SIMD32_KERNELS & 8) && w4 && np == 6)
+                    fiqnn_dot1x6_w4(col, w, ng, a);
+                else if ((FIQNN_SIMD32_KERNELS & 16) && w4)
+                    fiqnn_dot1x4_w4(col, w, ng, a);
+                else if ((FIQNN_SIMD32_KERNELS & 1) && np == 6)
+                    fiqnn_dot1x6_w8(col, (const int8_t *)w, ng, a);
+                else if (FIQNN_SIMD32_KERNELS & 2)
+                    fiqnn_dot1x4_w8(col, (const int8_t *)w, ng, a);
+                puts_${name}(L, y, logits, oc, pix, k, a);
+            }
+            continue;
+        }
         for (oc = 0; oc < L->o; oc += 2) {
             int m = L->o - oc < 2 ? 1 : 2;  /* channels of this pair (a last odd one: its row twice) */
             const uint8_t *w0 = wb + oc * rowb, *w1 = wb + (oc + m - 1) * rowb;
             int32_t a[4] = {0, 0, 0, 0};
-            if (L->simd == 1)
-                fiqnn_smlad_w8(col, np, (const int8_t *)w0, (const int8_t *)w1, n, a);
-            else
-                fiqnn_smlad_w4(col, np, w0, w1, n, a);
+            if ((FIQNN_SIMD32_KERNELS & 32) && w4)
+                fiqnn_smlad_w4(col, np, w0, w1, ng * g, a);
+            else if (FIQNN_SIMD32_KERNELS & 4)
+                fiqnn_smlad_w8(col, np, (const int8_t *)w0, (const int8_t *)w1, ng * g, a);
             for (j = 0; j < m; j++)
-                for (p = 0; p < k; p++)
-                    put_${name}(L, y, logits, oc + j, pix + p, L->bias[oc + j] + a[2 * j + p]);
+                puts_${name}(L, y, logits, oc + j, pix, k, a + 2 * j);
         }
     }
 }
@@ -952,12 +1122,14 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
     int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
     int runs = L->dw == 1 && L->groups == 1;
     long row = (long)L->w * L->c, step = (long)L->sw * L->c;
-    int oc0, oy, ox, j, p, ky;
+    int oc0, oy, ox, j, p, ky, r0, rows = L->by_row ? 1 : L->ho;
 #if FIQNN_SIMD32
     if (L->simd) {
         ${name}_simd32(L, x, y, logits, (int16_t *)(void *)wrow);  /* a 4-byte aligned arena offset */
         return;
     }
+    if (!(FIQNN_SIMD32_KERNELS & 64))  /* no layer of this model takes the kernels below here */
+        return;
 #endif
 #if FIQNN_COLS
     if (L->groups == 1) {
@@ -965,12 +1137,13 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
         return;
     }
 #endif
+    for (r0 = 0; r0 < L->ho; r0 += rows)  /* output rows: all at once, or one by one (L->by_row) */
     for (oc0 = 0; oc0 < L->o; oc0 += 4) {
         int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;
         const int8_t *w[4] = {0, 0, 0, 0};
         for (j = 0; j < nb; j++)  /* (int8 rows are read in place: wrow may be 0) */
             w[j] = weight_row(L, oc0 + j, n, L->code_bits == 8 ? wrow : wrow + (long)j * n);
-        for (oy = 0; oy < L->ho; oy++) {
+        for (oy = r0; oy < r0 + rows; oy++) {
             int iy0 = oy * L->sh - L->ph;
             for (ox = 0; ox < L->wo;) {
                 int ix0 = ox * L->sw - L->pw, k = 0;  /* k pixels whose windows lie inside the map in x */
@@ -1071,7 +1244,9 @@ def conv(in_signed: bool, out_signed: bool) -> str:
         "or, if qmax == 0, the int32 accumulators. */")
     return CONV.substitute(doc=doc, name=name, signed=int(in_signed), t="s8" if in_signed else "u8",
                            xt="int8_t" if in_signed else "uint8_t",
-                           ext="__sxtb16" if in_signed else "__uxtb16", requantize=_REQUANTIZE[out_signed],
+                           ext="__sxtb16" if in_signed else "__uxtb16",
+                           extr="fiqnn_sxtb16_ror8" if in_signed else "fiqnn_uxtb16_ror8",
+                           requantize=_REQUANTIZE[out_signed],
                            lo="-L->qmax - 1" if out_signed else "0")
 
 
