@@ -69,6 +69,20 @@ def test_cortex_m_under_qemu_bit_exact(graphs, bits):
     assert counts["cortex-m4", ()] < counts["cortex-m4", ("FIQNN_PORTABLE",)]
 
 
+@pytest.mark.skipif(cortex_m.available() is not None, reason=str(cortex_m.available()))
+def test_cortex_m_outputs_over_their_inputs_are_exact():
+    """The plan with every conv output over its input's rows already read, on the M3 and M4 (both
+    kernel families there): numpy's logits."""
+    from tests.test_export_c import overlap_graph
+
+    graph = overlap_graph()
+    x_q = np.random.default_rng(1).integers(0, 256, (16, 1, 24, 24), dtype=np.uint8)
+    ref = run(graph, x_q)
+    for cpu, defines in (("cortex-m3", ()), ("cortex-m4", ()), ("cortex-m4", ("FIQNN_PORTABLE",))):
+        assert np.array_equal(cortex_m.run_cortex_m(graph, x_q, cpu=cpu, defines=defines, overlap=True)["logits"],
+                              ref), (cpu, defines)
+
+
 def test_cortex_m_refuses_an_unknown_core(graphs):
     with pytest.raises(CompilerError, match="no QEMU board"):
         cortex_m.run_cortex_m(graphs[1][4], graphs[0].test.x_q[:1], cpu="cortex-a53")

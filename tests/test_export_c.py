@@ -52,6 +52,33 @@ def test_every_kernel_variant_is_exact(graph_of, digits, bits, scale, variant):
     assert np.array_equal(run_c(graph, x_q, flags=[*CFLAGS, *VARIANTS[variant]]), run(graph, x_q))
 
 
+def overlap_graph(seed: int = 0) -> IntGraph:
+    """A chain of convs on maps of 576 and 144 pixels (more than a GEMM block of 32), packed and int8
+    weights, stride 1 and 2: outputs that can overwrite their inputs' rows already read."""
+    from tests.test_export_ops import _layer
+
+    rng = np.random.default_rng(seed)
+    layers = (_layer(rng, "c1", "conv", (8, 1, 3, 3), 8, 8, 4, padding=(1, 1)),
+              _layer(rng, "c2", "conv", (16, 8, 3, 3), 4, 4, 4, padding=(1, 1)),
+              _layer(rng, "c3", "conv", (12, 16, 3, 3), 4, 8, 8, padding=(1, 1), stride=(2, 2)),
+              _layer(rng, "c4", "conv", (12, 12, 3, 3), 8, 2, 3, padding=(1, 1)),
+              _layer(rng, "fc", "fc", (5, 12 * 12 * 12), 3, 8, None))
+    return IntGraph((1, 24, 24), 5, layers)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_outputs_over_their_inputs_are_exact(variant):
+    """Every kernel family on a plan that puts each conv's output over its input's rows already
+    read (export_c's overlap=True): numpy's logits; and such a plan is smaller."""
+    from fiqnn.export.c99 import overlapping, plan
+
+    graph = overlap_graph()
+    assert overlapping(graph, plan(graph, True)) == {"c2", "c3", "c4"}
+    assert plan(graph, True)["total"] < plan(graph, False)["total"]
+    x_q = np.random.default_rng(1).integers(0, 256, (64, 1, 24, 24), dtype=np.uint8)
+    assert np.array_equal(run_c(graph, x_q, flags=[*CFLAGS, *VARIANTS[variant]], overlap=True), run(graph, x_q))
+
+
 @pytest.mark.skipif(not _native_has("__AVX512VNNI__"), reason="this CPU has no AVX-512 VNNI")
 def test_vnni_kernel_is_selected_and_exact(graph_of, digits, tmp_path):
     """On a VNNI CPU, -march=native compiles the VPDPBUSD kernel (FIQNN_VNNI 1) and it is exact,

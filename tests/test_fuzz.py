@@ -95,7 +95,7 @@ def build_c_many(graphs: list[IntGraph], workdir: Path, jobs: int = 2, flags: li
     workdir.mkdir(parents=True, exist_ok=True)
     units = []
     for i, graph in enumerate(graphs):
-        export_c(graph, workdir / f"g{i}")
+        export_c(graph, workdir / f"g{i}", overlap=arena_overlap(i))
         units.append(workdir / f"m{i}.c")
         units[-1].write_text(f'#define fiqnn_run fiqnn_run_{i}\n#define fiqnn_run_batch fiqnn_run_batch_{i}\n'
                              f'#include "g{i}/model.c"\n')
@@ -162,11 +162,18 @@ class Verdict:
         return any(_reported(self.errors.get(name, "")) for name in C_BUILDS)
 
 
-def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
+def arena_overlap(k: int) -> bool | None:
+    """The C export's arena plan for the k-th graph of a batch: every other one takes each conv
+    output over its input that is free of other tensors (export_c's overlap=True), which the
+    smallest plan alone would rarely pick on small random graphs."""
+    return True if k % 2 else None
+
+
+def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray, k: int = 0) -> np.ndarray:
     if name == CORTEX_M:  # one bare-metal build per graph, run under qemu-system-arm (no sanitizers there)
         from fiqnn.export.cortex_m import run_cortex_m
 
-        return run_cortex_m(graph, x_q)["logits"]
+        return run_cortex_m(graph, x_q, overlap=arena_overlap(k))["logits"]
     return run(graph, x_q) if name == "numpy" else run_onnx(to_onnx(graph), x_q)
 
 
@@ -182,7 +189,7 @@ def check_graphs(graphs: list[IntGraph], inputs: list[np.ndarray], workdir: Path
         got = {}
         for name in backends:
             try:
-                got[name] = c_runs[name][0][k] if name in c_runs else _python_backend(name, graph, x_q)
+                got[name] = c_runs[name][0][k] if name in c_runs else _python_backend(name, graph, x_q, k)
             except Exception as e:  # a backend refusing a valid graph is a finding too
                 v.errors[name] = f"{type(e).__name__}: {e}"
         for name, (_, failures) in c_runs.items():
@@ -220,7 +227,8 @@ def test_campaign_covers_every_op_and_feature(graphs):
 def c_kernel_paths(graph: IntGraph) -> Counter:
     """Which code paths of the C export's conv kernels a graph's layers take (see c_kernels.py)."""
     from fiqnn.export import c_kernels as K
-    from fiqnn.export.c99 import code_bits, depthwise, layer_shapes
+    from fiqnn.export.c99 import (code_bits, depthwise, kernel_codes, layer_shapes, overlapping, plan, simd32,
+                                  simd32_kernels)
 
     seen: Counter = Counter()
     for layer, ((c, _, _), _, _) in zip(graph.int_layers(), layer_shapes(graph).values()):
@@ -242,17 +250,30 @@ def c_kernel_paths(graph: IntGraph) -> Counter:
             seen["64 channels or more (VNNI 4-block)"] += 1
         if layer.kind == "fc":
             seen["fc (one pixel)"] += 1
+    arena = plan(graph)
+    seen["conv output over its input (in place: row by row)"] += len(overlapping(graph, plan(graph, True)))
+    kinds = {layer.name: simd32(layer, c) for layer, c in zip(graph.int_layers(), kernel_codes(graph))}
+    bits = simd32_kernels(graph, kinds, arena["pixels"])
+    for key, bit in K.SIMD32_KERNELS.items():
+        if bits & bit:
+            seen["SIMD32: in place" if key == "in place" else f"SIMD32: W{8 if key[0] == 1 else 4}, blocks of {key[1]}"] += 1
+    seen["SIMD32: windows across cells"] += sum(bool(k) and layer.w_q.shape[1] % (4 if k == 1 else 8) != 0
+                                                for layer, k in zip(graph.int_layers(), kinds.values()))
     return seen
 
 
 C_PATHS = ("depthwise", "grouped, in place", "gemm, window < SMALL_K", "gemm, window >= SMALL_K", "gemm, W2 stored",
            "gemm, W4 stored", "gemm, W8 stored", "gemm, signed input (VNNI: XOR 128)", "gemm, unsigned input",
-           "VNNI windows read in place", "output channels not a multiple of 16", "fc (one pixel)")
+           "VNNI windows read in place", "output channels not a multiple of 16", "fc (one pixel)",
+           "conv output over its input (in place: row by row)")
+# The Arm SIMD32 kernels (the emulated Cortex-M4 runs them: tests/test_export_arm.py, bench/fuzz_backends.py).
+M4_PATHS = ("SIMD32: in place", "SIMD32: W8, blocks of 6", "SIMD32: W8, blocks of 4", "SIMD32: W8, blocks of 2",
+            "SIMD32: W4, blocks of 6", "SIMD32: W4, blocks of 4", "SIMD32: W4, blocks of 2", "SIMD32: windows across cells")
 
 
 def test_campaign_covers_every_c_kernel_path(graphs):
     seen = sum((c_kernel_paths(g) for g in graphs), Counter())
-    assert [f for f in C_PATHS if not seen[f]] == []
+    assert [f for f in C_PATHS + M4_PATHS if not seen[f]] == []
 
 
 def test_graphs_are_seeded(graphs):
@@ -281,18 +302,19 @@ def test_sanitizer_report_is_a_failure_of_its_graph(graphs, monkeypatch, tmp_pat
     def portable(g):  # the arena without the Arm SIMD32 kernel's columns, which this build never touches
         with monkeypatch.context() as m:
             m.setattr(c99, "simd32_columns", lambda layer, pixels=2: 0)
-            return real_plan(g)["total"]
+            return real_plan(g, arena_overlap(1))["total"]
 
     def top_is_output(g):  # the arena's last word holds a node's output, which every build writes
-        p, shapes = real_plan(g), c99.node_shapes(g)
+        p, shapes = real_plan(g, arena_overlap(1)), c99.node_shapes(g)
         return any(isinstance(t, str) and t in shapes and c99._align(o + int(np.prod(shapes[t])) *
                    (4 if next(n for n in g.layers if n.name == t).a_bits is None else 1)) == p["total"]
                    for t, o in p["offset"].items())
 
-    i = next(i for i in range(1, len(graphs)) if real_plan(graphs[i])["total"] >= 16
-             and portable(graphs[i]) == real_plan(graphs[i])["total"] and top_is_output(graphs[i]))
+    i = next(i for i in range(1, len(graphs)) if real_plan(graphs[i], arena_overlap(1))["total"] >= 16
+             and portable(graphs[i]) == real_plan(graphs[i], arena_overlap(1))["total"] and top_is_output(graphs[i]))
     trio = graphs[i - 1:i + 2]
-    monkeypatch.setattr(c99, "plan", lambda g: {**real_plan(g), "total": real_plan(g)["total"] - 4 * (g is trio[1])})
+    monkeypatch.setattr(c99, "plan", lambda g, overlap=None: {**real_plan(g, overlap),
+                                                               "total": real_plan(g, overlap)["total"] - 4 * (g is trio[1])})
     verdicts = check_graphs(trio, [campaign_inputs(s, g, 4) for s, g in enumerate(trio)], tmp_path, backends=("c",))
     assert [v.sanitizer for v in verdicts] == [False, True, False]
     # (ASan's report, or UBSan's object-size check where it sees the store first)

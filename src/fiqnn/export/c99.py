@@ -225,7 +225,7 @@ def simd32_kernels(graph: IntGraph, kinds: dict[str, int], pixels: dict[str, int
     return bits
 
 
-def simd32_pixels(graph: IntGraph) -> dict[str, int]:
+def simd32_pixels(graph: IntGraph, overlap: bool | None = None) -> dict[str, int]:
     """Output pixels per block of the Arm SIMD32 conv kernel, per conv/fc layer it takes (an fc:
     1). More pixels per block widen each weight word once for more of them, and cost int16
     columns in the arena: layer by layer, the most MACs first, the most of :data:`SIMD32_PIXELS`
@@ -235,13 +235,14 @@ def simd32_pixels(graph: IntGraph) -> dict[str, int]:
     pixels = {layer.name: 1 if layer.kind == "fc" else SIMD32_MIN_PIXELS
               for layer in graph.int_layers() if _simd32_group(layer)}
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
-    budget = max([_plan(graph, pixels)["total"]]
+    budget = max([_plan(graph, pixels, overlap)["total"]]
                  + [int(np.prod(shapes[layer.name]) + np.prod(shapes[graph.sources(layer)[0]]))
                     for layer in graph.int_layers()])
     macs = layer_macs(graph)
     for name in sorted(pixels, key=lambda n: -macs[n]):
         for more in SIMD32_PIXELS:
-            if pixels[name] != 1 and more > pixels[name] and _plan(graph, {**pixels, name: more})["total"] <= budget:
+            if (pixels[name] != 1 and more > pixels[name]
+                    and _plan(graph, {**pixels, name: more}, overlap)["total"] <= budget):
                 pixels[name] = more
                 break
     return pixels
@@ -287,7 +288,7 @@ def _align(n: int, to: int = 4) -> int:
     return -(-n // to) * to
 
 
-def plan(graph: IntGraph) -> dict:
+def plan(graph: IntGraph, overlap: bool | None = None) -> dict:
     """Where every tensor lives in the static arena.
 
     Each node's output (codes, one byte each, or int32 accumulators feeding an add) is live from
@@ -299,13 +300,15 @@ def plan(graph: IntGraph) -> dict:
     ``{"offset": {tensor: bytes}, "total": bytes}``, a tensor being a node name, ``"input"``,
     ``(name, "prepool")`` or ``(name, "scratch")`` (tuples: no name can clash with them), and
     ``"pixels"``: the Arm SIMD32 kernel's pixels per block it was planned for
-    (:func:`simd32_pixels`).
+    (:func:`simd32_pixels`). ``overlap``: None compares plans with and without conv outputs
+    over their inputs (:func:`overlaps`) and keeps the smallest; True takes every such overlap
+    that is free of other tensors; False none.
     """
-    pixels = simd32_pixels(graph)
-    return {**_plan(graph, pixels), "pixels": pixels}
+    pixels = simd32_pixels(graph, overlap)
+    return {**_plan(graph, pixels, overlap), "pixels": pixels}
 
 
-def _plan(graph: IntGraph, pixels: dict[str, int]) -> dict:
+def _plan(graph: IntGraph, pixels: dict[str, int], overlap: bool | None = None) -> dict:
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
     pre = {name: p for name, (_, p, _) in layer_shapes(graph).items()}
     last_use: dict[str, int] = {}
@@ -323,8 +326,11 @@ def _plan(graph: IntGraph, pixels: dict[str, int]) -> dict:
             tensors.append(((node.name, "prepool"), i, i, int(np.prod(pre[node.name]))))
         if isinstance(node, IntLayer) and (scratch := scratch_bytes(node, pixels.get(node.name, 1))):
             tensors.append(((node.name, "scratch"), i, i, scratch))
-    plans = [_first_fit(tensors), _first_fit(sorted(tensors, key=lambda t: -t[3])),
-             _least_extent(tensors, overlaps(graph))]
+    if overlap:
+        return _least_extent(tensors, overlaps(graph), force=True)
+    plans = [_first_fit(tensors), _first_fit(sorted(tensors, key=lambda t: -t[3]))]
+    if overlap is None:
+        plans.append(_least_extent(tensors, overlaps(graph)))
     return min(plans, key=lambda p: p["total"])
 
 
@@ -371,11 +377,11 @@ def overlapping(graph: IntGraph, arena: dict) -> set[str]:
     return out
 
 
-def _least_extent(tensors: list, overlap: dict[str, tuple[str, int]]) -> dict:
+def _least_extent(tensors: list, overlap: dict[str, tuple[str, int]], force: bool = False) -> dict:
     """Each tensor in the order given where it grows the arena least (the lowest such place on a
     tie): beside a live tensor, at 0, or, for a layer's output, ``overlap``'s bytes below its
-    input's start, over it (see :func:`overlaps`); offsets may go below 0 and are shifted to
-    start at 0 at the end."""
+    input's start, over it (see :func:`overlaps`; ``force``: there whenever that place is free);
+    offsets may go below 0 and are shifted to start at 0 at the end."""
     placed: list[tuple[int, int, int, int, object]] = []  # (offset, size, first, last, tensor)
     offset: dict = {}
     lo = hi = 0
@@ -386,9 +392,11 @@ def _least_extent(tensors: list, overlap: dict[str, tuple[str, int]]) -> dict:
                  + [o - size - (o - size) % 4 for o, _, _ in live]]
         if name in overlap and overlap[name][0] in offset:
             spots.append((offset[overlap[name][0]] - overlap[name][1], overlap[name][0]))
-        at = min((at for at, skip in spots
-                  if all(at + size <= o or at >= o + sz for o, sz, t in live if t != skip)),
-                 key=lambda a: (max(hi, a + size) - min(lo, a), a))
+        free = [at for at, skip in spots if all(at + size <= o or at >= o + sz for o, sz, t in live if t != skip)]
+        if force and name in overlap and spots[-1][1] is not None and spots[-1][0] in free:
+            at = spots[-1][0]
+        else:
+            at = min(free, key=lambda a: (max(hi, a + size) - min(lo, a), a))
         offset[name] = at
         placed.append((at, size, first, last, name))
         lo, hi = min(lo, at), max(hi, at + size)
@@ -415,7 +423,7 @@ def _first_fit(tensors: list) -> dict:
 C_BYTES = {"bias_q": 4, "mult": 4, "shift": 1, "table": 1, "index": 4, "offset": 8}
 
 
-def footprint(graph: IntGraph) -> dict[str, int]:
+def footprint(graph: IntGraph, overlap: bool | None = None) -> dict[str, int]:
     """Weight bytes as stored (packed), as int8, all constant bytes, and the arena size."""
     layers = graph.int_layers()
     stored = int(sum(packed_weights(layer, codes).nbytes for layer, codes in zip(layers, kernel_codes(graph))))
@@ -424,7 +432,7 @@ def footprint(graph: IntGraph) -> dict[str, int]:
             "param_bytes": int(stored
                                + sum(C_BYTES[key] * getattr(node, key).size for node in graph.layers
                                      for key in node.ARRAYS if key != "w_q")),
-            "arena_bytes": plan(graph)["total"]}
+            "arena_bytes": plan(graph, overlap)["total"]}
 
 
 def _array(ctype: str, name: str, values: np.ndarray) -> str:
@@ -433,9 +441,9 @@ def _array(ctype: str, name: str, values: np.ndarray) -> str:
     return f"static const {ctype} {name}[{len(vals)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
 
 
-def model_c(graph: IntGraph) -> str:
+def model_c(graph: IntGraph, overlap: bool | None = None) -> str:
     shapes = {"input": tuple(graph.in_shape), **node_shapes(graph)}
-    lshapes, arena, pre = layer_shapes(graph), plan(graph), pre_offsets(graph)[0]
+    lshapes, arena, pre = layer_shapes(graph), plan(graph, overlap), pre_offsets(graph)[0]
     pixels = arena["pixels"]
     by_row = overlapping(graph, arena)
     off = arena["offset"]
@@ -708,12 +716,14 @@ C_NODES = {IntLayer: _emit_layer, IntAdd: _emit_add, IntAvgPool: _emit_avgpool, 
            IntAffine: _emit_affine}
 
 
-def export_c(graph: IntGraph, out_dir: str | os.PathLike) -> Path:
-    """Write model.h, model.c, fiqnn_arith.h, main.c and a Makefile into ``out_dir``."""
+def export_c(graph: IntGraph, out_dir: str | os.PathLike, overlap: bool | None = None) -> Path:
+    """Write model.h, model.c, fiqnn_arith.h, main.c and a Makefile into ``out_dir``. ``overlap``:
+    let a conv's output overwrite its input's rows already read where that makes the arena
+    smaller (None, the default), wherever allowed (True), or never (False; see :func:`plan`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c, h, w = graph.in_shape
-    fp = footprint(graph)
+    fp = footprint(graph, overlap)
     vec = vector_buffers(graph)
     header = (f"/* Generated by fiqnn. Integer-only inference; ARITH_VERSION {graph.arith_version}.\n"
               f" * Weights {fp['weight_bytes']} bytes (const), "
@@ -734,7 +744,7 @@ def export_c(graph: IntGraph, out_dir: str | os.PathLike) -> Path:
               " * finishes; the application defines it (a cycle or instruction counter, say). */\n"
               "void fiqnn_node_done(int j);\n#endif\n\n#endif\n")
     _io.write_text(out / "model.h", header)
-    _io.write_text(out / "model.c", model_c(graph))
+    _io.write_text(out / "model.c", model_c(graph, overlap))
     _io.write_text(out / "fiqnn_arith.h", (HERE / "fiqnn_arith.h").read_text())
     _io.write_text(out / "main.c", K.MAIN)
     _io.write_text(out / "Makefile", "CC ?= cc\nCFLAGS ?= " + " ".join(CFLAGS) + "\n\n"
@@ -765,18 +775,19 @@ def build_c(src_dir: str | os.PathLike, cc: str | None = None, flags: list[str] 
 
 def run_c(graph: IntGraph | str | os.PathLike, x_q: np.ndarray, cc: str | None = None,
           runner: list[str] | None = None, flags: list[str] | None = None, progress: bool = False,
-          chunk: int = 1000) -> np.ndarray:
+          chunk: int = 1000, overlap: bool | None = None) -> np.ndarray:
     """Export, compile and run ``graph`` on uint8 images; int32 logits (N, classes).
 
     ``graph`` is what :func:`fiqnn.run` and :func:`fiqnn.export.onnx.run_onnx` take: an IntGraph
     or its model file (see :func:`fiqnn.integer.execute.as_graph`). ``runner`` prefixes the command
     (e.g. ``["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"]``). The compiled model runs on
-    ``chunk`` images at a time, so that ``progress`` can show a bar.
+    ``chunk`` images at a time, so that ``progress`` can show a bar. ``overlap``: the arena plan's
+    (:func:`export_c`).
     """
     graph = as_graph(graph)
     x_q = check_input(graph, x_q)
     with tempfile.TemporaryDirectory(prefix="fiqnn-c-") as tmp:
-        exe = build_c(export_c(graph, tmp), cc, flags)
+        exe = build_c(export_c(graph, tmp, overlap), cc, flags)
         images, logits = Path(tmp) / "images.u8", Path(tmp) / "logits.i32"
         out = []
         for start in progress_bar(range(0, len(x_q), chunk), progress=progress, desc="compiled C", unit="chunk"):

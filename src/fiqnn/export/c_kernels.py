@@ -1122,7 +1122,7 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
     int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
     int runs = L->dw == 1 && L->groups == 1;
     long row = (long)L->w * L->c, step = (long)L->sw * L->c;
-    int oc0, oy, ox, j, p, ky, r0, rows = L->by_row ? 1 : L->ho;
+    int oc0, oy, ox, j, p, ky, r0, r1;
 #if FIQNN_SIMD32
     if (L->simd) {
         ${name}_simd32(L, x, y, logits, (int16_t *)(void *)wrow);  /* a 4-byte aligned arena offset */
@@ -1137,13 +1137,13 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
         return;
     }
 #endif
-    for (r0 = 0; r0 < L->ho; r0 += rows)  /* output rows: all at once, or one by one (L->by_row) */
-    for (oc0 = 0; oc0 < L->o; oc0 += 4) {
+    for (r0 = 0; r0 < L->ho; r0 = r1)  /* output rows: all at once, or one by one (L->by_row) */
+    for (r1 = L->by_row ? r0 + 1 : L->ho, oc0 = 0; oc0 < L->o; oc0 += 4) {
         int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;
         const int8_t *w[4] = {0, 0, 0, 0};
         for (j = 0; j < nb; j++)  /* (int8 rows are read in place: wrow may be 0) */
             w[j] = weight_row(L, oc0 + j, n, L->code_bits == 8 ? wrow : wrow + (long)j * n);
-        for (oy = r0; oy < r0 + rows; oy++) {
+        for (oy = r0; oy < r1; oy++) {
             int iy0 = oy * L->sh - L->ph;
             for (ox = 0; ox < L->wo;) {
                 int ix0 = ox * L->sw - L->pw, k = 0;  /* k pixels whose windows lie inside the map in x */

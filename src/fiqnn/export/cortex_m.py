@@ -236,10 +236,11 @@ def size(elf: str | os.PathLike) -> dict[str, int]:
 
 
 def run_cortex_m(graph, x_q: np.ndarray, cpu: str = "cortex-m4", opt: str = "-O3",
-                 defines: tuple[str, ...] = (), timeout: float = 3600.0) -> dict:
+                 defines: tuple[str, ...] = (), timeout: float = 3600.0, overlap: bool | None = None) -> dict:
     """Run ``graph`` on uint8 images on an emulated Cortex-M; logits and instruction counts.
 
-    ``defines`` are macros for the build (``("FIQNN_PORTABLE",)``: no SIMD32 kernels). Returns
+    ``defines`` are macros for the build (``("FIQNN_PORTABLE",)``: no SIMD32 kernels), ``overlap``
+    the arena plan's (:func:`fiqnn.export.c99.export_c`). Returns
     ``{"logits": (N, classes) int32, "instructions": (N, nodes) int64 (node j's count in
     column j; node 0's includes the input transpose), "instructions_per_tick": float,
     "size": {"text", "data", "bss"}}``.
@@ -249,7 +250,7 @@ def run_cortex_m(graph, x_q: np.ndarray, cpu: str = "cortex-m4", opt: str = "-O3
     graph = as_graph(graph)
     x_q = check_input(graph, x_q)
     with tempfile.TemporaryDirectory(prefix="fiqnn-m-") as tmp:
-        elf = build(export_c(graph, tmp), cpu, opt, defines=defines)
+        elf = build(export_c(graph, tmp, overlap), cpu, opt, defines=defines)
         np.ascontiguousarray(x_q).tofile(Path(tmp) / "images.u8")
         res = subprocess.run([QEMU, "-M", MACHINES[cpu], "-nographic", "-monitor", "none", "-serial", "none",
                               "-semihosting-config", "enable=on,target=native", "-icount", "shift=0",
