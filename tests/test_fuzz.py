@@ -227,8 +227,16 @@ def test_campaign_covers_every_op_and_feature(graphs):
 def c_kernel_paths(graph: IntGraph) -> Counter:
     """Which code paths of the C export's conv kernels a graph's layers take (see c_kernels.py)."""
     from fiqnn.export import c_kernels as K
-    from fiqnn.export.c99 import (code_bits, depthwise, kernel_codes, layer_shapes, overlapping, plan, simd32,
-                                  simd32_kernels)
+    from fiqnn.export.c99 import (
+        code_bits,
+        depthwise,
+        kernel_codes,
+        layer_shapes,
+        overlapping,
+        plan,
+        simd32,
+        simd32_kernels,
+    )
 
     seen: Counter = Counter()
     for layer, ((c, _, _), _, _) in zip(graph.int_layers(), layer_shapes(graph).values()):
@@ -256,7 +264,8 @@ def c_kernel_paths(graph: IntGraph) -> Counter:
     bits = simd32_kernels(graph, kinds, arena["pixels"])
     for key, bit in K.SIMD32_KERNELS.items():
         if bits & bit:
-            seen["SIMD32: in place" if key == "in place" else f"SIMD32: W{8 if key[0] == 1 else 4}, blocks of {key[1]}"] += 1
+            label = "in place" if key == "in place" else f"W{8 if key[0] == 1 else 4}, blocks of {key[1]}"
+            seen[f"SIMD32: {label}"] += 1
     seen["SIMD32: windows across cells"] += sum(bool(k) and layer.w_q.shape[1] % (4 if k == 1 else 8) != 0
                                                 for layer, k in zip(graph.int_layers(), kinds.values()))
     return seen
@@ -268,7 +277,8 @@ C_PATHS = ("depthwise", "grouped, in place", "gemm, window < SMALL_K", "gemm, wi
            "conv output over its input (in place: row by row)")
 # The Arm SIMD32 kernels (the emulated Cortex-M4 runs them: tests/test_export_arm.py, bench/fuzz_backends.py).
 M4_PATHS = ("SIMD32: in place", "SIMD32: W8, blocks of 6", "SIMD32: W8, blocks of 4", "SIMD32: W8, blocks of 2",
-            "SIMD32: W4, blocks of 6", "SIMD32: W4, blocks of 4", "SIMD32: W4, blocks of 2", "SIMD32: windows across cells")
+            "SIMD32: W4, blocks of 6", "SIMD32: W4, blocks of 4", "SIMD32: W4, blocks of 2",
+            "SIMD32: windows across cells")
 
 
 def test_campaign_covers_every_c_kernel_path(graphs):
@@ -311,7 +321,8 @@ def test_sanitizer_report_is_a_failure_of_its_graph(graphs, monkeypatch, tmp_pat
                    for t, o in p["offset"].items())
 
     i = next(i for i in range(1, len(graphs)) if real_plan(graphs[i], arena_overlap(1))["total"] >= 16
-             and portable(graphs[i]) == real_plan(graphs[i], arena_overlap(1))["total"] and top_is_output(graphs[i]))
+             and portable(graphs[i]) == real_plan(graphs[i], arena_overlap(1))["total"]
+             and top_is_output(graphs[i]))
     trio = graphs[i - 1:i + 2]
     monkeypatch.setattr(c99, "plan", lambda g, overlap=None: {**real_plan(g, overlap),
                                                                "total": real_plan(g, overlap)["total"] - 4 * (g is trio[1])})
