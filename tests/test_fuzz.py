@@ -324,8 +324,11 @@ def test_sanitizer_report_is_a_failure_of_its_graph(graphs, monkeypatch, tmp_pat
              and portable(graphs[i]) == real_plan(graphs[i], arena_overlap(1))["total"]
              and top_is_output(graphs[i]))
     trio = graphs[i - 1:i + 2]
-    monkeypatch.setattr(c99, "plan", lambda g, overlap=None: {**real_plan(g, overlap),
-                                                               "total": real_plan(g, overlap)["total"] - 4 * (g is trio[1])})
+    def short(g, overlap=None):
+        p = real_plan(g, overlap)
+        return {**p, "total": p["total"] - 4 * (g is trio[1])}
+
+    monkeypatch.setattr(c99, "plan", short)
     verdicts = check_graphs(trio, [campaign_inputs(s, g, 4) for s, g in enumerate(trio)], tmp_path, backends=("c",))
     assert [v.sanitizer for v in verdicts] == [False, True, False]
     # (ASan's report, or UBSan's object-size check where it sees the store first)
