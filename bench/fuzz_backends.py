@@ -37,7 +37,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from tests.graphgen import features, random_graph
-    from tests.test_fuzz import BACKENDS, CORTEX_M, c_kernel_paths, campaign_inputs, check_graphs
+    from tests.test_fuzz import BACKENDS, CORTEX_M, arena_overlap, c_kernel_paths, campaign_inputs, check_graphs
     from tqdm import tqdm
 
     from fiqnn.export.c99 import kernel_codes, simd32
@@ -56,11 +56,11 @@ def main() -> int:
             inputs = [campaign_inputs(s, g, args.inputs) for s, g in zip(seeds, graphs)]
             with tempfile.TemporaryDirectory(prefix="fiqnn-fuzz-") as tmp:
                 verdicts = check_graphs(graphs, inputs, Path(tmp), backends=backends, jobs=args.jobs)
-            for s, g, v in zip(seeds, graphs, verdicts):
+            for k, (s, g, v) in enumerate(zip(seeds, graphs, verdicts)):
                 f = features(g)
                 f["Arm SIMD32 conv/fc layer"] = sum(bool(simd32(layer, c)) for layer, c in
                                                     zip(g.int_layers(), kernel_codes(g)))
-                f.update({f"C kernel: {k}": v for k, v in c_kernel_paths(g).items()})
+                f.update({f"C kernel: {p}": n for p, n in c_kernel_paths(g, arena_overlap(k)).items()})
                 seen += f
                 graphs_with.update(k for k, v in f.items() if v)
                 if v:
@@ -88,7 +88,7 @@ def _headline(error: str) -> str:
 def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall: float) -> None:
     import onnxruntime
     from tests.graphgen import FEATURES
-    from tests.test_fuzz import C_PATHS, _reported
+    from tests.test_fuzz import C_PATHS, M4_PATHS, _reported
 
     differs = {s: v for s, v in bad.items() if v.differs}
     sanitizer = {s: v for s, v in bad.items() if v.sanitizer}
@@ -126,7 +126,7 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         "## Coverage", "",
         "| op or feature | nodes | graphs |", "|---|---|---|",
         *(f"| {f} | {seen[f]:,} | {graphs_with[f]:,} |" for f in (*FEATURES, "Arm SIMD32 conv/fc layer",
-                                                                   *(f"C kernel: {k}" for k in C_PATHS))),
+                                                                   *(f"C kernel: {k}" for k in C_PATHS + M4_PATHS))),
         "",
         "Rows count nodes with the feature (`graph` and `3-channel input`: graphs); `w_bits` counts conv/fc "
         "layers, `a_bits` every node making codes of that width.",
