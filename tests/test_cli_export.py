@@ -36,13 +36,25 @@ def test_export_formats(cli, digits_student, tmp_path):
     assert run(g, np.zeros((1, 1, 8, 8), np.uint8)).shape == (1, 10)
 
 
+@pytest.mark.parametrize("fmt,backend,module", [("tflite", "litert", "ai_edge_litert"), ("qonnx", "qonnx", "qonnx")])
+def test_export_and_eval_tflite_and_qonnx(cli, digits_student, tmp_path, fmt, backend, module):
+    """export --format tflite|qonnx writes a file its runtime reads; eval --backend litert|qonnx
+    gives the numpy executor's accuracy (its logits are numpy's: tests/test_export_tflite.py, _qonnx.py)."""
+    pytest.importorskip(module)
+    out = tmp_path / f"m.{fmt}"
+    assert cli("export", digits_student, "--format", fmt, "--out", out)[0] == 0 and out.stat().st_size > 0
+    code, out, err = cli("eval", digits_student, "--backend", backend, "--json")
+    assert code == 0, err
+    assert json.loads(out)["test_acc"] == json.loads(cli("eval", digits_student, "--json")[1])["test_acc"]
+
+
 def test_export_unwritable_and_unknown_format(cli, digits_student, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = cli("export", digits_student, "--format", "onnx", "--out", blocker / "m.onnx")
     assert code == 2 and len(err) == 1 and "is not a directory" in err[0]
-    code, _, err = cli("export", digits_student, "--format", "tflite", "--out", tmp_path / "m")
-    assert code == 2 and len(err) == 1 and "unknown format 'tflite'" in err[0]
+    code, _, err = cli("export", digits_student, "--format", "tf", "--out", tmp_path / "m")
+    assert code == 2 and len(err) == 1 and "unknown format 'tf'" in err[0]
     code, _, err = cli("eval", digits_student, "--backend", "tpu")
     assert code == 2 and "unknown backend 'tpu'" in err[0]
 

@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .jobs import export_run
 
-    out = export_run(args.model, args.format, args.out)
+    out = export_run(args.model, args.format, args.out, args.fallback)
     _report(args, {"format": args.format, "out": str(out)}, f"wrote {args.format} model to {out}")
     return 0
 
@@ -321,13 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="distill run directory (or its model.npz)")
     e.add_argument("--backend", default="numpy",
                    help="numpy (reference executor, default) | onnx (ONNX Runtime) | openvino (OpenVINO, the "
-                        "ONNX export) | c (compiled C99) | torch")
+                        "ONNX export) | c (compiled C99) | litert (LiteRT with XNNPACK, the tflite export) | qonnx "
+                        "(qonnx's executor) | torch")
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", parents=[common], help="write the integer model as npz, ONNX or C99 source")
+    x = sub.add_parser("export", parents=[common], help="write the integer model as npz, ONNX, C99 source, "
+                                                        "LiteRT (.tflite) or QONNX")
     x.add_argument("model", help="a distill run directory or a model.npz")
-    x.add_argument("--format", required=True, help="npz | onnx | c")
-    x.add_argument("--out", required=True, help="output file (npz, onnx) or directory (c)")
+    x.add_argument("--format", required=True, help="npz | onnx | c | tflite (refused unless every layer is proven "
+                                                   "exact in LiteRT's XNNPACK) | qonnx")
+    x.add_argument("--out", required=True, help="output file (npz, onnx, tflite, qonnx) or directory (c)")
+    x.add_argument("--fallback", choices=("integer", "nearest"),
+                   help="tflite: a layer not proven exact in XNNPACK in exact integer ops (off XNNPACK, slower), or "
+                        "with the nearest float32 scale (not exact); default: refuse it")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", parents=[common], help="per-layer bits, mult, shift, accumulator bounds")

@@ -133,11 +133,13 @@ def compare_backends(student: GraphNet, graph: IntGraph, split, progress: bool =
             "max_abs_diff": int(np.abs(t - n).max())}
 
 
-BACKENDS = ("numpy", "torch", "onnx", "openvino", "c")
+BACKENDS = ("numpy", "torch", "onnx", "openvino", "c", "litert", "qonnx")
 
 
 def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool = False) -> np.ndarray:
-    """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, OpenVINO, or compiled C."""
+    """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, OpenVINO, compiled C, LiteRT
+    (the .tflite export, XNNPACK; refused unless every layer is proven exact there) or qonnx's
+    executor (the QONNX export)."""
     if backend == "numpy":
         return run(graph, x_q, progress=progress)
     if backend == "onnx":
@@ -160,29 +162,50 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool =
         from .export.c99 import run_c
 
         return run_c(graph, x_q, progress=progress)
-    raise FiqnnError(f"unknown backend {backend!r}; choose numpy, onnx, openvino or c")
+    if backend == "litert":
+        from ._optional import optional_import
+
+        for module in ("tflite", "ai_edge_litert"):
+            optional_import(module, "the litert backend")
+        from .export.tflite import run_litert
+
+        return run_litert(graph, x_q)
+    if backend == "qonnx":
+        from ._optional import optional_import
+
+        optional_import("qonnx", "the qonnx backend")
+        from .export.qonnx import run_qonnx
+
+        return run_qonnx(graph, x_q)
+    raise FiqnnError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-EXPORT_FORMATS = ("npz", "onnx", "c")
+EXPORT_FORMATS = ("npz", "onnx", "c", "tflite", "qonnx")
 
 
-def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
-    """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx or C.
+def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fallback: str | None = None) -> Path:
+    """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx, C, tflite
+    (LiteRT, every layer proven exact for XNNPACK or refused) or qonnx.
 
-    ``out`` is a file (npz, onnx) or a directory (c); for every format, missing parent
-    directories are created, after checking that they can be."""
+    ``out`` is a file (npz, onnx, tflite, qonnx) or a directory (c); for every format, missing parent
+    directories are created, after checking that they can be. ``fallback`` (tflite only): what to
+    do with a layer not proven exact in XNNPACK, "integer" (exact integer ops, off XNNPACK) or
+    "nearest" (the nearest float32 scale: LiteRT may round a few accumulators differently);
+    refused by default."""
     from . import _io
     from ._run import check_writable
 
     if fmt not in EXPORT_FORMATS:
         raise FiqnnError(f"unknown format {fmt!r}; choose {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}")
+    if fallback is not None and (fmt != "tflite" or fallback not in ("integer", "nearest")):
+        raise FiqnnError(f"--fallback {fallback} is for --format tflite: integer or nearest")
     target, out = Path(target), Path(out)
     graph = load(target / MODEL_FILE if target.is_dir() else target)
     what = f"the {fmt} model {out}"
-    if fmt == "onnx":
-        from ._optional import optional_import
+    from ._optional import optional_import
 
-        optional_import("onnx", "the onnx export")
+    for module in {"onnx": ("onnx",), "tflite": ("tflite",), "qonnx": ("onnx", "qonnx")}.get(fmt, ()):
+        optional_import(module, f"the {fmt} export")
     directory = out if fmt == "c" else out.parent
     check_writable(directory, what)
     if fmt != "c" and out.is_dir():
@@ -196,6 +219,14 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike) -> P
             from .export.onnx import export_onnx
 
             export_onnx(graph, out)
+        elif fmt == "tflite":
+            from .export.tflite import export_tflite
+
+            export_tflite(graph, out, fallback=fallback)
+        elif fmt == "qonnx":
+            from .export.qonnx import export_qonnx
+
+            export_qonnx(graph, out)
         else:
             from .export.c99 import export_c
 
