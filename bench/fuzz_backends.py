@@ -111,7 +111,8 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, bad: dict, wall:
         + ("; and the C export built with arm-none-eabi-gcc -O3 for a Cortex-M4, which takes the Arm SIMD32 "
            "kernels, run under qemu-system-arm (`c-m4`, no sanitizers on bare metal)" if args.cortex_m else "")
         + "; each backend's int32 logits must equal those of the pure-Python oracle (tests/oracle.py), "
-        "image by image.",
+        "image by image. Every other graph's C export plans its arena with every conv output over its input "
+        "that is allowed (`export_c(..., overlap=True)`; tests/test_fuzz.py arena_overlap).",
         "",
         "| | |", "|---|---|",
         f"| graphs | {done:,} |",
