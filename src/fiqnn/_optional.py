@@ -8,8 +8,8 @@ from types import ModuleType
 from .errors import MissingExtraError
 
 # top-level module -> pyproject extra
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "tflite": "tflite", "ai_edge_litert": "tflite",
-          "qonnx": "qonnx", "matplotlib": "plots"}
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "tflite": "tflite", "flatbuffers": "tflite",
+          "ai_edge_litert": "tflite", "qonnx": "qonnx", "matplotlib": "plots"}
 
 
 def optional_import(name: str, needed_by: str) -> ModuleType:

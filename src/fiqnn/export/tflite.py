@@ -116,7 +116,6 @@ The file is written with the ``tflite`` package's flatbuffer builders (no Tensor
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -126,7 +125,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import _io
-from ..errors import FiqnnError, MissingExtraError
+from .._optional import optional_import
+from ..errors import FiqnnError
 from ..integer.arith import INT32_MAX, INT32_MIN, code_range, requantize
 from ..integer.execute import as_graph, check_input
 from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, IntMaxPool, node_shapes
@@ -157,11 +157,8 @@ class UnprovenLayerError(TFLiteExportError):
 
 
 def _import(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise MissingExtraError(f"the LiteRT export needs tflite and ai-edge-litert: pip install tflite "
-                                f"ai-edge-litert ({name} failed to import: {e})") from None
+    """Module ``name`` of the tflite extra, or one line naming it (:func:`fiqnn._optional.optional_import`)."""
+    return optional_import(name, "the LiteRT export")
 
 
 # ---- the runtimes' requantization, emulated exactly -----------------------------------------------
