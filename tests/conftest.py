@@ -59,16 +59,18 @@ def digits(digits_teacher):
 
 @pytest.fixture(scope="session")
 def fold_student(digits):
-    """``fold_student(bits, scale)``: a fold (local-init only) W{bits}A{bits} student on digits, cached."""
+    """``fold_student(bits, scale, rounding)``: a fold (local-init only) W{bits}A{bits} student on digits,
+    cached."""
     from fiqnn.config import DistillConfig
     from fiqnn.train.distill import distill
 
     cache = {}
 
-    def make(bits: int = 4, scale: str = "per-layer"):
-        if (bits, scale) not in cache:
-            config = DistillConfig(w_bits=bits, a_bits=bits, scale=scale, method="fold", teacher_epochs=0)
-            cache[bits, scale] = distill(*digits, config, progress=False, log=lambda m: None)
-        return cache[bits, scale]
+    def make(bits: int = 4, scale: str = "per-layer", rounding: str = "single"):
+        if (bits, scale, rounding) not in cache:
+            config = DistillConfig(w_bits=bits, a_bits=bits, scale=scale, rounding=rounding, method="fold",
+                                   teacher_epochs=0)
+            cache[bits, scale, rounding] = distill(*digits, config, progress=False, log=lambda m: None)
+        return cache[bits, scale, rounding]
 
     return make

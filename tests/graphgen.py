@@ -44,7 +44,7 @@ from fiqnn.integer.graph import (
     Node,
     node_shapes,
 )
-from fiqnn.integer.nodes import pool_out
+from fiqnn.integer.nodes import ModelFileError, pool_out
 
 E9_LIMIT = 2**62
 
@@ -446,7 +446,17 @@ def random_graph(seed: int) -> IntGraph:
         pick = rng.random()  # the first block past ``pick`` whose condition holds
         x = next(make(x) for below, make, fits in blocks if pick < below and (fits is None or fits(x)))
     b.logits(x, int(rng.integers(1, 7)))
-    return IntGraph(in_shape, b.nodes[-1].out_channels, tuple(b.nodes))
+    nodes = tuple(b.nodes)
+    if np.random.default_rng([seed, 1]).random() < DOUBLE_ROUNDED:  # its own stream: the graph is unchanged
+        try:
+            nodes = tuple(replace(n, rounding="double") if isinstance(n, IntLayer) and n.a_bits is not None else n
+                          for n in nodes)
+        except ModelFileError:  # a layer whose (E4d) left shift could leave int32: the graph stays single
+            pass
+    return IntGraph(in_shape, b.nodes[-1].out_channels, nodes)
+
+
+DOUBLE_ROUNDED = 0.3  # the share of random graphs whose (E4) layers round twice (E4d)
 
 
 def random_inputs(rng: np.random.Generator, in_shape: tuple[int, int, int], n: int) -> np.ndarray:
@@ -466,7 +476,8 @@ FEATURES = (
     "signed codes out", "signed codes in", "signed add", "lut", "lut on 8-bit input", "mul", "mul by a gate",
     "concat", "concat of 3 inputs", "channels", "channel shuffle", "affine", "affine per channel",
     "affine negative mult",
-    "(E6) bound >= 2^30", "shift 0", "shift 62", "mult 1", "mult 2^31-1",
+    "(E6) bound >= 2^30", "shift 0", "shift 62", "mult 1", "mult 2^31-1", "double rounding",
+    "double rounding, signed codes out", "double rounding, shift <= 31",
     *(f"w_bits={b}" for b in range(2, 9)), *(f"a_bits={b}" for b in range(2, 9)))
 
 
@@ -491,6 +502,10 @@ def features(graph: IntGraph) -> Counter:
         srcs = graph.sources(node)
         if isinstance(node, IntLayer):
             seen[f"w_bits={node.w_bits}"] += 1
+            double = node.rounding == "double"
+            seen["double rounding"] += double
+            seen["double rounding, signed codes out"] += double and node.signed
+            seen["double rounding, shift <= 31"] += double and int(node.shift.min()) <= 31
             seen["per-channel scale"] += len(node.mult) > 1 and node is not graph.layers[-1]
             seen["int32 accumulators out"] += node.a_bits is None and node is not graph.layers[-1]
             seen["(E6) bound >= 2^30"] += node.acc_bound() >= 2**30

@@ -23,10 +23,35 @@ def code_range(a_bits: int, signed: bool = False) -> tuple[int, int]:
     return (-(2 ** (a_bits - 1)), 2 ** (a_bits - 1) - 1) if signed else (0, 2**a_bits - 1)
 
 
-def requantize(acc: int, mult: int, shift: int, a_bits: int, signed: bool = False) -> int:
-    """(E4)."""
+def requantize(acc: int, mult: int, shift: int, a_bits: int, signed: bool = False, rounding: str = "single") -> int:
+    """(E4), or with ``rounding="double"`` (E4d) as gemmlowp computes it (:func:`double_rounding`)."""
     lo, hi = code_range(a_bits, signed)
-    return min(max(rshift_round(acc * mult, shift), lo), hi)
+    r = double_rounding(acc, mult, shift) if rounding == "double" else rshift_round(acc * mult, shift)
+    return min(max(r, lo), hi)
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C's integer division of a by b > 0: toward zero."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def double_rounding(acc: int, mult: int, shift: int) -> int:
+    """(E4d) as TFLite's MultiplyByQuantizedMultiplier spells it, with the exponent e = 31 - shift:
+    SaturatingRoundingDoublingHighMul(acc * 2^max(e, 0), mult), then RoundingDivideByPOT by
+    max(-e, 0) (gemmlowp/fixedpoint/fixedpoint.h), step by step on Python ints. The left shift
+    must not overflow int32 (the contract's bound; TFLite's would be undefined)."""
+    e = 31 - shift
+    x = acc * 2 ** max(e, 0)
+    assert -(2**31) <= x < 2**31, "(E4d) acc * 2^(31 - shift) leaves int32"
+    ab = x * mult
+    nudge = 2**30 if ab >= 0 else 1 - 2**30
+    high = _trunc_div(ab + nudge, 2**31)  # SaturatingRoundingDoublingHighMul (mult > 0: no saturation)
+    exponent = max(-e, 0)
+    mask = 2**exponent - 1
+    remainder = high & mask  # two's complement AND on Python ints: high mod 2^exponent
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> exponent) + (1 if remainder > threshold else 0)  # RoundingDivideByPOT
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -150,8 +175,16 @@ def run_layer(x: np.ndarray, layer) -> np.ndarray:
     if layer.a_bits is None:
         return acc
     per = (1, -1, 1, 1)
-    y = _clamp(rshift_round_array(acc * _ints(layer.mult).reshape(per), _ints(layer.shift).reshape(per)),
-               layer.a_bits, layer.signed)
+    if getattr(layer, "rounding", "single") == "double":
+        mult = np.broadcast_to(_ints(layer.mult), (acc.shape[1],))
+        shift = np.broadcast_to(_ints(layer.shift), (acc.shape[1],))
+        y = np.empty_like(acc)
+        for idx in np.ndindex(acc.shape):
+            y[idx] = requantize(int(acc[idx]), int(mult[idx[1]]), int(shift[idx[1]]), layer.a_bits, layer.signed,
+                                "double")
+    else:
+        y = _clamp(rshift_round_array(acc * _ints(layer.mult).reshape(per), _ints(layer.shift).reshape(per)),
+                   layer.a_bits, layer.signed)
     if layer.pool:
         k, s, p = layer.pool
         return max_pool(y, (k, k), (s, s), (p, p))

@@ -130,3 +130,53 @@ def test_acc_bound_is_tight_and_fits_int32():
 def test_bits_outside_2_to_8_refused(bits):
     with pytest.raises(ValueError, match="2..8"):
         arith.weight_range(bits)
+
+
+def _double_ok(acc: int, shift: int) -> bool:
+    """(E4d)'s range: TFLite shifts acc left by 31 - shift in int32 first."""
+    return shift >= 31 or -(2**31) <= acc * 2 ** (31 - shift) < 2**31
+
+
+@given(INT32, MULT, SHIFT, BITS, st.booleans())
+def test_double_rounding_matches_gemmlowp(acc, mult, shift, a_bits, signed):
+    """(E4d): the offset form of arith equals gemmlowp's two roundings, step by step (oracle)."""
+    if not _double_ok(acc, shift):
+        return
+    got = int(arith.requantize(acc, mult, shift, a_bits, signed, rounding="double"))
+    assert got == oracle.requantize(acc, mult, shift, a_bits, signed, rounding="double")
+
+
+def test_double_differs_from_single_and_ties_away_from_zero():
+    # alpha = 1/4 (mult 2^30, shift 32): acc 1 -> 0.25. Single: 0. Double: 0.5 at bit 31 rounds up to 1,
+    # then 1/2 rounds half up to 1. acc -1 (signed): single -0.25 -> 0; double: -0.5 -> 0 (up), 0 / 2 -> 0.
+    # acc -3: -0.75 -> single -1; double: -1.5 -> -1, then -1/2 rounds half away from zero -> -1.
+    acc = np.array([1, -1, -3, 2, -2, 6, -6])
+    single = arith.requantize(acc, 2**30, 32, 8, True).tolist()
+    double = arith.requantize(acc, 2**30, 32, 8, True, rounding="double").tolist()
+    assert single == [0, 0, -1, 1, 0, 2, -1]
+    assert double == [1, 0, -1, 1, -1, 2, -2]
+    assert double == [oracle.requantize(int(a), 2**30, 32, 8, True, "double") for a in acc]
+
+
+@given(MULT, st.integers(0, 62), BITS, st.booleans(), st.sampled_from(arith.ROUNDINGS), st.data())
+def test_thresholds_are_the_steps_of_requantize(mult, shift, a_bits, signed, rounding, data):
+    """code(a) = lo + #{k : a >= T_k} on a window of accumulators around every threshold."""
+    lo, hi = arith.code_range(a_bits, signed)
+    low, high = -(2**31), 2**31 - 1
+    if rounding == "double" and shift < 31:
+        low, high = -(2**shift), 2**shift - 1  # (E4d)'s left shift stays inside int32
+    t = arith.thresholds(mult, shift, lo, hi, low, high, rounding=rounding)
+    assert t == sorted(t)
+    k = data.draw(st.integers(0, len(t) - 1))
+    a = np.clip(np.arange(t[k] - 3, t[k] + 3), low, high)
+    want = arith.requantize(a, mult, shift, a_bits, signed, rounding).astype(np.int64)
+    got = lo + (a[:, None] >= np.array(t)[None]).sum(axis=1)
+    assert got.tolist() == want.tolist()
+
+
+def test_quantize_multiplier_24_bits_is_float32():
+    for real in (0.0123456789, 1.0 - 2.0**-40, 3.3e-7):
+        mult, shift = arith.quantize_multiplier(real, bits=24)
+        assert mult % 128 == 0 and arith.MULT_MIN <= mult <= arith.MULT_MAX
+        assert float(np.float32(mult / 2.0**shift)) == mult / 2.0**shift
+        assert abs(mult / 2.0**shift - real) / real <= 2.0**-24

@@ -171,7 +171,7 @@ def test_distill_teacher_without_checkpoint(cli, tmp_path):
 
 @pytest.mark.parametrize("member, message", [
     ("fc2.bias_q.npy", "fc2.bias_q.npy does not match its checksum"),
-    ("meta.json", "was written for ARITH_VERSION 99; this fiqnn implements 2"),
+    ("meta.json", "was written for ARITH_VERSION 99; this fiqnn implements 3"),
 ])
 def test_model_file_errors_exit_2(cli, tmp_path, member, message):
     import zipfile

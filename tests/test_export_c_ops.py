@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fiqnn.export import c99
-from fiqnn.integer.arith import code_range, quantize_multiplier
+from fiqnn.integer.arith import ARITH_VERSION, code_range, quantize_multiplier
 from fiqnn.integer.execute import run
 from fiqnn.integer.graph import (
     IntAdd,
@@ -476,8 +476,8 @@ def test_v2_source_has_no_float_no_malloc_and_no_node_name(tmp_path):
         if f.name in ("model.c", "model.h", "fiqnn_arith.h"):
             for word in ("float", "double", "malloc", "calloc", "math.h"):
                 assert word not in code, (f.name, word)
-    assert "#if FIQNN_ARITH_VERSION != 2" in (out / "model.c").read_text()
-    assert "#define FIQNN_ARITH_VERSION 2" in (out / "fiqnn_arith.h").read_text()
+    assert f"#if FIQNN_ARITH_VERSION != {ARITH_VERSION}" in (out / "model.c").read_text()
+    assert f"#define FIQNN_ARITH_VERSION {ARITH_VERSION}" in (out / "fiqnn_arith.h").read_text()
 
 
 def test_footprint_counts_every_constant_array():

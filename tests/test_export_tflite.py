@@ -79,7 +79,10 @@ def test_emulation_and_proof_agree_with_litert_on_every_accumulator(target, a_bi
     got = T.run_litert(data, x, target=target, batch_size=len(x))
     rule = T.xnnpack_codes if target == "xnnpack" else T.builtin_codes
     q = step.out_q
-    assert np.array_equal(got, rule(acc, step.in_q.scale, step.filter_scale, q.scale, q.zp, step.act) - q.zp)
+    want = rule(acc, step.in_q.scale, step.filter_scale, q.scale, q.zp, step.act) - q.zp
+    if step.clamp is not None:  # builtin and tflm: RELU at scale 1.0, then a MINIMUM at code 2^A - 1
+        want = np.minimum(want, step.clamp - q.zp)
+    assert np.array_equal(got, want)
     exact = (got == run(graph, x)).all(axis=0)
     proof = T.prove(p, target)
     assert np.array_equal(proof["l1"].ok, exact)
@@ -286,7 +289,19 @@ def test_add_spelling_is_exact_and_its_proof_is_not_vacuous(a_bits, signed, beta
     assert (got != ref).any(axis=0).all()
 
 
-@pytest.mark.parametrize("target", T.TARGETS)
+def test_tflm_refuses_what_it_cannot_run():
+    """TFLite Micro has no int32-output BATCH_MATMUL: the integer fallback and accumulator layers are
+    refused for it in one line, naming the node."""
+    rng = np.random.default_rng(5)
+    big = _layer(rng, "big", "fc", (4, 4096), 8, 8, 8)
+    graph = IntGraph((4096, 1, 1), 3, (big, _layer(rng, "out", "fc", (3, 4), 8, 8, None)))
+    with pytest.raises(T.TFLiteExportError, match="node big: the integer fallback .* TFLite Micro does not run"):
+        T.to_tflite(graph, "tflm", fallback="integer")
+    with pytest.raises(T.TFLiteExportError, match="accumulators feed an add.*TFLite Micro"):
+        T.plan(residual_graph(18, 8), "tflm")
+
+
+@pytest.mark.parametrize("target", ["xnnpack", "builtin"])
 def test_integer_fallback_makes_unproven_layers_exact(target):
     """What the float32 proof cannot prove (a huge W8A8 layer under XNNPACK; double rounding under
     the builtin kernels) is respelled in integer ops on fallback='integer', named, and exact."""

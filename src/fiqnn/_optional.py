@@ -9,7 +9,7 @@ from .errors import MissingExtraError
 
 # top-level module -> pyproject extra
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "tflite": "tflite", "flatbuffers": "tflite",
-          "ai_edge_litert": "tflite", "qonnx": "qonnx", "matplotlib": "plots"}
+          "ai_edge_litert": "tflite", "tflite_micro": "tflm", "qonnx": "qonnx", "matplotlib": "plots"}
 
 
 def optional_import(name: str, needed_by: str) -> ModuleType:

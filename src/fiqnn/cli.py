@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .jobs import export_run
 
-    out = export_run(args.model, args.format, args.out, args.fallback)
+    out = export_run(args.model, args.format, args.out, args.fallback, args.target)
     _report(args, {"format": args.format, "out": str(out)}, f"wrote {args.format} model to {out}")
     return 0
 
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", help="ptl (default) | fold | oneshot | scratch")
     s.add_argument("--scale", help="per-layer (default: one (mult, shift) per layer) | per-channel (one per output "
                    "channel; the logits layer keeps one)")
+    s.add_argument("--rounding", help="single (default: (E4), round half up once) | double (gemmlowp's (E4d), what "
+                   "TFLite Micro, CMSIS-NN and Ethos-U compute; 24-bit multipliers)")
     s.add_argument("--first-last-bits", type=int, help="weight bits of the first and last layers (default 8)")
     s.add_argument("--teacher-quantizer", help="lsq (default) | dorefa: the BN teacher QNN's weight quantizer")
     s.add_argument("--teacher-epochs", type=int, help="QAT epochs of the BN teacher QNN, step 0 (default 1)")
@@ -321,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="distill run directory (or its model.npz)")
     e.add_argument("--backend", default="numpy",
                    help="numpy (reference executor, default) | onnx (ONNX Runtime) | openvino (OpenVINO, the "
-                        "ONNX export) | c (compiled C99) | litert (LiteRT with XNNPACK, the tflite export) | qonnx "
-                        "(qonnx's executor) | torch")
+                        "ONNX export) | c (compiled C99) | litert (LiteRT with XNNPACK, the tflite export) | tflm "
+                        "(TFLite Micro; exact for --rounding double students) | qonnx (qonnx's executor) | torch")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", parents=[common], help="write the integer model as npz, ONNX, C99 source, "
@@ -334,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fallback", choices=("integer", "nearest"),
                    help="tflite: a layer not proven exact in XNNPACK in exact integer ops (off XNNPACK, slower), or "
                         "with the nearest float32 scale (not exact); default: refuse it")
+    x.add_argument("--target", choices=("xnnpack", "builtin", "tflm"),
+                   help="tflite: the runtime the proof is for: xnnpack (default: LiteRT's delegate, float32 "
+                        "requantization) | builtin (LiteRT's own kernels) | tflm (TFLite Micro, CMSIS-NN); the last "
+                        "two round twice, so prove students converted with --rounding double")
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", parents=[common], help="per-layer bits, mult, shift, accumulator bounds")

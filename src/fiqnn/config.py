@@ -14,6 +14,7 @@ from typing import Any
 from ._archs import ARCHS
 from .data import DATASETS
 from .errors import ConfigError
+from .integer.arith import ROUNDINGS
 
 
 def _check(ok: bool, message: str) -> None:
@@ -91,6 +92,7 @@ class DistillConfig(_Dict):
     w_bits: int = 4
     a_bits: int = 4
     scale: str = "per-layer"
+    rounding: str = "single"  # (E4) single rounding, or gemmlowp's double (E4d): TFLite Micro, CMSIS-NN exact
     first_last_bits: int = 8
     method: str = "ptl"
     teacher_quantizer: str = "lsq"
@@ -118,6 +120,7 @@ class DistillConfig(_Dict):
             _check(isinstance(v, int) and 2 <= v <= 8, f"{name.replace('_', '-')} must be an integer in 2..8, "
                                                          f"got {v}")
         _check(self.scale in SCALES, f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        _check(self.rounding in ROUNDINGS, f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.teacher_quantizer in TEACHER_QUANTIZERS,
                f"unknown teacher quantizer {self.teacher_quantizer!r}; choose lsq or dorefa")
@@ -140,7 +143,8 @@ class DistillConfig(_Dict):
 
 
 DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
-    "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "first_last_bits": "first_last_bits",
+    "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "rounding": "rounding",
+    "first_last_bits": "first_last_bits",
     "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",

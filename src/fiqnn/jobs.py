@@ -133,13 +133,14 @@ def compare_backends(student: GraphNet, graph: IntGraph, split, progress: bool =
             "max_abs_diff": int(np.abs(t - n).max())}
 
 
-BACKENDS = ("numpy", "torch", "onnx", "openvino", "c", "litert", "qonnx")
+BACKENDS = ("numpy", "torch", "onnx", "openvino", "c", "litert", "tflm", "qonnx")
 
 
 def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool = False) -> np.ndarray:
     """int32 logits of ``graph`` from the numpy executor, ONNX Runtime, OpenVINO, compiled C, LiteRT
     (the .tflite export, XNNPACK; refused unless every layer is proven exact there) or qonnx's
-    executor (the QONNX export)."""
+    executor (the QONNX export); tflm: TFLite Micro's reference kernels (the tflm-target .tflite,
+    exact for models converted with double rounding)."""
     if backend == "numpy":
         return run(graph, x_q, progress=progress)
     if backend == "onnx":
@@ -170,6 +171,14 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool =
         from .export.tflite import run_litert
 
         return run_litert(graph, x_q)
+    if backend == "tflm":
+        from ._optional import optional_import
+
+        for module in ("tflite", "tflite_micro"):
+            optional_import(module, "the tflm backend")
+        from .export.tflite import run_tflm
+
+        return run_tflm(graph, x_q, progress=progress)
     if backend == "qonnx":
         from ._optional import optional_import
 
@@ -183,7 +192,8 @@ def run_backend(graph: IntGraph, x_q: np.ndarray, backend: str, progress: bool =
 EXPORT_FORMATS = ("npz", "onnx", "c", "tflite", "qonnx")
 
 
-def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fallback: str | None = None) -> Path:
+def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fallback: str | None = None,
+               runtime: str | None = None) -> Path:
     """``fiqnn export``: write a distill run's (or a model file's) IntGraph as npz, onnx, C, tflite
     (LiteRT, every layer proven exact for XNNPACK or refused) or qonnx.
 
@@ -191,7 +201,8 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fall
     directories are created, after checking that they can be. ``fallback`` (tflite only): what to
     do with a layer not proven exact in XNNPACK, "integer" (exact integer ops, off XNNPACK) or
     "nearest" (the nearest float32 scale: LiteRT may round a few accumulators differently);
-    refused by default."""
+    refused by default. ``runtime`` (tflite only): the LiteRT target whose rule the proof uses,
+    "xnnpack" (default), "builtin" or "tflm" (TFLite Micro: also no int32 BATCH_MATMUL)."""
     from . import _io
     from ._run import check_writable
 
@@ -199,6 +210,8 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fall
         raise FiqnnError(f"unknown format {fmt!r}; choose {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}")
     if fallback is not None and (fmt != "tflite" or fallback not in ("integer", "nearest")):
         raise FiqnnError(f"--fallback {fallback} is for --format tflite: integer or nearest")
+    if runtime is not None and fmt != "tflite":
+        raise FiqnnError(f"--target {runtime} is for --format tflite")
     target, out = Path(target), Path(out)
     graph = load(target / MODEL_FILE if target.is_dir() else target)
     what = f"the {fmt} model {out}"
@@ -222,7 +235,7 @@ def export_run(target: str | os.PathLike, fmt: str, out: str | os.PathLike, fall
         elif fmt == "tflite":
             from .export.tflite import export_tflite
 
-            export_tflite(graph, out, fallback=fallback)
+            export_tflite(graph, out, target=runtime or "xnnpack", fallback=fallback)
         elif fmt == "qonnx":
             from .export.qonnx import export_qonnx
 

@@ -143,11 +143,14 @@ static inline uint32_t fiqnn_uxtb16_ror8(uint32_t v)
 }
 
 /* (E3) of acc * mult for shift >= 32 in four instructions: SMULL, the rounding constant
- * 2^(shift-1) added to the 64-bit product (ADDS/ADC), then the high word shifted right by
+ * 2^(shift-1) (and (E4d)'s 2^30) added to the 64-bit product (ADDS/ADC), then the high word shifted right by
  * shift - 32 (ASR: floor division, as (E3) wants). |acc * mult| < 2^62, so the result fits. */
 static inline int32_t fiqnn_mulshift_hi(int32_t acc, int32_t mult, int shift)
 {
-    uint32_t rlo = shift == 32 ? 0x80000000u : 0u, rhi = shift > 32 ? 1u << (shift - 33) : 0u, lo;
+    /* + 2^30 under (E4d): the offset of p >= -2^30, which the callers' clamp at 0 makes exact for
+     * every p (they send signed codes of (E4d) to fiqnn_requantize_s8) */
+    uint32_t rlo = (shift == 32 ? 0x80000000u : 0u) + (FIQNN_GEMMLOWP_ROUNDING ? 0x40000000u : 0u);
+    uint32_t rhi = shift > 32 ? 1u << (shift - 33) : 0u, lo;
     int32_t hi;
     __asm__("smull %[lo], %[hi], %[a], %[m]\n\t"
             "adds %[lo], %[lo], %[rlo]\n\t"
@@ -427,6 +430,9 @@ static inline int32_t fiqnn_requant_lane(int32_t acc, int32_t mult, int shift, i
 {
     int64_t p = (int64_t)acc * mult;
     int s = shift > 0 ? shift : 1;
+#if FIQNN_GEMMLOWP_ROUNDING
+    p += fiqnn_gemmlowp_offset(p, shift);  /* (E4d) */
+#endif
     uint64_t u = ((uint64_t)p + ((uint64_t)1 << (s - 1)) + ((uint64_t)1 << 63)) >> s;
     int64_t r = shift > 0 ? (int64_t)u - ((int64_t)1 << (63 - s)) : p;
     r = r > lo ? r : lo;  /* (as max, then min: what the vectoriser maps to those instructions) */
@@ -539,6 +545,8 @@ static void fiqnn_vnni_prepare(const fiqnn_layer *layers, int count)
             mult[oc] = L->mult[j];
             shift[e] = L->shift[j];  /* per block of 16: the even channels' 8 lanes, then the odd ones' */
             half[e] = L->shift[j] ? (int64_t)1 << (L->shift[j] - 1) : 0;
+            if (FIQNN_GEMMLOWP_ROUNDING && L->shift[j] > 31)
+                half[e] += (int64_t)1 << 30;  /* (E4d), for p >= -2^30; fiqnn_vnni_requant mends the rest */
         }
     }
     fiqnn_pre_ready = 1;
@@ -589,6 +597,18 @@ static inline void fiqnn_vnni_requant(__m512i acc, const int32_t *mult, const in
     __m512i mv = _mm512_loadu_si512((const void *)mult), lov = _mm512_set1_epi64(lo), hiv = _mm512_set1_epi64(hi);
     __m512i pe = _mm512_mul_epi32(acc, mv);
     __m512i po = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), _mm512_srli_epi64(mv, 32));
+#if FIQNN_GEMMLOWP_ROUNDING
+    if (lo < 0) {  /* (E4d) below -2^30 the offset is -2^30, not the +2^30 in half: 2^31 less */
+        __m512i low = _mm512_set1_epi64(-((int64_t)1 << 30)), big = _mm512_set1_epi64(31);
+        __m512i two31 = _mm512_set1_epi64((int64_t)1 << 31);
+        __mmask8 me = _mm512_cmplt_epi64_mask(pe, low) &
+                      _mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)shift), big);
+        __mmask8 mo = _mm512_cmplt_epi64_mask(po, low) &
+                      _mm512_cmpgt_epi64_mask(_mm512_loadu_si512((const void *)(shift + 8)), big);
+        pe = _mm512_mask_sub_epi64(pe, me, pe, two31);
+        po = _mm512_mask_sub_epi64(po, mo, po, two31);
+    }
+#endif
     pe = _mm512_srav_epi64(_mm512_add_epi64(pe, _mm512_loadu_si512((const void *)half)),
                            _mm512_loadu_si512((const void *)shift));
     po = _mm512_srav_epi64(_mm512_add_epi64(po, _mm512_loadu_si512((const void *)(half + 8))),
@@ -730,7 +750,7 @@ static void put_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int o
     if (L->qmax == 0)
         logits[pixel * L->o + oc] = acc;
 #if FIQNN_SIMD32
-    else if (L->shift[k] >= 32)
+    else if (L->shift[k] >= 32 && !(FIQNN_GEMMLOWP_ROUNDING && $lo < 0))
         y[pixel * L->o + oc] = (uint8_t)fiqnn_clamp(fiqnn_mulshift_hi(acc, L->mult[k], L->shift[k]), $lo, L->qmax);
 #endif
     else
@@ -746,7 +766,7 @@ static void puts_${name}(const fiqnn_layer *L, uint8_t *y, int32_t *logits, int 
     int k = L->per_channel ? oc : 0, shift = L->shift[k], p;
     int32_t mult = L->mult[k], bias = L->bias[oc], lo = $lo, hi = L->qmax;
     uint8_t *yp = y + pixel * L->o + oc;
-    if (L->qmax == 0 || shift < 32) {
+    if (L->qmax == 0 || shift < 32 || (FIQNN_GEMMLOWP_ROUNDING && lo < 0)) {
         for (p = 0; p < np; p++)
             put_${name}(L, y, logits, oc, pixel + p, bias + a[p]);
         return;

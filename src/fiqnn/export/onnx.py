@@ -138,7 +138,7 @@ from .. import _io
 from .._optional import optional_import
 from .._progress import bar as progress_bar
 from ..errors import FiqnnError
-from ..integer.arith import INT32_MAX, INT32_MIN, clamp_codes, code_range, rshift_round
+from ..integer.arith import DOUBLE_HALF, INT32_MAX, INT32_MIN, clamp_codes, code_range, rshift_round, thresholds
 from ..integer.execute import as_graph, check_input
 from ..integer.graph import (
     IntAdd,
@@ -487,14 +487,6 @@ def _input_conv(b: _Builder, n: str, layer: IntLayer, in_shape: tuple) -> str:
     return b.op("Transpose", [out], f"{n}.y_nhwc", perm=TO_NHWC)
 
 
-def _thresholds(mult: int, shift: int, lo: int, hi: int, a_lo: int, a_hi: int, extra: int = 0) -> list[int]:
-    """T_k for k in (lo, hi]: the smallest integer a with a * mult + extra + 2^(shift-1) >= k * 2^shift,
-    so that clamp(rshift_round(a * mult + extra, shift), lo, hi) is lo + #{k : a >= T_k} (mult > 0);
-    clipped to [a_lo, a_hi + 1], which keeps that count on [a_lo, a_hi]. Python integers: exact."""
-    half = (1 << shift) >> 1
-    return [min(max(-((half + extra - (k << shift)) // mult), a_lo), a_hi + 1) for k in range(lo + 1, hi + 1)]
-
-
 def _chan(values: np.ndarray, nchw: bool) -> np.ndarray:
     """A per-channel int32 constant for NHWC tensors (channels last), or (C, 1, 1) for NCHW ones."""
     values = values.astype(np.int32)
@@ -511,7 +503,7 @@ def _requant_acc(b: _Builder, n: str, raw: str, bias: np.ndarray, lo_v, hi_v, la
     highs = [int(hi_v.max())] if groups == 1 else [int(v) for v in hi_v]
     a0, a1, thr = [], [], []
     for g in range(groups):
-        t = _thresholds(int(layer.mult[g]), int(layer.shift[g]), lo, hi, lows[g], highs[g])
+        t = thresholds(int(layer.mult[g]), int(layer.shift[g]), lo, hi, lows[g], highs[g], rounding=layer.rounding)
         a0.append(min(max(t[0] - 1, lows[g]), highs[g]))
         a1.append(max(min(t[-1], highs[g]), a0[-1]))
         thr.append(t)
@@ -522,6 +514,13 @@ def _requant_acc(b: _Builder, n: str, raw: str, bias: np.ndarray, lo_v, hi_v, la
         wide = b.op("Cast", [acc], f"{n}.acc64", to=TensorProto.INT64)
         per = (-1, 1, 1) if nchw else (-1,)
         prod = b.op("Mul", [wide, b.const(f"{n}.mult", layer.mult.astype(np.int64).reshape(per))], f"{n}.prod")
+        if layer.rounding == "double":  # (E4d): +-2^30 by the product's side of -2^30, where shift > 31
+            deep = (layer.shift.astype(np.int64) > 31).reshape(per)
+            side = b.op("GreaterOrEqual", [prod, b.const(f"{n}.minus_half", np.array(-DOUBLE_HALF, np.int64))],
+                        f"{n}.side")
+            offset = b.op("Where", [side, b.const(f"{n}.up", deep * np.int64(DOUBLE_HALF)),
+                                    b.const(f"{n}.down", deep * np.int64(-DOUBLE_HALF))], f"{n}.offset")
+            prod = b.op("Add", [prod, offset], f"{n}.prod_d")
         codes = _requantize64(b, n, prod, layer.shift.reshape(per), layer.a_bits, layer.signed)
         return b.reshape(codes, f"{n}.y_map", dims)
     shift0 = np.array(a0 if groups > 1 else a0 * o, np.int64)  # a0 of each output channel
@@ -712,7 +711,7 @@ def _add_accumulator(b: _Builder, n: str, node: IntAdd, ins: list[str], srcs: li
         return None
     u = sum(x * int(node.mult[k]) for x, k in zip(_grid([srcs[k] for k in others]), others))
     m0, s = int(node.mult[j]), int(node.shift[0])
-    thr = [_thresholds(m0, s, lo, hi, v_lo, v_hi, int(ur)) for ur in u]
+    thr = [thresholds(m0, s, lo, hi, v_lo, v_hi, int(ur)) for ur in u]
     a0 = [min(max(t[0] - 1, v_lo), v_hi) for t in thr]
     a1 = [max(min(t[-1], v_hi), x) for t, x in zip(thr, a0)]
     width = max(y - x + 1 for x, y in zip(a0, a1))

@@ -89,7 +89,7 @@ from .. import _io
 from .._optional import optional_import
 from .._progress import bar as progress_bar
 from ..errors import FiqnnError
-from ..integer.arith import INT32_MAX, code_peak, code_range
+from ..integer.arith import INT32_MAX, code_peak, code_range, thresholds
 from ..integer.execute import as_graph, check_input
 from ..integer.graph import (
     IntAdd,
@@ -213,17 +213,6 @@ class _Builder:
 
 def _code_type(bits: int, signed: bool) -> str:
     return f"{'INT' if signed else 'UINT'}{bits}"
-
-
-def thresholds(mult: int, shift: int, lo: int, hi: int, low: int, high: int, offset: int = 0) -> list[int]:
-    """T_k = ceil((k 2^shift - 2^(shift-1) - offset) / mult) for k = lo+1 .. hi, each clipped to
-    [low, high + 1]: ``clamp(rshift_round(a * mult + offset, shift), lo, hi) = lo + #{k : a >= T_k}``
-    for every integer a in [low, high] (module docstring: Thresholds). Python integers, exact."""
-    mult, shift, offset, low, high = int(mult), int(shift), int(offset), int(low), int(high)
-    if mult <= 0:
-        raise ValueError(f"mult must be positive, got {mult}")
-    half = (1 << shift) >> 1
-    return [min(max(-((half + offset - (k << shift)) // mult), low), high + 1) for k in range(lo + 1, hi + 1)]
 
 
 def _multithreshold(b: _Builder, n: str, v: _T, table, bits: int, signed: bool, low: int, high: int) -> _T:
@@ -351,7 +340,7 @@ def _layer(b: _Builder, n: str, node: IntLayer, ins: list[_T], shapes: list, src
     lo, hi = code_range(node.a_bits, node.signed)
     mult = np.broadcast_to(node.mult, (o,))
     shift = np.broadcast_to(node.shift, (o,))
-    table = [thresholds(mult[c], shift[c], lo, hi, acc_lo[c], acc_hi[c]) for c in range(o)]
+    table = [thresholds(mult[c], shift[c], lo, hi, acc_lo[c], acc_hi[c], rounding=node.rounding) for c in range(o)]
     y = _multithreshold(b, n, acc, table, node.a_bits, node.signed, int(acc_lo.min()), int(acc_hi.max()))
     if not node.pool:
         return y

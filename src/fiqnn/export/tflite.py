@@ -126,15 +126,16 @@ import numpy as np
 
 from .. import _io
 from .._optional import optional_import
+from .._progress import bar as progress_bar
 from ..errors import FiqnnError
-from ..integer.arith import INT32_MAX, INT32_MIN, code_range, requantize
+from ..integer.arith import INT32_MAX, INT32_MIN, code_range, requantize, thresholds
 from ..integer.execute import as_graph, check_input
 from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, IntMaxPool, node_shapes
 from ..integer.nodes import pool_out
 
 log = logging.getLogger("fiqnn")
 
-TARGETS = ("xnnpack", "builtin")
+TARGETS = ("xnnpack", "builtin", "tflm")
 F32 = np.float32
 SEARCH_ULPS = 2**22  # how far (in float32 ulps, about 2^-1 relative) the scale search goes
 
@@ -280,6 +281,7 @@ class Step:
     in_shape: tuple[int, int, int] = (0, 0, 0)  # the (C, H, W) it reads
     add: AddSpelling | None = None  # an (E9) add's integer constants
     in_qs: tuple = ()  # an add's inputs' quantizations (None: int32 accumulators)
+    clamp: int | None = None  # a MINIMUM at this stored int8 value after the op (builtin, tflm)
 
 
 @dataclass
@@ -327,17 +329,25 @@ class LayerProof:
         return bool(self.ok.all())
 
 
-def _code_quant(code, name: str) -> tuple[Quant, str]:
-    """The output quantization and fused activation that clamp exactly to the code range."""
+def _code_quant(code, name: str, target: str = "xnnpack") -> tuple[Quant, str, int | None]:
+    """The output quantization, fused activation and MINIMUM (a stored int8 value, or None) that
+    clamp exactly to the code range. XNNPACK fuses RELU6 at scale 6 / (2^A - 1) into its kernels; the
+    builtin kernels and TFLite Micro get scale 1.0 with RELU and a MINIMUM at code 2^A - 1, so that
+    the requantization scale they compute from float32 scales is the filter scale itself (a 24-bit
+    multiplier rebuilds its own (mult, shift) exactly)."""
     bits, signed = code
     if signed:
         if bits != 8:
             raise _refuse(f"node {name}: {bits}-bit signed codes need a clamp at {-(2 ** (bits - 1))} and "
                           f"{2 ** (bits - 1) - 1}, which no TFLite fused activation gives; only 8-bit signed codes "
                           "are exported", name)
-        return Quant(1.0, 0), "NONE"
+        return Quant(1.0, 0), "NONE", None
     qmax = 2**bits - 1
-    return (Quant(1.0, -128), "RELU") if qmax == 255 else (Quant(float(F32(6.0 / qmax)), -128), "RELU6")
+    if qmax == 255:
+        return Quant(1.0, -128), "RELU", None
+    if target != "xnnpack":
+        return Quant(1.0, -128), "RELU", qmax - 128
+    return Quant(float(F32(6.0 / qmax)), -128), "RELU6", None
 
 
 def _bounds(layer: IntLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -346,18 +356,15 @@ def _bounds(layer: IntLayer) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _points(layer: IntLayer) -> np.ndarray:
-    """(O, P) int64: per channel, the accumulators at which agreeing with (E4) proves agreeing on
-    all of [L, U] (module docstring: The proof)."""
+    """(O, P) int64: per channel, the accumulators at which agreeing with (E4) (or (E4d)) proves
+    agreeing on all of [L, U] (module docstring: The proof)."""
     lo_c, hi_c = code_range(layer.a_bits, layer.signed)
     L, U = _bounds(layer)
     rows = []
     for o in range(layer.out_channels):
         j = o if len(layer.mult) > 1 else 0
-        mult, s = int(layer.mult[j]), int(layer.shift[j])
-        half = (1 << (s - 1)) if s > 0 else 0
-        t = [-((half - k * (1 << s)) // mult) for k in range(lo_c + 1, hi_c + 1)]  # ceil, Python ints
-        pts = np.array(t + [v - 1 for v in t], dtype=object)
-        pts = np.clip(pts, int(L[o]), int(U[o])).astype(np.int64)
+        t = thresholds(layer.mult[j], layer.shift[j], lo_c, hi_c, L[o], U[o], rounding=layer.rounding)
+        pts = np.clip(np.array(t + [v - 1 for v in t], dtype=object), int(L[o]), int(U[o])).astype(np.int64)
         rows.append(np.concatenate([pts, [L[o], U[o]]]))
     return np.array(rows, np.int64)
 
@@ -365,7 +372,7 @@ def _points(layer: IntLayer) -> np.ndarray:
 def _contract(layer: IntLayer, pts: np.ndarray) -> np.ndarray:
     mult = layer.mult.astype(np.int64).reshape(-1, 1)
     shift = layer.shift.astype(np.int64).reshape(-1, 1)
-    return requantize(pts, mult, shift, layer.a_bits, layer.signed).astype(np.int64)
+    return requantize(pts, mult, shift, layer.a_bits, layer.signed, layer.rounding).astype(np.int64)
 
 
 def _evaluate(step: Step, target: str, s_w: np.ndarray, pts: np.ndarray, want: np.ndarray):
@@ -378,6 +385,8 @@ def _evaluate(step: Step, target: str, s_w: np.ndarray, pts: np.ndarray, want: n
         ok = (got == want[None]).all(axis=2) & (c < 256.0) & (c * peak[None] < 2.0**31 - 2**8)
     else:
         got = builtin_codes(pts[None], step.in_q.scale, s_w[..., None], q.scale, q.zp, step.act) - q.zp
+        if step.clamp is not None:  # the MINIMUM after the op (_code_quant)
+            got = np.where(got == INT32_MIN - q.zp, got, np.minimum(got, step.clamp - q.zp))
         ok = (got == want[None]).all(axis=2)
     return ok, got, c, peak
 
@@ -466,15 +475,22 @@ def plan(graph: IntGraph | str | os.PathLike, target: str = "xnnpack", integer=(
             ph, pw = node.padding
             step = Step(node, node.kind, in_q, layer=node, pads=(ph, ph, pw, pw))  # respelled below
         elif isinstance(node, IntLayer):
-            step = _layer_step(node, in_q, (c, h, w), node is last)
+            step = _layer_step(node, in_q, (c, h, w), node is last, target)
+            if target == "tflm" and step.op == "acc":
+                raise TFLiteExportError(f"layer {node.name}: its int32 accumulators feed an add, spelled with an "
+                                        "int8 x int8 -> int32 BATCH_MATMUL and int64 ops, which TFLite Micro does not "
+                                        "run; the tflm target takes plain conv/fc/pool networks")
         elif isinstance(node, IntMaxPool):
             step = Step(node, "maxpool", in_q, in_q, pads=_window_pads(node, h, w))
         elif isinstance(node, IntAvgPool):
-            step = _avgpool_step(node, in_q, (c, h, w))
+            step = _avgpool_step(node, in_q, (c, h, w), target)
         else:  # _check_spelled let nothing else through
             raise AssertionError(type(node))
         step.in_shape = (c, h, w)
         if node.name in integer and step.op in ("conv", "fc", "avgpool"):
+            if target == "tflm":
+                raise TFLiteExportError(f"node {node.name}: the integer fallback uses int32 BATCH_MATMUL and int64 "
+                                        "ops, which TFLite Micro does not run")
             step = _integer_step(step)
             p.fallbacks[node.name] = "integer"
         elif step.layer is not None and step.op not in ("logits", "acc"):
@@ -491,7 +507,7 @@ def _check_spelled(node) -> None:
                                 "(it exports conv, fc, maxpool, avgpool and add nodes)")
 
 
-def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool) -> Step:
+def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool, target: str = "xnnpack") -> Step:
     c, h, w = in_shape
     if node.a_bits is None:
         if not is_last:  # accumulators read only by adds (the graph checks): im2col + BATCH_MATMUL, int32
@@ -505,9 +521,9 @@ def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool) -> Step:
                                     f"covers the whole {h}x{w} map without padding or dilation (got kernel "
                                     f"{node.w_q.shape[2:]}, padding {node.padding})")
         return Step(node, "logits", in_q, layer=node)
-    out_q, act = _code_quant(node.code, node.name)
+    out_q, act, clamp = _code_quant(node.code, node.name, target)
     if node.kind == "fc":
-        return Step(node, "fc", in_q, out_q, act, node)
+        return Step(node, "fc", in_q, out_q, act, node, clamp=clamp)
     g, cg = node.groups, node.w_q.shape[1]
     if g != 1 and not (g == c and cg == 1):
         raise _refuse(f"layer {node.name}: a grouped conv ({g} groups of {cg} channels) has no TFLite op; only "
@@ -517,7 +533,7 @@ def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool) -> Step:
         _same_padding(w, kw, node.stride[1], node.padding[1], node.dilation[1])
     ph, pw = node.padding
     return Step(node, "conv", in_q, out_q, act, node, same=same and (ph or pw),
-                pads=(0, 0, 0, 0) if same else (ph, ph, pw, pw))
+                pads=(0, 0, 0, 0) if same else (ph, ph, pw, pw), clamp=clamp)
 
 
 def _same_padding(size: int, k: int, s: int, p: int, d: int) -> bool:
@@ -536,7 +552,7 @@ def _window_pads(node, h: int, w: int) -> tuple[int, int, int, int]:
     return ph, ph + extra_h, pw, pw + extra_w
 
 
-def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape) -> Step:
+def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape, target: str = "xnnpack") -> Step:
     c, h, w = in_shape
     kh, kw = node.kernel
     if len(node.mult) > 1:
@@ -551,8 +567,8 @@ def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape) -> Step:
     ones = IntLayer(name=node.name, kind="conv", w_q=np.ones((c, 1, kh, kw), np.int8), bias_q=np.zeros(c, np.int32),
                     mult=mult.copy(), shift=shift.copy(), in_bits=node.in_bits, w_bits=2, a_bits=node.a_bits,
                     stride=node.stride, groups=c, signed=node.in_signed, in_signed=node.in_signed)
-    out_q, act = _code_quant((node.a_bits, node.in_signed), node.name)
-    return Step(node, "avgpool", in_q, out_q, act, ones, pads=_window_pads(node, h, w))
+    out_q, act, clamp = _code_quant((node.a_bits, node.in_signed), node.name, target)
+    return Step(node, "avgpool", in_q, out_q, act, ones, pads=_window_pads(node, h, w), clamp=clamp)
 
 
 def _spelling(mult: list, shift: np.ndarray, code, in_qs: list[Quant | None], ranges: list) -> AddSpelling:
@@ -756,7 +772,8 @@ def _prove_requant(step: Step, target: str) -> LayerProof:
         a = int(pts[ch, bad])
         rule = ("XNNPACK's float32 round(float32(acc) * scale)" if target == "xnnpack"
                 else "the builtin kernels' double rounding (gemmlowp)")
-        why.append(head + f"at acc = {a} (E4) gives code {int(want[ch, bad])} but {rule} gives {int(got[ch, bad])}; "
+        eq = "(E4d)" if layer.rounding == "double" else "(E4)"
+        why.append(head + f"at acc = {a} {eq} gives code {int(want[ch, bad])} but {rule} gives {int(got[ch, bad])}; "
                    f"no float32 filter scale near {float(_nominal(step)[min(ch, len(step.filter_scale) - 1)]):.9g} "
                    f"rounds all {int(np.ptp(code_range(layer.a_bits, layer.signed)))} thresholds of accumulators up "
                    f"to {int(peak[ch])} right (float32 has a 24-bit significand)")
@@ -894,7 +911,7 @@ def _filter_quant(step: Step, o: int):
     return s_w, bias_scale, np.zeros(len(s_w), np.int64)
 
 
-def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple, tflm: bool = False) -> tuple[int, tuple]:
     n = f"n{i}"
     node, layer = step.node, step.layer
     if step.op == "maxpool":
@@ -917,10 +934,13 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple) -> tuple[int, tupl
             flat = f.act((nb, k), step.in_q, f"{n}.flat")
             f.op("RESHAPE", [x, shape_t], [flat], "ReshapeOptions", NewShape=[-1, k])
             x = flat
-        rhs = f.tensor((k, layer.out_channels), "int8", f"{n}.w", np.ascontiguousarray(w.T.astype(np.int8)),
-                       scale=1.0, zp=0)
-        raw = f.tensor((nb, layer.out_channels), "int32", f"{n}.raw")
-        f.op("BATCH_MATMUL", [x, rhs], [raw], "BatchMatMulOptions", AdjX=False, AdjY=False)
+        if tflm:
+            raw = _logits_by_adds(f, n, x, w, nb)
+        else:
+            rhs = f.tensor((k, layer.out_channels), "int8", f"{n}.w", np.ascontiguousarray(w.T.astype(np.int8)),
+                           scale=1.0, zp=0)
+            raw = f.tensor((nb, layer.out_channels), "int32", f"{n}.raw")
+            f.op("BATCH_MATMUL", [x, rhs], [raw], "BatchMatMulOptions", AdjX=False, AdjY=False)
         b = f.tensor((layer.out_channels,), "int32", f"{n}.bias", bias.astype(np.int32))
         y = f.tensor((nb, layer.out_channels), "int32", "logits")
         f.op("ADD", [raw, b], [y], "AddOptions", FusedActivationFunction=0)
@@ -937,7 +957,7 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple) -> tuple[int, tupl
         y = f.act((nb, o), step.out_q, f"{n}.y")
         f.op("FULLY_CONNECTED", [x, filt, bias], [y], "FullyConnectedOptions", FusedActivationFunction=act,
              KeepNumDims=False)
-        return y, (nb, o)
+        return _minimum(f, n, y, (nb, o), step), (nb, o)
     if len(shape) == 2:  # an fc's (N, O) output read by a conv or pool: its 1x1 map
         shape_t = f.tensor((4,), "int32", f"{n}.shape4", np.array([-1, 1, 1, shape[1]], np.int32))
         x4 = f.act((shape[0], 1, 1, shape[1]), step.in_q, f"{n}.map")
@@ -962,10 +982,52 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple) -> tuple[int, tupl
         filt = f.tensor((1, kh, kw, o), "int8", f"{n}.w", layer.w_q[:, 0].transpose(1, 2, 0)[None],
                         scale=s_w, zp=np.zeros(len(s_w), np.int64), axis=3)
         f.op("DEPTHWISE_CONV_2D", [x, filt, bias], [y], "DepthwiseConv2DOptions", DepthMultiplier=o // c, **geometry)
+    y = _minimum(f, n, y, (nb, ho, wo, o), step)
     if not layer.pool:
         return y, (nb, ho, wo, o)
     k, s, pad = layer.pool  # the fused (E7) max-pool: square, floor mode
     return _max_pool(f, f"{n}.pool", y, (nb, ho, wo, o), (k, k), (s, s), (pad, pad, pad, pad), step.out_q)
+
+
+def _minimum(f: _Flat, n: str, y: int, shape: tuple, step: Step) -> int:
+    """MINIMUM of int8 ``y`` and the step's clamp, where it has one (_code_quant); else ``y``."""
+    if step.clamp is None:
+        return y
+    z = f.act(shape, step.out_q, f"{n}.clamped")
+    f.op("MINIMUM", [y, f.tensor((1,), "int8", f"{n}.top", np.array([step.clamp], np.int8), scale=step.out_q.scale,
+                                 zp=step.out_q.zp)], [z], None)
+    return z
+
+
+def _logits_by_adds(f: _Flat, n: str, x: int, w: np.ndarray, nb: int) -> int:
+    """The raw int32 logits ``sum_i t[i] w[o, i]`` (nb, O) of int8 ``x`` (nb, K) in the int32 ops
+    TFLite Micro runs (its BATCH_MATMUL and FULLY_CONNECTED output only their input's type and its
+    SUM no int32): CAST to int32, a broadcast MUL by the (O, K) weights, then K halved by
+    STRIDED_SLICE + ADD until one column is left (an odd width's last column added on its own).
+    Exact: every partial sum is a sum of products, bounded by 128 sum|w| (checked to fit int32)."""
+    o, k = w.shape
+    x32 = f.tensor((nb, k), "int32", f"{n}.x32")
+    f.op("CAST", [x], [x32], None)
+    x3 = _reshape(f, f"{n}.x3", x32, (nb, 1, k), "int32")
+    prod = f.tensor((nb, o, k), "int32", f"{n}.prod")
+    f.op("MUL", [x3, _const(f, f"{n}.w32", w.astype(np.int32), "int32")], [prod], "MulOptions",
+         FusedActivationFunction=0)
+    cur, width, level = prod, k, 0
+
+    def cols(lo: int, hi: int, tag: str) -> int:
+        return _strided_slice(f, f"{n}.{tag}{level}", cur, (nb, o, hi - lo), [0, 0, lo], [0, 0, hi], [1, 1, 1],
+                              "int32", mask=0b011)  # batch and channels whole
+
+    while width > 1:
+        half = width // 2
+        total = f.tensor((nb, o, half), "int32", f"{n}.sum{level}")
+        f.op("ADD", [cols(0, half, "a"), cols(half, 2 * half, "b")], [total], "AddOptions", FusedActivationFunction=0)
+        if width % 2:
+            odd = f.tensor((nb, o, half), "int32", f"{n}.odd{level}")
+            f.op("ADD", [total, cols(width - 1, width, "c")], [odd], "AddOptions", FusedActivationFunction=0)
+            total = odd
+        cur, width, level = total, half, level + 1
+    return _reshape(f, f"{n}.raw", cur, (nb, o), "int32")
 
 
 def _const(f: _Flat, n: str, value, ttype: str) -> int:
@@ -1166,7 +1228,7 @@ def to_tflite(model: IntGraph | TFLitePlan | str | os.PathLike, target: str = "x
         if isinstance(node, IntAdd):
             env[node.name] = _emit_add(f, i, p.steps[node.name], [env[src] for src in graph.sources(node)])
         else:
-            env[node.name] = _emit(f, i, p.steps[node.name], *env[graph.sources(node)[0]])
+            env[node.name] = _emit(f, i, p.steps[node.name], *env[graph.sources(node)[0]], tflm=p.target == "tflm")
     out = env[graph.layers[-1].name][0]
     data = f.serialize([x], [out], f"fiqnn ARITH_VERSION {graph.arith_version}, target {p.target}")
     notes = [f"layer {name}: written with the integer fallback (exact: int32 and int64 ops, not {target}'s float32 "
@@ -1186,6 +1248,33 @@ def export_tflite(model: IntGraph | TFLitePlan | str | os.PathLike, path: str | 
 
 
 # ---- running it ---------------------------------------------------------------------------------------
+
+def run_tflm(model, x_q: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Run ``model`` in TFLite Micro's Python interpreter (package tflite-micro: its reference
+    kernels, built for the host) on uint8 images ``x_q``, one at a time; int32 logits (N, classes).
+
+    ``model``: an IntGraph or its model file (exported for target "tflm", refused if unproven), or
+    .tflite bytes or file. TFLite Micro requantizes as the builtin target does (gemmlowp double
+    rounding), so a model converted with ``rounding="double"`` proves exactly (docs/arithmetic.md).
+    """
+    tflm = optional_import("tflite_micro", "the TFLite Micro backend")
+    if isinstance(model, bytes):
+        data = model
+    elif isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".tflite":
+        data = Path(model).read_bytes()
+    else:
+        graph = as_graph(model)
+        x_q = check_input(graph, x_q)
+        data = to_tflite(graph, "tflm")[0]
+    interp = tflm.runtime.Interpreter.from_bytes(data)
+    x = to_litert_input(np.asarray(x_q))
+    out = []
+    for i in progress_bar(range(len(x)), progress=progress, desc="tflm", unit="img"):
+        interp.set_input(x[i:i + 1], 0)
+        interp.invoke()
+        out.append(np.array(interp.get_output(0)).reshape(-1))
+    return np.stack(out).astype(np.int32) if out else np.zeros((0, 0), np.int32)
+
 
 def to_litert_input(x_q: np.ndarray) -> np.ndarray:
     """uint8 images (N, C, H, W) -> the .tflite input: int8 (N, H, W, C), x_q - 128."""

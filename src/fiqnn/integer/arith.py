@@ -21,8 +21,12 @@ import numpy as np
 #: Version of the integer contract. Stored in every model file. Bump it whenever any equation
 #: below changes. Version 2 added signed codes, pooling variants and (E11)-(E15) and changed no
 #: version-1 equation, so version-1 files are read as they were (:data:`READS`).
-ARITH_VERSION = 2
-READS = (1, 2)  # the versions this implementation computes exactly
+ARITH_VERSION = 3
+READS = (1, 2, 3)  # the versions this implementation computes exactly
+#: (E4)'s rounding: "single" (E3), or gemmlowp's "double" rounding (E4d), TFLite's and CMSIS-NN's.
+#: Version 3 added "double"; a file that uses it declares version 3.
+ROUNDINGS = ("single", "double")
+DOUBLE_HALF = 2**30  # (E4d) the first rounding's half: the product is rounded at bit 31 first
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MULT_MIN, MULT_MAX = 2**30, 2**31 - 1  # (E5) normalised multiplier range
@@ -88,9 +92,23 @@ def rshift_round(x, shift):
     return (x + half) >> shift  # numpy's >> on int64 is arithmetic: floor division by 2^shift
 
 
-def requantize(acc, mult, shift, a_bits: int, signed: bool = False):
+def double_offset(prod, shift):
+    """(E4d) What gemmlowp's double rounding adds to ``acc * mult`` before (E3)'s single one:
+    ``2^30`` where ``shift > 31`` and ``prod >= -2^30``, ``-2^30`` where ``shift > 31`` and
+    ``prod < -2^30``, and 0 where ``shift <= 31`` (there the first rounding is the only one).
+
+    >>> [int(double_offset(p, s)) for p, s in ((5, 40), (-2**30, 40), (-2**30 - 1, 40), (5, 31))]
+    [1073741824, 1073741824, -1073741824, 0]
+    """
+    prod = np.asarray(prod, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    return np.where(shift > 31, np.where(prod >= -DOUBLE_HALF, DOUBLE_HALF, -DOUBLE_HALF), 0).astype(np.int64)
+
+
+def requantize(acc, mult, shift, a_bits: int, signed: bool = False, rounding: str = "single"):
     """(E4) ``clamp(rshift_round(acc * mult, shift), lo, hi)`` with ``[lo, hi]`` the range of
-    ``a_bits``-bit codes, unsigned or signed (:func:`code_range`).
+    ``a_bits``-bit codes, unsigned or signed (:func:`code_range`); with ``rounding="double"``,
+    (E4d): ``clamp(rshift_round(acc * mult + double_offset(acc * mult, shift), shift), lo, hi)``.
 
     Args:
         acc: int32 accumulators (any integer array with values in int32 range).
@@ -103,7 +121,39 @@ def requantize(acc, mult, shift, a_bits: int, signed: bool = False):
         uint8 (or int8) array of codes in [lo, hi].
     """
     prod = np.asarray(acc, dtype=np.int64) * np.asarray(mult, dtype=np.int64)  # |prod| < 2^62
+    if rounding == "double":
+        prod = prod + double_offset(prod, shift)
     return clamp_codes(rshift_round(prod, shift), a_bits, signed)
+
+
+def thresholds(mult: int, shift: int, lo: int, hi: int, low: int, high: int, offset: int = 0,
+               rounding: str = "single") -> list[int]:
+    """The steps of (E4): T_k for k = lo+1 .. hi, the smallest integer ``a`` at which
+    ``clamp(rshift_round(a * mult + offset, shift), lo, hi)`` (with ``rounding="double"``, (E4d)'s
+    added offset too) reaches k, each clipped to [low, high + 1], so that the code is
+    ``lo + #{k : a >= T_k}`` for every integer a in [low, high] (``mult > 0``: non-decreasing in a).
+    Python integers, exact.
+
+    >>> thresholds(1, 2, 0, 3, -100, 100), thresholds(2**30, 32, 0, 3, 0, 100, rounding="double")
+    ([2, 6, 10], [1, 5, 9])
+    """
+    mult, shift, offset, low, high = int(mult), int(shift), int(offset), int(low), int(high)
+    if mult <= 0:
+        raise ValueError(f"mult must be positive, got {mult}")
+    half = (1 << shift) >> 1
+
+    def first(k: int, extra: int) -> int:  # the smallest a with a * mult + offset + extra + half >= k 2^shift
+        return -((half + offset + extra - (k << shift)) // mult)
+
+    out = []
+    for k in range(lo + 1, hi + 1):
+        t = first(k, 0)
+        if rounding == "double" and shift > 31:  # (E4d): +2^30 from a0 on, -2^30 below it
+            a0 = -((DOUBLE_HALF + offset) // mult)  # the smallest a with a * mult + offset >= -2^30
+            below = first(k, -DOUBLE_HALF)
+            t = below if below < a0 else max(first(k, DOUBLE_HALF), a0)
+        out.append(min(max(t, low), high + 1))
+    return out
 
 
 def clamp_codes(x, a_bits: int, signed: bool = False) -> np.ndarray:
@@ -112,12 +162,15 @@ def clamp_codes(x, a_bits: int, signed: bool = False) -> np.ndarray:
     return np.clip(x, lo, hi).astype(np.int8 if signed else np.uint8)
 
 
-def quantize_multiplier(real: float) -> tuple[int, int]:
+def quantize_multiplier(real: float, bits: int = 31) -> tuple[int, int]:
     """(E5) Represent ``real > 0`` as ``mult / 2^shift`` with ``mult`` in
     [2^30, 2^31 - 1] and ``shift`` in [0, 62].
 
     ``mult`` is ``real * 2^shift`` rounded half up, so the relative error is at
     most :data:`MULT_REL_ERROR` = 2^-31. Valid for ``2^-32 <= real < 2^31 - 1/2``.
+    ``bits < 31`` rounds ``mult`` to its ``bits`` leading bits (the rest zero, relative error
+    2^-bits): 24 makes ``mult / 2^shift`` a float32, which runtimes that read float32 scales
+    (TFLite, TFLite Micro, Vela) turn back into the same pair.
 
     >>> quantize_multiplier(1.0), quantize_multiplier(0.75), quantize_multiplier(2.0**-32)
     ((1073741824, 30), (1610612736, 31), (1073741824, 62))
@@ -127,8 +180,10 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     """
     if not (math.isfinite(real) and real > 0):
         raise ValueError(f"multiplier must be finite and positive, got {real}")
+    if not (isinstance(bits, int) and 1 <= bits <= 31):
+        raise ValueError(f"bits must be an integer in 1..31, got {bits!r}")
     frac, exp = math.frexp(real)  # real = frac * 2^exp, frac in [0.5, 1)
-    mult = math.floor(math.ldexp(frac, 31) + 0.5)  # in [2^30, 2^31]; exact in float64
+    mult = math.floor(math.ldexp(frac, bits) + 0.5) << (31 - bits)  # in [2^30, 2^31]; exact in float64
     shift = 31 - exp
     if mult == 2**31:  # rounding carried into the next power of two
         mult, shift = 2**30, shift - 1

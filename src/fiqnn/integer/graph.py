@@ -51,8 +51,8 @@ class IntGraph:
 
     ``layers`` are the nodes in topological order (the name is historical: most are layers).
     ``arith_version`` is the contract the graph is written against: by default the lowest that
-    holds it (1 unless a node uses a version-2 feature), so that a file an older fiqnn can
-    compute is one it can read.
+    holds it (1 unless a node uses a version-2 feature, 3 for (E4d) double rounding), so that a
+    file an older fiqnn can compute is one it can read.
     """
 
     in_shape: tuple[int, int, int]
@@ -62,7 +62,7 @@ class IntGraph:
     info: dict = field(default_factory=dict)  # free-form provenance (method, bits, ...); JSON values only
 
     def __post_init__(self) -> None:
-        needed = 2 if any(node.needs_v2() for node in self.layers) else 1
+        needed = max((node.min_version() for node in self.layers), default=1)
         if self.arith_version is None:
             object.__setattr__(self, "arith_version", needed)
         if self.arith_version not in READS:
@@ -70,9 +70,10 @@ class IntGraph:
                                  f"{ARITH_VERSION} (and reads {', '.join(map(str, READS))}); re-export the model "
                                  "with this version")
         if self.arith_version < needed:
-            first = next(node for node in self.layers if node.needs_v2())
-            raise ModelFileError(f"node {first.name} uses signed codes or a node of ARITH_VERSION 2, but the model "
-                                 f"declares version {self.arith_version}")
+            first = next(node for node in self.layers if node.min_version() > self.arith_version)
+            what = "double rounding (E4d)" if first.min_version() == 3 else "signed codes or a node"
+            raise ModelFileError(f"node {first.name} uses {what} of ARITH_VERSION {first.min_version()}, but the "
+                                 f"model declares version {self.arith_version}")
         if not (isinstance(self.in_shape, tuple) and len(self.in_shape) == 3
                 and all(_is_int(v) and 1 <= v <= MAX_DIM for v in self.in_shape)):
             raise ModelFileError(f"the input shape must be three integers (C, H, W) in 1..{MAX_DIM}, got "

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FiqnnError
-from .arith import INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, acc_bound, code_peak, code_range, weight_range
+from .arith import INT32_MAX, INT32_MIN, ROUNDINGS, SHIFT_MAX, SHIFT_MIN, acc_bound, code_peak, code_range, weight_range
 
 
 class ModelFileError(FiqnnError):
@@ -125,6 +125,10 @@ class _Node:
     def needs_v2(self) -> bool:
         return bool(getattr(self, "signed", False) or getattr(self, "in_signed", False))
 
+    def min_version(self) -> int:
+        """The lowest ARITH_VERSION that holds this node."""
+        return 2 if self.needs_v2() else 1
+
     def _codes_in(self, src: _Node | None, want: Code, bad) -> None:
         """The input ``src`` must make codes of kind ``want``."""
         if code_of(src) is None:
@@ -204,6 +208,7 @@ class IntLayer(_Node):
     inputs: tuple[str, ...] = ()  # () = the previous node's output
     signed: bool = False  # signed output codes (no ReLU)
     in_signed: bool = False  # the input codes are signed
+    rounding: str = "single"  # (E4) "single", or "double": gemmlowp's (E4d), ARITH_VERSION 3
 
     def __post_init__(self) -> None:
         bad = self._bad
@@ -246,6 +251,10 @@ class IntLayer(_Node):
             raise bad("a layer without a_bits outputs int32 accumulators, which are neither signed nor unsigned codes")
         if not isinstance(self.in_signed, bool):
             raise bad(f"in_signed must be true or false, got {self.in_signed!r}")
+        if self.rounding not in ROUNDINGS:
+            raise bad(f"rounding must be one of {', '.join(ROUNDINGS)}, got {str(self.rounding)[:20]!r}")
+        if self.rounding == "double" and self.a_bits is None:
+            raise bad("rounding applies to (E4); this layer outputs int32 accumulators and has no (E4)")
         lo, hi = weight_range(self.w_bits)
         if self.w_q.min() < lo or self.w_q.max() > hi:
             raise bad(f"weights outside the {self.w_bits}-bit range [{lo}, {hi}]")
@@ -257,6 +266,13 @@ class IntLayer(_Node):
                 f"layer {self.name}: its int32 accumulator could overflow: bounds [{int(acc_lo.min())}, "
                 f"{int(acc_hi.max())}] exceed int32 by {over} (about {np.log2(over + 1):.1f} bits of missing "
                 "headroom); use fewer weight or activation bits, or a smaller bias")
+        if self.rounding == "double" and self.shift.min() < 31:
+            # (E4d) multiplies acc by 2^(31 - shift) in int32 first, as TFLite and CMSIS-NN do
+            bound = max(int(acc_hi.max()), -int(acc_lo.min()))
+            if bound << (31 - int(self.shift.min())) > INT32_MAX:
+                raise bad(f"double rounding shifts the accumulator left by {31 - int(self.shift.min())} bits in "
+                          f"int32, and |acc| <= {bound} does not allow that (a scale of 1 or more per "
+                          "accumulator step); use single rounding")
 
     @property
     def out_channels(self) -> int:
@@ -281,7 +297,11 @@ class IntLayer(_Node):
              "a_bits": self.a_bits, "stride": list(self.stride), "padding": list(self.padding),
              "dilation": list(self.dilation), "groups": self.groups,
              "pool": list(self.pool) if self.pool else None, "inputs": list(self.inputs)}
-        return m | {k: True for k in ("signed", "in_signed") if getattr(self, k)}  # version 1 files: absent
+        m |= {k: True for k in ("signed", "in_signed") if getattr(self, k)}  # version 1 files: absent
+        return m | ({"rounding": self.rounding} if self.rounding != "single" else {})  # version 3 only
+
+    def min_version(self) -> int:
+        return 3 if self.rounding == "double" else super().min_version()
 
     @classmethod
     def from_meta(cls, m: dict, arrays: dict[str, np.ndarray]) -> IntLayer:
@@ -289,7 +309,8 @@ class IntLayer(_Node):
                    stride=tuple(m["stride"]), padding=tuple(m["padding"]), dilation=tuple(m["dilation"]),
                    groups=m["groups"], pool=tuple(m["pool"]) if m["pool"] else None,
                    inputs=tuple(m.get("inputs", ())),  # files from before residual graphs have no inputs
-                   signed=m.get("signed", False), in_signed=m.get("in_signed", False), **arrays)
+                   signed=m.get("signed", False), in_signed=m.get("in_signed", False),
+                   rounding=m.get("rounding", "single"), **arrays)
 
     def out_shape(self, ins: list[Shape], srcs: list, bad) -> Shape:
         """The (C, H, W) output for input shape ``ins[0]`` (fc: (O, 1, 1)), checking the edge."""

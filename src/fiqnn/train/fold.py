@@ -46,7 +46,7 @@ def fold_bn(t: QnnUnit) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_channel: bool,
-               in_signed: bool = False) -> IntUnit:
+               in_signed: bool = False, rounding: str = "single") -> IntUnit:
     """Build the student layer for teacher unit ``t`` and fit its scale.
 
     Args:
@@ -60,6 +60,7 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
             or a residual branch's accumulators) keeps one scale whatever this says: the
             logits' int32 accumulators are compared by argmax across channels, and that
             ranks the classes as the real-valued logits do only if they share one scale.
+        rounding: (E4)'s rounding, "single" or "double" (:class:`~fiqnn.train.units.IntUnit`).
     """
     per_channel = per_channel and t.a_bits is not None
     was_training = t.training
@@ -69,7 +70,7 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
 
     w_c, b_c = fold_bn(t)
     s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel, signed=t.signed,
-                in_signed=in_signed).to(w_c.device)
+                in_signed=in_signed, rounding=rounding).to(w_c.device)
     step = weight_step(w_c, s.q, per_channel)  # the weight step is the initial alpha: alpha * w_q ~ w_c
     step_b = step.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else step.reshape(())
     s.weight.copy_((w_c / (step_b * s.q)).float())  # latent weights: w_q = clamp(round(q * weight))
@@ -161,7 +162,7 @@ def init_unit(t: nn.Module, srcs: list[str], env: dict[str, torch.Tensor], stude
     if not isinstance(t, QnnUnit):
         return t.init_student(srcs, students, config)
     in_bits, in_signed = in_code(srcs[0], students)
-    s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel", in_signed)
+    s = local_init(t, env[srcs[0]], in_bits, t.w_bits, config.scale == "per-channel", in_signed, config.rounding)
     s.raw = t.a_bits is None and not last  # a residual branch: its accumulators feed an add
     return s
 

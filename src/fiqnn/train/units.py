@@ -27,7 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DistillConfig
-from ..integer.arith import acc_bound, code_range, exact_float_dtype, quantize_multiplier, weight_range
+from ..integer.arith import (
+    DOUBLE_HALF,
+    ROUNDINGS,
+    acc_bound,
+    code_range,
+    exact_float_dtype,
+    quantize_multiplier,
+    weight_range,
+)
 from ..integer.graph import IntLayer
 from ..nets.fximport import Unit
 from .quantizers import DorefaWeight, LsqAct, LsqWeight, round_half_up
@@ -88,9 +96,14 @@ class _Cached(nn.Module):
         return state
 
 
-def requantize_sum(total: torch.Tensor, shift, a_bits: int, signed: bool = False) -> torch.Tensor:
+def requantize_sum(total: torch.Tensor, shift, a_bits: int, signed: bool = False,
+                   rounding: str = "single") -> torch.Tensor:
     """(E3) then the clamp of (E4) on an int64 tensor of products or sums: A-bit codes (unsigned,
-    or signed) as float32. ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift."""
+    or signed) as float32. ``>>`` on int64 is arithmetic, i.e. floor division by 2^shift.
+    ``rounding="double"``: (E4d), gemmlowp's offset added first (:func:`fiqnn.integer.arith.double_offset`)."""
+    if rounding == "double":
+        half = torch.where(total >= -DOUBLE_HALF, DOUBLE_HALF, -DOUBLE_HALF)
+        total = total + torch.where(torch.as_tensor(shift) > 31, half, 0)
     codes = (total + ((1 << shift) >> 1)) >> shift
     return codes.clamp(*code_range(a_bits, signed)).to(torch.float32)
 
@@ -205,15 +218,18 @@ class IntUnit(_Cached):
     Train mode computes in float32 with fake quantization; eval mode computes the
     integer contract exactly: accumulators in float32 when the layer's (E6) bound is
     at most 2^24 and in float64 otherwise (exact either way, (E8)), requantization
-    (E4) in int64.
+    (E4) in int64. ``rounding`` "double" requantizes by (E4d) with 24-bit multipliers (float32
+    scales, so that TFLite-family runtimes rebuild the same pair).
     """
 
     spec_type = "int"  # its type in a student's spec (GraphNet.spec)
 
     def __init__(self, geometry: Geometry, weight_shape: tuple[int, ...], in_bits: int, w_bits: int,
                  a_bits: int | None, per_channel: bool = False, raw: bool = False, signed: bool = False,
-                 in_signed: bool = False):
+                 in_signed: bool = False, rounding: str = "single"):
         super().__init__()
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
         if per_channel and a_bits is None:
             raise ValueError("a layer without activation bits (logits, residual branch) has one scale, "
                              "not one per channel: its int32 accumulators are compared or summed across channels")
@@ -221,6 +237,7 @@ class IntUnit(_Cached):
         self.raw = raw  # a residual branch: int32 accumulators out (train mode too), scaled by the add
         self.in_bits, self.w_bits, self.a_bits, self.per_channel = in_bits, w_bits, a_bits, per_channel
         self.signed, self.in_signed = signed and a_bits is not None, in_signed  # codes out / in are signed
+        self.rounding = rounding if a_bits is not None else "single"  # (E4) only: accumulators are not rounded
         self.q = weight_range(w_bits)[1]
         self.weight = nn.Parameter(torch.zeros(weight_shape))
         self.bias = nn.Parameter(torch.zeros(geometry.out_channels))
@@ -246,7 +263,8 @@ class IntUnit(_Cached):
         key = _version_key(self.weight, self.bias, self.log_alpha)
         if self._int_cache is not None and self._int_cache[0] == key:
             return self._int_cache[1]
-        pairs = [quantize_multiplier(float(a)) for a in self.alpha.detach().cpu().double()]
+        bits = 24 if self.rounding == "double" else 31
+        pairs = [quantize_multiplier(float(a), bits) for a in self.alpha.detach().cpu().double()]
         mult = torch.tensor([m for m, _ in pairs], dtype=torch.int64)
         shift = torch.tensor([s for _, s in pairs], dtype=torch.int64)
         dyadic = mult.double() / torch.pow(2.0, shift.double())
@@ -289,7 +307,7 @@ class IntUnit(_Cached):
         shape = self.geometry.channel_shape()
         prod = acc.to(torch.int64) * p["mult"].reshape(shape)  # |prod| < 2^62 (E4)
         shift = p["shift"].reshape(shape)
-        return requantize_sum(prod, shift, self.a_bits, self.signed)
+        return requantize_sum(prod, shift, self.a_bits, self.signed, self.rounding)
 
     def forward(self, x_q: torch.Tensor) -> torch.Tensor:
         return self.geometry.max_pool(self.core(x_q))
@@ -298,7 +316,8 @@ class IntUnit(_Cached):
         fields = {"geometry": dataclasses.asdict(self.geometry), "weight_shape": list(self.weight.shape),
                   "in_bits": self.in_bits, "w_bits": self.w_bits, "a_bits": self.a_bits,
                   "per_channel": self.per_channel, "raw": self.raw}
-        return fields | {k: True for k in ("signed", "in_signed") if getattr(self, k)}  # older specs: absent
+        fields |= {k: True for k in ("signed", "in_signed") if getattr(self, k)}  # older specs: absent
+        return fields | ({"rounding": self.rounding} if self.rounding != "single" else {})
 
     @classmethod
     def from_fields(cls, d: dict) -> IntUnit:
@@ -306,7 +325,7 @@ class IntUnit(_Cached):
         geometry = Geometry(g["kind"], g["out_channels"], tuple(g["stride"]), tuple(g["padding"]),
                             tuple(g["dilation"]), g["groups"], tuple(g["pool"]) if g["pool"] else None)
         return cls(geometry, tuple(d["weight_shape"]), d["in_bits"], d["w_bits"], d["a_bits"], d["per_channel"],
-                   d["raw"], d.get("signed", False), d.get("in_signed", False))
+                   d["raw"], d.get("signed", False), d.get("in_signed", False), d.get("rounding", "single"))
 
     def to_node(self, name: str, inputs: tuple[str, ...]) -> IntLayer:
         """The IntGraph node of this (eval-mode) layer: the integers it computes with."""
@@ -316,4 +335,4 @@ class IntUnit(_Cached):
                         shift=p["shift"].numpy().astype(np.int32), in_bits=self.in_bits, w_bits=self.w_bits,
                         a_bits=self.a_bits, stride=tuple(g.stride), padding=tuple(g.padding),
                         dilation=tuple(g.dilation), groups=g.groups, pool=g.pool, inputs=inputs, signed=self.signed,
-                        in_signed=self.in_signed)
+                        in_signed=self.in_signed, rounding=self.rounding)
