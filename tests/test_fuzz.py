@@ -1,6 +1,7 @@
 """Differential fuzzing: on seeded random IntGraphs (tests/graphgen.py), the numpy executor,
-ONNX Runtime and the C export built with ASan and UBSan give the int32 logits of the
-independent pure-Python oracle (tests/oracle.py), on every input.
+ONNX Runtime, the C export built with ASan and UBSan and, for the graphs the LiteRT exporter
+spells, LiteRT give the int32 logits of the independent pure-Python oracle (tests/oracle.py),
+on every input.
 
 All the graphs of a campaign are compiled into one sanitized executable (graph k's
 ``fiqnn_run`` renamed ``fiqnn_run_k``, and its ``fiqnn_run_batch``), so a campaign costs one link, not one build per
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fiqnn._optional import optional_import
+from fiqnn.errors import MissingExtraError
 from fiqnn.export.c99 import export_c, find_compiler
 from fiqnn.export.onnx import run_onnx, to_onnx
 from fiqnn.integer.execute import run
@@ -36,7 +39,10 @@ SAN_FLAGS = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic"
 _NATIVE = [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]
 C_BUILDS = {"c": SAN_FLAGS, "c-inplace": [*SAN_FLAGS, "-DFIQNN_COLS=0"], "c-native": _NATIVE,
             "c-native-plain": [*_NATIVE, "-DFIQNN_NO_INTRINSICS"]}
-BACKENDS = ("numpy", "onnx", *C_BUILDS)
+# LiteRT (XNNPACK, the integer fallback for layers it cannot prove) checks the graphs fiqnn.export.tflite
+# exports; the others are "not exportable" (Verdict.skipped), not failures.
+LITERT = "litert"
+BACKENDS = ("numpy", "onnx", *C_BUILDS, LITERT)
 # An optional backend: the C export on an emulated Cortex-M4, which takes the Arm SIMD32 kernels.
 CORTEX_M = "c-m4"
 SEEDS = range(50)
@@ -148,11 +154,13 @@ def _reported(stderr: str) -> bool:
 
 @dataclass
 class Verdict:
-    """One graph's outcome: the backends whose logits differ from the oracle's, and any
-    backend that failed (an exception, or for C a sanitizer report or a crash)."""
+    """One graph's outcome: the backends whose logits differ from the oracle's, any backend
+    that failed (an exception, or for C a sanitizer report or a crash), and the backends that
+    did not check it, with why (not a failure)."""
 
     differs: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.differs or self.errors)
@@ -169,7 +177,42 @@ def arena_overlap(k: int) -> bool | None:
     return True if k % 2 else None
 
 
+class NotExportable(Exception):
+    """A backend's exporter refuses the graph (an op it does not spell, a layer it cannot prove)."""
+
+
+def refusal(error: Exception) -> str:
+    """The first words of an exporter's refusal, up to its first number, parenthesis or semicolon, without
+    node names: the same cause reads the same on every graph."""
+    why = re.sub(r"\b(node|layer) \w+(, channel \d+)?: ", "", str(error))
+    return " ".join(re.split(r"[(;]|(?<![\w^])-?\d", why)[0].split()[:16]).rstrip(",:")
+
+
+def litert_missing() -> str | None:
+    """Why the LiteRT backend cannot run here (the tflite extra is not installed), or None."""
+    try:
+        for module in ("tflite", "flatbuffers", "ai_edge_litert.interpreter"):
+            optional_import(module, "the litert fuzz backend")
+    except MissingExtraError as e:
+        return str(e)
+    return None
+
+
+def _litert(graph: IntGraph, x_q: np.ndarray) -> np.ndarray:
+    """LiteRT's logits of ``graph`` exported for XNNPACK (layers it cannot prove in integer ops);
+    NotExportable, with the reason, where the exporter refuses the graph."""
+    from fiqnn.export.tflite import TFLiteExportError, run_litert, to_tflite
+
+    try:
+        data = to_tflite(graph, target="xnnpack", fallback="integer")[0]
+    except TFLiteExportError as e:
+        raise NotExportable(f"not exportable: {refusal(e)}") from e
+    return run_litert(data, x_q)
+
+
 def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray, k: int = 0) -> np.ndarray:
+    if name == LITERT:
+        return _litert(graph, x_q)
     if name == CORTEX_M:  # one bare-metal build per graph, run under qemu-system-arm (no sanitizers there)
         from fiqnn.export.cortex_m import run_cortex_m
 
@@ -180,8 +223,11 @@ def _python_backend(name: str, graph: IntGraph, x_q: np.ndarray, k: int = 0) -> 
 def check_graphs(graphs: list[IntGraph], inputs: list[np.ndarray], workdir: Path,
                  backends: tuple[str, ...] = BACKENDS, jobs: int = 2) -> list[Verdict]:
     """Run every graph on its inputs in the oracle and in ``backends`` (C: ``jobs`` compiler runs
-    at a time); one :class:`Verdict` per graph."""
-    verdicts = [Verdict() for _ in graphs]
+    at a time; LiteRT skipped, on every graph, where it is not installed); one :class:`Verdict` per graph."""
+    missing = litert_missing() if LITERT in backends else None
+    if missing:
+        backends = tuple(name for name in backends if name != LITERT)
+    verdicts = [Verdict(skipped={LITERT: missing} if missing else {}) for _ in graphs]
     c_runs = {name: run_c_many(build_c_many(graphs, workdir / name, jobs, flags), graphs, inputs)
               for name, flags in C_BUILDS.items() if name in backends}  # name -> (logits, failures)
     for k, (graph, x_q, v) in enumerate(zip(graphs, inputs, verdicts)):
@@ -190,6 +236,8 @@ def check_graphs(graphs: list[IntGraph], inputs: list[np.ndarray], workdir: Path
         for name in backends:
             try:
                 got[name] = c_runs[name][0][k] if name in c_runs else _python_backend(name, graph, x_q, k)
+            except NotExportable as e:
+                v.skipped[name] = str(e)
             except Exception as e:  # a backend refusing a valid graph is a finding too
                 v.errors[name] = f"{type(e).__name__}: {e}"
         for name, (_, failures) in c_runs.items():
@@ -301,6 +349,47 @@ def test_a_broken_backend_is_caught(graphs, monkeypatch, tmp_path):
     verdicts = check_graphs(graphs[:8], [campaign_inputs(s, g, 16) for s, g in zip(SEEDS, graphs[:8])], tmp_path,
                             backends=("numpy",))
     assert sum(v.differs == ["numpy"] for v in verdicts) >= 4
+
+
+@pytest.fixture
+def litert() -> None:
+    """Skips the test where the LiteRT backend cannot run."""
+    if missing := litert_missing():
+        pytest.skip(missing)
+
+
+def test_litert_checks_the_graphs_it_exports(graphs, litert, tmp_path):
+    """LiteRT checks at least one graph, and every graph it skips has the exporter's reason."""
+    verdicts = check_graphs(graphs, [campaign_inputs(s, g, 16) for s, g in zip(SEEDS, graphs)], tmp_path,
+                            backends=(LITERT,))
+    assert not any(verdicts)
+    skipped = Counter(v.skipped[LITERT] for v in verdicts if LITERT in v.skipped)
+    checked = len(graphs) - sum(skipped.values())
+    assert checked >= 1 and all(why.startswith("not exportable: ") for why in skipped), \
+        f"LiteRT checked {checked} of {len(graphs)} graphs; skipped: {dict(skipped)}"
+
+
+@pytest.mark.parametrize("broken", ["a logit flipped", "an exception"])
+def test_a_broken_litert_is_caught(graphs, litert, monkeypatch, tmp_path, broken):
+    """A LiteRT result off in one logit is a mismatch of its graph, and an exception from run_litert an error."""
+    import fiqnn.export.tflite as T
+
+    real_run = T.run_litert
+
+    def run_litert(data, x_q):
+        if broken == "an exception":
+            raise RuntimeError("invoke failed")
+        y = real_run(data, x_q)
+        y[-1, -1] ^= 1
+        return y
+
+    monkeypatch.setattr(T, "run_litert", run_litert)
+    verdicts = check_graphs(graphs, [campaign_inputs(s, g, 16) for s, g in zip(SEEDS, graphs)], tmp_path,
+                            backends=(LITERT,))
+    checked = [v for v in verdicts if LITERT not in v.skipped]
+    assert checked and all(v.differs == [LITERT] if broken == "a logit flipped" else
+                           (not v.differs and list(v.errors) == [LITERT]) for v in checked)
+    assert not any(v for v in verdicts if LITERT in v.skipped)
 
 
 @needs_cc
