@@ -170,3 +170,20 @@ def test_onnx_int64_path_of_a_wide_double_rounded_layer():
     assert np.array_equal(run_onnx(graph, x_q), want)
     assert len(np.unique(want)) > 2  # codes of both signs and several values
 
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_cortex_m_computes_double_rounding(fold_student, digits, ties, bits):
+    """Emulated Cortex-M3 (portable C) and M4 (SIMD32 kernels, whose SMULL requantization adds (E4d)'s
+    2^30): a double-rounded digits student on all 360 test images, and the tie graph, signed codes too."""
+    from fiqnn.export import cortex_m
+
+    if cortex_m.available() is not None:
+        pytest.skip(str(cortex_m.available()))
+    graph = convert(fold_student(bits, "per-channel", "double"))
+    x_q = digits[1].test.x_q
+    ref = run(graph, x_q)
+    tie_graph_, tie_x, want = ties
+    for cpu in ("cortex-m3", "cortex-m4"):
+        assert np.array_equal(cortex_m.run_cortex_m(graph, x_q, cpu=cpu)["logits"], ref), cpu
+        assert np.array_equal(cortex_m.run_cortex_m(tie_graph_, tie_x, cpu=cpu)["logits"], want), cpu
