@@ -187,3 +187,21 @@ def test_cortex_m_computes_double_rounding(fold_student, digits, ties, bits):
     for cpu in ("cortex-m3", "cortex-m4"):
         assert np.array_equal(cortex_m.run_cortex_m(graph, x_q, cpu=cpu)["logits"], ref), cpu
         assert np.array_equal(cortex_m.run_cortex_m(tie_graph_, tie_x, cpu=cpu)["logits"], want), cpu
+
+
+@pytest.mark.skipif(not HAS_LITERT, reason="needs the tflite extra (tflite, ai-edge-litert)")
+def test_litert_integer_fallback_of_double_rounded_layers():
+    """The fuzzer's graphs 145 (an unsigned double-rounded layer XNNPACK cannot prove: the integer
+    fallback adds (E4d)'s 2^30) and 149 (a signed one: refused, the offset depends on the sign)."""
+    from fiqnn.export import tflite
+    from tests.graphgen import random_graph
+    from tests.test_fuzz import campaign_inputs
+
+    graph = random_graph(145)
+    plan = tflite.integer_fallback(graph)
+    assert any(plan.steps[name].layer.rounding == "double" for name in plan.fallbacks)
+    x_q = campaign_inputs(145, graph, 64)
+    data, _ = tflite.to_tflite(graph, fallback="integer")
+    assert np.array_equal(tflite.run_litert(data, x_q), np.array(oracle.run(graph, x_q)))
+    with pytest.raises(tflite.TFLiteExportError, match="cannot spell double rounding"):
+        tflite.to_tflite(random_graph(149), fallback="integer")

@@ -19,7 +19,9 @@ The spelling (docs/arithmetic.md for the equations):
     requant   per-channel (or per-tensor, one pair) filter scale s_w ~ (mult / 2^shift) *
               s_out / s_in, picked among nearby float32 values by the proof below; output
               scale 1.0 with RELU for 8-bit unsigned codes, 6 / (2^A - 1) with RELU6 (the
-              clamp at code 2^A - 1) for A < 8; 8-bit signed codes: scale 1.0, no activation. (E4)
+              clamp at code 2^A - 1) for A < 8 (targets builtin and tflm: scale 1.0, RELU and a
+              MINIMUM at code 2^A - 1, so that their requantization scale is the filter scale
+              itself); 8-bit signed codes: scale 1.0, no activation.                     (E4), (E4d)
     fc        FULLY_CONNECTED, weights in NHWC order (it flattens its input).         (E2), (E4)
     maxpool   MAX_POOL_2D VALID, after a PAD with -128 (the lowest int8: never the max) where
               the window has padding or ceil mode's far edge.                          (E7)
@@ -28,7 +30,9 @@ The spelling (docs/arithmetic.md for the equations):
               windows alike). TFLite's AVERAGE_POOL_2D rounds its own way and is not used. (E10)
     logits    BATCH_MATMUL int8 x int8 -> int32 (it ignores zero points: raw = sum t * w),
               then ADD of the int32 bias' = bias_q - zp_in * sum_i w[o, i], so that
-              raw + bias' = acc: no float anywhere.                                   (E2)
+              raw + bias' = acc: no float anywhere. Target tflm (TFLite Micro's BATCH_MATMUL
+              and FULLY_CONNECTED output only int8 from int8, its SUM no int32): raw by CAST to
+              int32, a broadcast MUL by the weights and halving STRIDED_SLICE + ADDs.  (E2)
     acc       a conv/fc layer whose int32 accumulators feed (E9) adds (a ResNet branch before
               its block's ReLU): the logits' BATCH_MATMUL and ADD on im2col patches, made by
               PAD (code 0), one STRIDED_SLICE per kernel tap and a CONCATENATION (int8 copies
@@ -111,6 +115,15 @@ Residual nets (Fashion-MNIST resnet20 fold students, 9 adds each): W4A4 proven a
 fiqnn.run on all 10,000 test images; W8A8 proven but for three conv layers (160 channels, the
 float32 limit), equal on 10,000 with fallback="integer", on 9,886 with "nearest" (same accuracy).
 
+Double rounding (E4d). A layer converted with ``rounding="double"`` has a 24-bit multiplier, so
+its filter scale mult / 2^shift is a float32 and the builtin kernels' QuantizeMultiplier of
+1.0 * s_w / 1.0 returns (mult, 31 - shift) exactly: the builtin and tflm proofs hold by
+construction (measured: every channel of alexnet-s W4A4 and W8A8 and of the digits students W2..W8,
+and TFLite Micro == fiqnn.run on all 10,000 Fashion-MNIST test images, bench/results/tflm.md); for
+XNNPACK such a layer mostly fails, and a single-rounded one mostly fails for builtin and tflm.
+Target tflm refuses the accumulator spelling and the integer fallback (int32 BATCH_MATMUL, int64
+ops): residual networks are not exported for it.
+
 The file is written with the ``tflite`` package's flatbuffer builders (no TensorFlow), atomically.
 """
 
@@ -128,7 +141,7 @@ from .. import _io
 from .._optional import optional_import
 from .._progress import bar as progress_bar
 from ..errors import FiqnnError
-from ..integer.arith import INT32_MAX, INT32_MIN, code_range, requantize, thresholds
+from ..integer.arith import DOUBLE_HALF, INT32_MAX, INT32_MIN, code_range, requantize, thresholds
 from ..integer.execute import as_graph, check_input
 from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, IntMaxPool, node_shapes
 from ..integer.nodes import pool_out
@@ -604,6 +617,12 @@ def _integer_step(step: Step) -> Step:
     mult = layer.mult.astype(np.int64)
     spell = _spelling([mult if len(mult) > 1 else int(mult[0])], layer.shift, (layer.a_bits, layer.signed),
                       [None], [_bounds(layer)])
+    deep = layer.shift.astype(np.int64) > 31
+    if layer.rounding == "double" and deep.any():  # (E4d): + 2^30, which the clamp at code 0 makes exact
+        if layer.signed:
+            raise TFLiteExportError(f"layer {layer.name}: the integer fallback cannot spell double rounding (E4d) "
+                                    "of signed codes (its offset depends on the product's sign)")
+        spell.const = spell.const + np.where(deep, DOUBLE_HALF, 0).astype(object)
     out_q = Quant(1.0, 0 if layer.signed else -128)
     pads = step.pads if step.op != "conv" else (layer.padding[0],) * 2 + (layer.padding[1],) * 2
     return Step(step.node, "intreq", step.in_q, out_q, layer=layer, pads=pads, in_shape=step.in_shape,
@@ -732,10 +751,12 @@ def _prove_add(step: Step) -> LayerProof:
             why.append(head + f"its int64 sum could reach {max(peak[ch], 128 * 2**s)} >= 2^63")
             continue
         half = (1 << (rs - 1)) if rs > 0 else 0
-        thr = [k * 2**rs - half + z[ch] for k in range(lo_c + 1, hi_c + 1)]
+        # (E4d) of an unsigned layer (the fallback refuses signed ones): + 2^30 where the shift is > 31
+        extra = DOUBLE_HALF if step.op == "intreq" and step.layer.rounding == "double" and rs > 31 else 0
+        thr = [k * 2**rs - half - extra + z[ch] for k in range(lo_c + 1, hi_c + 1)]
         pts = np.array([min(max(v, s_lo[ch]), s_hi[ch]) for v in thr + [t - 1 for t in thr]] + [s_lo[ch], s_hi[ch]],
                        object)
-        want = np.minimum(np.maximum((pts - z[ch] + half) >> rs, lo_c), hi_c) + zp_out
+        want = np.minimum(np.maximum((pts - z[ch] + half + extra) >> rs, lo_c), hi_c) + zp_out
         got = _chain_of_sum(pts + per(a.const)[ch], a, np.full(len(pts), s, np.int64))
         bad = np.flatnonzero(got != want)
         if len(bad):
