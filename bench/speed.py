@@ -9,7 +9,9 @@ this process (``fiqnn_run`` per image at batch 1, ``fiqnn_run_batch`` at batch 2
 (``-DFIQNN_NO_INTRINSICS``: the int8 GEMM kernels where the CPU has a byte dot product) and
 with its intrinsics (the AVX-512 VNNI kernels where it has them), and gcc -O3 with and without
 -march=native with ``-DFIQNN_COLS=0``, the in-place kernels (what the C export ran on x86
-before the GEMM kernels). One core's VPDPBUSD peak is measured too, where the CPU has it.
+before the GEMM kernels), and the LiteRT export in LiteRT with its XNNPACK delegate (its
+integer-fallback layers, where the proof sends some there, in LiteRT's builtin kernels; logits
+checked against numpy on all the images). One core's VPDPBUSD peak is measured too, where the CPU has it.
 Every timed row is one thread, and two threads where the runtime has threads (the C export has
 none: one thread). Each figure is the best of ``--repeats`` rounds, each round at least
 ``--min-s`` seconds over the test images; every C build's logits are checked against numpy on
@@ -134,6 +136,31 @@ class CModel:
         return y
 
 
+class LiteRTModel:
+    """A .tflite in LiteRT's interpreter (default resolver: the XNNPACK delegate) with ``threads``
+    threads; called on a batch of uint8 images, it resizes its input when the batch size changes."""
+
+    def __init__(self, data: bytes, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(model_content=data, num_threads=threads)
+        self.inp = self.interp.get_input_details()[0]["index"]
+        self.out = self.interp.get_output_details()[0]["index"]
+        self.size = None
+
+    def __call__(self, x_q: np.ndarray) -> np.ndarray:
+        from fiqnn.export.tflite import to_litert_input
+
+        x = to_litert_input(x_q)
+        if len(x) != self.size:
+            self.interp.resize_tensor_input(self.inp, list(x.shape))
+            self.interp.allocate_tensors()
+            self.size = len(x)
+        self.interp.set_tensor(self.inp, x)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.out)
+
+
 def qdq_model(float_path: str, out: str, calib: np.ndarray) -> None:
     """ONNX Runtime's own static int8 quantization of the float teacher (QDQ, U8S8)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -174,6 +201,7 @@ def main() -> int:
     from fiqnn.export.c99 import export_c
     from fiqnn.export.c99 import macs as count_macs
     from fiqnn.export.onnx import to_onnx
+    from fiqnn.export.tflite import to_tflite
     from fiqnn.integer.execute import run
     from fiqnn.integer.modelfile import load
     from fiqnn.train.teacher import load_teacher
@@ -220,6 +248,14 @@ def main() -> int:
                 sess = session(onnx_bytes, n_threads)
                 measure(name, "fiqnn integer ONNX, ONNX Runtime", lambda b, s=sess: s.run(None, {"x_q": b}), x_q,
                         n_threads, macs)
+            tfl, notes = to_tflite(graph, "xnnpack", fallback="integer")
+            tfl_label = "LiteRT, XNNPACK" + (f" ({len(notes)} layers in the integer fallback)" if notes else "")
+            for n_threads in threads:
+                model = LiteRTModel(tfl, n_threads)
+                got = np.concatenate([model(x_q[i:i + 256]) for i in range(0, len(x_q), 256)])
+                if not np.array_equal(got, ref):
+                    raise SystemExit(f"{name}, LiteRT: logits differ from numpy")
+                measure(name, tfl_label, lambda b, m=model: m(b), x_q, n_threads, macs)
             src = export_c(graph, f"{tmp}/c-{len(rows)}")
             for i, (label, flags) in enumerate(C_BUILDS.items()):
                 model = CModel(src, flags, Path(tmp) / f"lib{len(rows)}-{i}.so")

@@ -185,7 +185,7 @@ def refusal(error: Exception) -> str:
     """The first words of an exporter's refusal, up to its first number, parenthesis or semicolon, without
     node names: the same cause reads the same on every graph."""
     why = re.sub(r"\b(node|layer) \w+(, channel \d+)?: ", "", str(error))
-    return " ".join(re.split(r"[(;]|(?<![\w^])-?\d", why)[0].split()[:16]).rstrip(",:")
+    return " ".join(re.split(r"[(;]|(?<=[\s\[])-?\d", why)[0].split()[:16]).rstrip(",:[ ")
 
 
 def litert_missing() -> str | None:
