@@ -12,30 +12,19 @@ layers in exact integer ops, off XNNPACK). Writes bench/results/litert.json and 
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "results" / "litert"
+from _exports import agreement, models, write
 
 
-def measure(path: str, x_q: np.ndarray, y: np.ndarray) -> dict:
+def measure(graph, ref, x_q, y) -> dict:
     from fiqnn.export import tflite as T
-    from fiqnn.integer.execute import run
-    from fiqnn.integer.modelfile import load
 
-    model = Path(path)
-    graph = load(model / "model.npz" if model.is_dir() else model)
-    ref = run(graph, x_q)
     proofs = T.prove(graph)
     missing = T.unproven(proofs)
-    row = {"model": path, "nodes": len(graph.layers), "adds": sum(n.kind == "add" for n in graph.layers),
+    row = {"nodes": len(graph.layers), "adds": sum(n.kind == "add" for n in graph.layers),
            "unproven_channels": len(missing),
            "unproven_nodes": sorted(name for name, p in proofs.items() if not p.holds),
            "acc_numpy": float((ref.argmax(1) == y).mean() * 100), "runs": {}}
@@ -43,32 +32,18 @@ def measure(path: str, x_q: np.ndarray, y: np.ndarray) -> dict:
         t0 = time.perf_counter()
         data, _ = T.to_tflite(graph, fallback=fallback)
         got = T.run_litert(data, x_q)
-        row["runs"][str(fallback)] = {"images_equal": int((got == ref).all(axis=1).sum()),
-                                      "argmax_differs": int((got.argmax(1) != ref.argmax(1)).sum()),
-                                      "acc": float((got.argmax(1) == y).mean() * 100),
-                                      "wall_s": round(time.perf_counter() - t0, 1)}
+        row["runs"][str(fallback)] = {**agreement(got, ref, y), "wall_s": round(time.perf_counter() - t0, 1)}
     return row
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=PATH",
-                   help="a model file (model.npz or its run directory), repeatable")
-    p.add_argument("--data", default="fashion-mnist")
-    args = p.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
     from importlib.metadata import version
 
-    from fiqnn.data import load_data
-
-    test = load_data(args.data).test
     rows = []
-    for spec in args.model:
-        label, _, path = spec.partition("=")
-        rows.append({"label": label, **measure(path, test.x_q, test.y)})
+    for label, path, graph, ref in models(__doc__):
+        rows.append({"label": label, "model": path, **measure(graph, ref, models.test.x_q, models.test.y)})
         print(json.dumps(rows[-1]), flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    test, args = models.test, models.args
     lines = [f"The LiteRT export (ai-edge-litert {version('ai-edge-litert')}, XNNPACK delegate, one thread) on all "
              f"{len(test.y):,} {args.data} test images: logits equal to the numpy executor's, image by image. "
              "Unproven: the layers `prove()` cannot prove exact for XNNPACK (float32 has 24 significant bits: a "
@@ -82,10 +57,7 @@ def main() -> int:
             lines.append(f"| {r['label']} | {unproven} | {'-' if fallback == 'None' else fallback} | "
                          f"{run_['images_equal']:,} / {len(test.y):,} | {run_['argmax_differs']} | "
                          f"{run_['acc']:.2f}% ({r['acc_numpy']:.2f}%) | {run_['wall_s']} s |")
-    lines += ["", "Command: `.venv/bin/python bench/litert.py " + " ".join(
-        f"--model {shlex.quote(s)}" for s in args.model) + f" --data {args.data}`"]
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("litert", "litert.py", rows, lines)
     return 0
 
 

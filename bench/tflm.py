@@ -14,64 +14,38 @@ and .md.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "results" / "tflm"
+from _exports import agreement, models, write
 
 
-def measure(path: str, x_q: np.ndarray, y: np.ndarray) -> dict:
+def measure(graph, ref, x_q, y) -> dict:
     from fiqnn.export import tflite as T
-    from fiqnn.integer.execute import run
-    from fiqnn.integer.modelfile import load
 
-    model = Path(path)
-    graph = load(model / "model.npz" if model.is_dir() else model)
     rounding = sorted({n.rounding for n in graph.int_layers() if n.a_bits is not None})
-    row = {"model": path, "rounding": "/".join(rounding), "unproven": {}, "runs": {}}
+    row = {"rounding": "/".join(rounding), "unproven": {}, "runs": {}}
     for target in ("builtin", "tflm"):
         row["unproven"][target] = len(T.unproven(T.prove(graph, target)))
     if any(row["unproven"].values()):
         return row
-    ref = run(graph, x_q)
     row["acc_numpy"] = float((ref.argmax(1) == y).mean() * 100)
     data, _ = T.to_tflite(graph, "tflm")
     for name, fn in (("LiteRT builtin", lambda: T.run_litert(data, x_q, target="builtin")),
                      ("TFLite Micro", lambda: T.run_tflm(data, x_q))):
         t0 = time.perf_counter()
-        got = fn()
-        row["runs"][name] = {"images_equal": int((got == ref).all(axis=1).sum()),
-                             "acc": float((got.argmax(1) == y).mean() * 100),
-                             "wall_s": round(time.perf_counter() - t0, 1)}
+        row["runs"][name] = {**agreement(fn(), ref, y), "wall_s": round(time.perf_counter() - t0, 1)}
     return row
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=PATH",
-                   help="a model file (model.npz or its run directory), repeatable")
-    p.add_argument("--data", default="fashion-mnist")
-    args = p.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
     from importlib.metadata import version
 
-    from fiqnn.data import load_data
-
-    test = load_data(args.data).test
     rows = []
-    for spec in args.model:
-        label, _, path = spec.partition("=")
-        rows.append({"label": label, **measure(path, test.x_q, test.y)})
+    for label, path, graph, ref in models(__doc__):
+        rows.append({"label": label, "model": path, **measure(graph, ref, models.test.x_q, models.test.y)})
         print(json.dumps(rows[-1]), flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    test, args = models.test, models.args
     lines = [f"The tflm-target LiteRT export on all {len(test.y):,} {args.data} test images, in LiteRT's builtin "
              f"kernels (ai-edge-litert {version('ai-edge-litert')}, no delegate) and in TFLite Micro "
              f"(tflite-micro {version('tflite-micro')}, its Python interpreter: the reference kernels built for "
@@ -87,9 +61,7 @@ def main() -> int:
         for name, run_ in r["runs"].items():
             lines.append(f"| {r['label']} | {r['rounding']} | {unproven} | {name} | {run_['images_equal']:,} / "
                          f"{len(test.y):,} | {run_['acc']:.2f}% ({r['acc_numpy']:.2f}%) | {run_['wall_s']} s |")
-    lines += ["", "Command:", "", "    .venv/bin/python bench/tflm.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]), ""]
-    OUT.with_suffix(".md").write_text("\n".join(lines))
+    write("tflm", "tflm.py", rows, lines)
     return 0
 
 
