@@ -36,6 +36,15 @@ def models(doc: str):
         yield label, path, graph, run(graph, models.test.x_q)
 
 
+def measured(doc: str, measure) -> list[dict]:
+    """One row per ``--model``: its label and path, then ``measure(graph, ref, x_q, y)``'s fields."""
+    rows = []
+    for label, path, graph, ref in models(doc):
+        rows.append({"label": label, "model": path, **measure(graph, ref, models.test.x_q, models.test.y)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def agreement(got: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
     """Images whose logits equal numpy's, images whose argmax differs, and the test accuracy."""
     return {"images_equal": int((got == ref).all(axis=1).sum()),

@@ -12,11 +12,10 @@ layers in exact integer ops, off XNNPACK). Writes bench/results/litert.json and 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
-from _exports import agreement, models, write
+from _exports import agreement, measured, models, write
 
 
 def measure(graph, ref, x_q, y) -> dict:
@@ -39,10 +38,7 @@ def measure(graph, ref, x_q, y) -> dict:
 def main() -> int:
     from importlib.metadata import version
 
-    rows = []
-    for label, path, graph, ref in models(__doc__):
-        rows.append({"label": label, "model": path, **measure(graph, ref, models.test.x_q, models.test.y)})
-        print(json.dumps(rows[-1]), flush=True)
+    rows = measured(__doc__, measure)
     test, args = models.test, models.args
     lines = [f"The LiteRT export (ai-edge-litert {version('ai-edge-litert')}, XNNPACK delegate, one thread) on all "
              f"{len(test.y):,} {args.data} test images: logits equal to the numpy executor's, image by image. "

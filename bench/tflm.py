@@ -14,10 +14,9 @@ and .md.
 
 from __future__ import annotations
 
-import json
 import time
 
-from _exports import agreement, models, write
+from _exports import agreement, measured, models, write
 
 
 def measure(graph, ref, x_q, y) -> dict:
@@ -41,10 +40,7 @@ def measure(graph, ref, x_q, y) -> dict:
 def main() -> int:
     from importlib.metadata import version
 
-    rows = []
-    for label, path, graph, ref in models(__doc__):
-        rows.append({"label": label, "model": path, **measure(graph, ref, models.test.x_q, models.test.y)})
-        print(json.dumps(rows[-1]), flush=True)
+    rows = measured(__doc__, measure)
     test, args = models.test, models.args
     lines = [f"The tflm-target LiteRT export on all {len(test.y):,} {args.data} test images, in LiteRT's builtin "
              f"kernels (ai-edge-litert {version('ai-edge-litert')}, no delegate) and in TFLite Micro "
