@@ -180,3 +180,9 @@ def test_quantize_multiplier_24_bits_is_float32():
         assert mult % 128 == 0 and arith.MULT_MIN <= mult <= arith.MULT_MAX
         assert float(np.float32(mult / 2.0**shift)) == mult / 2.0**shift
         assert abs(mult / 2.0**shift - real) / real <= 2.0**-24
+
+
+def test_config_knows_the_roundings_of_the_contract():
+    from fiqnn import config
+
+    assert config.ROUNDINGS == arith.ROUNDINGS

@@ -14,7 +14,6 @@ from typing import Any
 from ._archs import ARCHS
 from .data import DATASETS
 from .errors import ConfigError
-from .integer.arith import ROUNDINGS
 
 
 def _check(ok: bool, message: str) -> None:
@@ -76,6 +75,7 @@ class TeacherConfig(_Dict):
 
 METHODS = ("ptl", "fold", "oneshot", "scratch")
 SCALES = ("per-layer", "per-channel")
+ROUNDINGS = ("single", "double")  # (E4), (E4d): fiqnn.integer.arith.ROUNDINGS (a layer below cannot import it)
 TEACHER_QUANTIZERS = ("lsq", "dorefa")
 
 
