@@ -145,11 +145,12 @@ def thresholds(mult: int, shift: int, lo: int, hi: int, low: int, high: int, off
     def first(k: int, extra: int) -> int:  # the smallest a with a * mult + offset + extra + half >= k 2^shift
         return -((half + offset + extra - (k << shift)) // mult)
 
+    twice = rounding == "double" and shift > 31  # (E4d): +2^30 from a0 on, -2^30 below it
+    a0 = -((DOUBLE_HALF + offset) // mult)  # the smallest a with a * mult + offset >= -2^30
     out = []
     for k in range(lo + 1, hi + 1):
         t = first(k, 0)
-        if rounding == "double" and shift > 31:  # (E4d): +2^30 from a0 on, -2^30 below it
-            a0 = -((DOUBLE_HALF + offset) // mult)  # the smallest a with a * mult + offset >= -2^30
+        if twice:
             below = first(k, -DOUBLE_HALF)
             t = below if below < a0 else max(first(k, DOUBLE_HALF), a0)
         out.append(min(max(t, low), high + 1))
