@@ -27,7 +27,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._progress import bar as progress_bar
-from .arith import clamp_codes, code_range, exact_float_dtype, requantize, rshift_round
+from .arith import clamp_codes, code_range, double_offset, exact_float_dtype, rshift_round
 from .graph import (
     IntAdd,
     IntAffine,
@@ -91,8 +91,11 @@ def _per_channel(a: np.ndarray, ndim: int = 4) -> np.ndarray:
 def requantize_layer(acc: np.ndarray, layer: IntLayer) -> np.ndarray:
     """(E4), or (E4d) under double rounding, with the layer's (mult, shift), per layer or per output
     channel: codes."""
-    return requantize(acc, _per_channel(layer.mult, acc.ndim), _per_channel(layer.shift, acc.ndim), layer.a_bits,
-                      layer.signed, layer.rounding)
+    prod = acc * _per_channel(layer.mult, acc.ndim)  # |acc * mult| < 2^62
+    shift = _per_channel(layer.shift, acc.ndim)
+    if layer.rounding == "double":
+        prod = prod + double_offset(prod, shift)
+    return clamp_codes(rshift_round(prod, shift), layer.a_bits, layer.signed)
 
 
 def windows(x: np.ndarray, kernel, stride, padding, ceil_mode: bool, fill) -> np.ndarray:
