@@ -327,35 +327,47 @@ def _avg(name: str, code: tuple, out_bits: int, kernel, stride, padding, ceil_mo
 def test_avg_pool(window, ceil_mode, include, pairs, code):
     """Window sums with padding that adds nothing (signed codes too), and each window's divisor's
     pair: at the corners and past the far edge in ceil mode it is smaller than kh * kw."""
-    (h, w), kernel, stride, padding = window
-    rng = np.random.default_rng(h * w + ceil_mode)
-    c1 = _conv(rng, "c1", (3, 3, 1, 1), IN, code, per_channel=True)
-    pool = _avg("avg", code, 5, kernel, stride, padding, ceil_mode, include, pairs, rng)
-    graph = _graph((3, h, w), [c1, pool], readout="conv")
+    graph, x = avg_case(window, ceil_mode, include, pairs, code)
+    (h, w), kernel, _, padding = window
     if not include and padding != (0, 0):  # the corners' divisors are smaller than kh * kw
-        assert pool.divisors(h, w).min() < kernel[0] * kernel[1]
-    codes = _same(graph, _images((3, h, w), seed=2))
+        assert graph.layers[1].divisors(h, w).min() < kernel[0] * kernel[1]
+    codes = _same(graph, x)
     if pairs == "exact":
         assert len(np.unique(codes)) > 4
 
 
-def test_avg_pool_of_the_input_with_extreme_pairs():
+def avg_case(window, ceil_mode: bool, include: bool, pairs: str, code: tuple) -> tuple[IntGraph, np.ndarray]:
+    (h, w), kernel, stride, padding = window
+    rng = np.random.default_rng(h * w + ceil_mode)
+    c1 = _conv(rng, "c1", (3, 3, 1, 1), IN, code, per_channel=True)
+    pool = _avg("avg", code, 5, kernel, stride, padding, ceil_mode, include, pairs, rng)
+    return _graph((3, h, w), [c1, pool], readout="conv"), _images((3, h, w), seed=2)
+
+
+def extreme_avg_case() -> tuple[IntGraph, np.ndarray]:
     """The input's codes, ceil mode, count_include_pad=False (divisors 1 to 9 all occur), and pairs
     from shift 0 to shift 62, mult 1 to 2^31 - 1."""
     mult = np.array([1, 2**31 - 1, 2**30, 3, 2**31 - 1, 2**30, 2**31 - 1, 2**30 + 1, 2**31 - 1], np.int32)
     shift = np.array([0, 31, 31, 2, 34, 62, 36, 33, 62], np.int32)
     pool = IntAvgPool(name="avg", kernel=(3, 3), stride=(2, 2), padding=(1, 1), mult=mult, shift=shift, in_bits=8,
                       a_bits=8, ceil_mode=True, count_include_pad=False)
-    _same(_graph((2, 6, 7), [pool]), _images((2, 6, 7)))
+    return _graph((2, 6, 7), [pool]), _images((2, 6, 7))
 
 
-# ---- lookup tables -------------------------------------------------------------------------------
+def test_avg_pool_of_the_input_with_extreme_pairs():
+    _same(*extreme_avg_case())
 
-@pytest.mark.parametrize("code_in, code_out", [((8, True), (8, True)), ((8, True), (4, False)),
-                                               ((3, True), (8, True)), ((2, False), (2, True)),
-                                               ((8, False), (8, False))])
-def test_lut(code_in, code_out):
-    """(E11) T[x - lo_in], every entry of the table reached (8-bit signed input included)."""
+
+# ---- lookup tables, channel-wise multiply, concat, channel gather, affine ------------------------
+# Each ``*_case`` builds the graph of one parametrization and its inputs; tests/test_export_tflite.py
+# runs the same cases (OP_CASES) through LiteRT.
+
+LUT_CODES = [((8, True), (8, True)), ((8, True), (4, False)), ((3, True), (8, True)), ((2, False), (2, True)),
+             ((8, False), (8, False))]
+
+
+def lut_case(code_in: tuple, code_out: tuple) -> tuple[IntGraph, np.ndarray]:
+    """(E11) T[x - lo_in], on the input's codes or on a conv's; every table entry is reachable."""
     rng = np.random.default_rng(code_in[0] * 16 + code_out[0])
     lo, hi = code_range(*code_out)
     table = rng.integers(lo, hi + 1, 2 ** code_in[0]).astype(np.int16)
@@ -367,19 +379,24 @@ def test_lut(code_in, code_out):
     else:
         c1 = _conv(rng, "c1", (4, 3, 2, 2), IN, code_in, per_channel=True)
         nodes, in_shape = [c1, lut_node], (3, 5, 6)
-    x = _images(in_shape, seed=code_in[0])
-    if len(nodes) > 1:  # the conv's codes reach most of the table
+    return _graph(in_shape, nodes), _images(in_shape, seed=code_in[0])
+
+
+@pytest.mark.parametrize("code_in, code_out", LUT_CODES)
+def test_lut(code_in, code_out):
+    """(E11), every entry of the table reached (8-bit signed input included)."""
+    graph, x = lut_case(code_in, code_out)
+    if code_in != IN:  # the conv's codes reach most of the table
         seen = {}
-        run(_graph(in_shape, nodes[:1]), x, trace=lambda name, a: seen.setdefault(name, a))
+        run(_graph(graph.in_shape, list(graph.layers[:1])), x, trace=lambda name, a: seen.setdefault(name, a))
         assert len(np.unique(seen["c1"])) > 2 ** code_in[0] // 2
-    _same(_graph(in_shape, nodes), x)
+    _same(graph, x)
 
 
-# ---- channel-wise multiply, concat, channel gather, affine ---------------------------------------
+MUL_CASES = [(signed, gate) for gate in ("squeeze-excite", "map") for signed in (True, False)]
 
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("gate", ["squeeze-excite", "map"])
-def test_mul(signed, gate):
+
+def mul_case(signed: bool, gate: str) -> tuple[IntGraph, np.ndarray]:
     """(E12): x times a (C, 1, 1) gate broadcast over the map (global average pool -> 1x1 conv -> lut),
     or times another (C, H, W) map."""
     rng = np.random.default_rng(signed + 2 * (gate == "map"))
@@ -393,12 +410,19 @@ def test_mul(signed, gate):
         g = [gap, hidden, IntLut(name="g", table=table, in_bits=8, in_signed=True, a_bits=8)]
     mult, shift = _pairs([code_peak(5, signed) / (32 * 255 / 4)])
     node = IntMul(name="mul", inputs=("x", "g"), mult=mult, shift=shift, a_bits=5, signed=signed)
-    codes = _same(_graph((3, 5, 6), [x, *g, node]), _images((3, 5, 6)))
+    return _graph((3, 5, 6), [x, *g, node]), _images((3, 5, 6))
+
+
+@pytest.mark.parametrize("signed, gate", MUL_CASES)
+def test_mul(signed, gate):
+    codes = _same(*mul_case(signed, gate))
     assert len(np.unique(codes)) > 4
 
 
-@pytest.mark.parametrize("code", [(8, True), (4, False), (3, True)])
-def test_concat(code):
+CONCAT_CODES = [(8, True), (4, False), (3, True)]
+
+
+def concat_case(code: tuple) -> tuple[IntGraph, np.ndarray]:
     """(E13) of the input's codes, signed codes and unsigned codes, one on the output scale already
     ((2^30, 30) returns it unchanged, clamped), one with shift 0, one with shift 62."""
     rng = np.random.default_rng(code[0])
@@ -408,30 +432,42 @@ def test_concat(code):
     pairs = [(2**30, 30), (2**31 - 1, 31), (3, 0), (2**31 - 1, 62), (2**30, 36)]
     node = IntConcat(name="cat", inputs=("a", "input", "b", "c", "a"), mult=np.array([m for m, _ in pairs], np.int32),
                      shift=np.array([s for _, s in pairs], np.int32), a_bits=code[0], signed=code[1])
-    codes = _same(_graph((3, 4, 5), [a, b, c, node]), _images((3, 4, 5), seed=code[0]))
+    return _graph((3, 4, 5), [a, b, c, node]), _images((3, 4, 5), seed=code[0])
+
+
+@pytest.mark.parametrize("code", CONCAT_CODES)
+def test_concat(code):
+    codes = _same(*concat_case(code))
     assert codes.max() == code_range(*code)[1] and len(np.unique(codes)) > 4
 
 
-@pytest.mark.parametrize("index", [[5, 0, 3, 3, 1], [2, 3, 4], [0]])
-@pytest.mark.parametrize("code", [(4, True), (8, False)])
-def test_channels(index, code):
-    """(E14): a shuffle with repeats, a split, one channel; of a conv's codes and of the input."""
+CHANNELS_CASES = [(index, code) for code in ((4, True), (8, False)) for index in ([5, 0, 3, 3, 1], [2, 3, 4], [0])]
+
+
+def channels_case(index: list, code: tuple, on_input: bool = False) -> tuple[IntGraph, np.ndarray]:
+    """(E14): a shuffle with repeats, a split, one channel; of a conv's codes or of the input."""
+    if on_input:
+        node = IntChannels(name="ch", index=np.array(index, np.int32), a_bits=8)
+        return _graph((3, 4, 4), [node]), _images((3, 4, 4))
     rng = np.random.default_rng(len(index))
     c1 = _conv(rng, "c1", (6, 3, 3, 3), IN, code, padding=(1, 1))
     node = IntChannels(name="ch", index=np.array(index, np.int32), a_bits=code[0], signed=code[1])
-    _same(_graph((3, 4, 4), [c1, node]), _images((3, 4, 4)))
+    return _graph((3, 4, 4), [c1, node]), _images((3, 4, 4))
+
+
+@pytest.mark.parametrize("index, code", CHANNELS_CASES)
+def test_channels(index, code):
+    _same(*channels_case(index, code))
     if max(index) < 3:
-        node = IntChannels(name="ch", index=np.array(index, np.int32), a_bits=8)
-        _same(_graph((3, 4, 4), [node]), _images((3, 4, 4)))
+        _same(*channels_case(index, code, on_input=True))
 
 
-@pytest.mark.parametrize("code_in, code_out, per_channel, negative", [((4, True), (4, False), True, False),
-                                                                      ((6, True), (8, True), False, False),
-                                                                      ((8, False), (5, True), True, False),
-                                                                      ((3, False), (3, False), False, True),
-                                                                      ((5, True), (6, True), True, True),
-                                                                      ((8, False), (4, False), True, True)])
-def test_affine(code_in, code_out, per_channel, negative):
+AFFINE_CASES = [((4, True), (4, False), True, False), ((6, True), (8, True), False, False),
+                ((8, False), (5, True), True, False), ((3, False), (3, False), False, True),
+                ((5, True), (6, True), True, True), ((8, False), (4, False), True, True)]
+
+
+def affine_case(code_in: tuple, code_out: tuple, per_channel: bool, negative: bool) -> tuple[IntGraph, np.ndarray]:
     """(E15) with offsets around the code range, and channels at the limits: shift 0, and shift 62
     with an offset next to +-2^62; ``negative``: some multipliers negative (a BatchNorm's gamma),
     down to -(2^31 - 1)."""
@@ -452,7 +488,12 @@ def test_affine(code_in, code_out, per_channel, negative):
     node = IntAffine(name="aff", mult=mult, shift=shift, offset=offset, in_bits=code_in[0], in_signed=code_in[1],
                      a_bits=code_out[0], signed=code_out[1], inputs=() if nodes else ("input",))
     in_shape = (3, 5, 4) if nodes else (c, 5, 4)
-    codes = _same(_graph(in_shape, [*nodes, node]), _images(in_shape)).reshape(N_IMAGES, c, -1)
+    return _graph(in_shape, [*nodes, node]), _images(in_shape)
+
+
+@pytest.mark.parametrize("code_in, code_out, per_channel, negative", AFFINE_CASES)
+def test_affine(code_in, code_out, per_channel, negative):
+    codes = _same(*affine_case(code_in, code_out, per_channel, negative)).reshape(N_IMAGES, 5, -1)
     if per_channel:
         assert set(np.unique(codes[:, 1])) <= {1} and set(np.unique(codes[:, 2])) <= {-1, 0}
 
@@ -551,3 +592,20 @@ def test_graphs_of_codes_have_no_int64_arithmetic():
         if readers_of_codes:
             assert openvino_unsafe_nodes(graph) == []
             assert not {o for o, t in _node_output_types(model).items() if t in wide}
+
+
+def every_op_graph_case() -> tuple[IntGraph, np.ndarray]:
+    return every_op_graph(), _images((3, 6, 7))
+
+
+OP_CASES = ([pytest.param(lut_case, args, id=f"lut-{args}") for args in LUT_CODES] +
+            [pytest.param(mul_case, args, id=f"mul-{args}") for args in MUL_CASES] +
+            [pytest.param(concat_case, (code,), id=f"concat-{code}") for code in CONCAT_CODES] +
+            [pytest.param(channels_case, args, id=f"channels-{args}") for args in CHANNELS_CASES] +
+            [pytest.param(channels_case, ([2, 0], (8, False), True), id="channels-input")] +
+            [pytest.param(affine_case, args, id=f"affine-{args}") for args in AFFINE_CASES] +
+            [pytest.param(avg_case, (window, True, False, "exact", code), id=f"avg-{window[0]}-{code}")
+             for window in POOL_WINDOWS[:3] for code in ((8, True), (4, False))] +
+            [pytest.param(avg_case, (POOL_WINDOWS[0], True, False, "random", (4, False)), id="avg-random"),
+             pytest.param(extreme_avg_case, (), id="avg-extreme"),
+             pytest.param(every_op_graph_case, (), id="every-op")])

@@ -12,8 +12,20 @@ pytest.importorskip("tflite")
 from fiqnn.export import tflite as T  # noqa: E402
 from fiqnn.integer.arith import quantize_multiplier  # noqa: E402
 from fiqnn.integer.execute import run  # noqa: E402
-from fiqnn.integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, IntLut, IntMaxPool  # noqa: E402
+from fiqnn.integer.graph import (  # noqa: E402
+    IntAdd,
+    IntAffine,
+    IntAvgPool,
+    IntChannels,
+    IntConcat,
+    IntGraph,
+    IntLayer,
+    IntLut,
+    IntMaxPool,
+    IntMul,
+)
 from fiqnn.train.convert import convert  # noqa: E402
+from tests.test_export_onnx_ops import OP_CASES  # noqa: E402
 from tests.test_export_ops import _layer, ops_graph, residual_graph  # noqa: E402
 
 
@@ -170,18 +182,73 @@ def test_builtin_target_reports_channels_and_runs():
     assert np.array_equal((got == run(graph, x)).all(axis=0), ok)
 
 
-def _lut_graph() -> IntGraph:
+@pytest.mark.parametrize("case, args", OP_CASES)
+@pytest.mark.parametrize("target", ["xnnpack", "builtin"])
+def test_lut_mul_concat_channels_affine_are_exact(case, args, target):
+    """(E11)-(E15), each on the cases of tests/test_export_onnx_ops.py: GATHER for tables and channel
+    gathers, the add's int64 chain for every requantization, proven and equal to numpy."""
+    graph, x = case(*args)
+    assert T.unproven(T.prove(T.integer_fallback(graph, target), target)) == []
+    data, _ = T.to_tflite(graph, target, fallback="integer")
+    assert np.array_equal(T.run_litert(data, x, target=target), run(graph, x))
+
+
+def _tables_graph() -> IntGraph:
+    """(E11)-(E15) on the input's codes, no conv (whose single rounding the tflm target cannot prove):
+    lut, affine (negative multipliers too), mul, concat with a copied and two requantized inputs, a
+    channel shuffle; signed codes between them."""
+    rng = np.random.default_rng(4)
+    lut = IntLut(name="l", table=rng.integers(-32, 32, 256).astype(np.int16), in_bits=8, a_bits=6, signed=True,
+                 inputs=("input",))
+    mult, shift = np.array([2**30, -(2**30), 3 * 2**28], np.int32), np.array([35, 34, 31], np.int32)
+    aff = IntAffine(name="a", mult=mult, shift=shift, offset=np.array([-2**33, 2**37, 0], np.int64), in_bits=8,
+                    a_bits=4, inputs=("input",))
+    mul = IntMul(name="m", inputs=("l", "a"), mult=np.array([2**30], np.int32), shift=np.array([33], np.int32),
+                 a_bits=5, signed=True)
+    cat = IntConcat(name="c", inputs=("m", "input", "l"), mult=np.array([2**30, 2**31 - 1, 2**30], np.int32),
+                    shift=np.array([30, 32, 31], np.int32), a_bits=5, signed=True)
+    ch = IntChannels(name="ch", index=np.array([8, 0, 3, 3, 5, 1], np.int32), a_bits=5, signed=True)
+    eye = np.eye(6 * 4 * 5, dtype=np.int8)
+    head = IntLayer(name="readout", kind="fc", w_q=eye, bias_q=np.zeros(len(eye), np.int32),
+                    mult=np.array([2**30], np.int32), shift=np.array([30], np.int32), in_bits=5, w_bits=2, a_bits=None,
+                    in_signed=True)
+    return IntGraph((3, 4, 5), len(eye), (lut, aff, mul, cat, ch, head))
+
+
+@pytest.mark.parametrize("target", ["xnnpack", "builtin", "tflm"])
+def test_tables_run_in_every_target(target):
+    """The table spellings are int32 and GATHER only: TFLite Micro runs them too (and its logits'
+    halving sums over an odd width, 120 = 8 x 15)."""
+    graph = _tables_graph()
+    x = np.random.default_rng(0).integers(0, 256, (200, 3, 4, 5)).astype(np.uint8)
+    x[0], x[1] = 0, 255
+    codes = {}
+    ref = run(graph, x, trace=lambda name, a: codes.setdefault(name, a))
+    assert all(len(np.unique(codes[n])) > 6 for n in ("l", "m", "c")) and len(np.unique(codes["a"])) > 3
+    data, lines = T.to_tflite(graph, target)
+    assert lines == []
+    if target == "tflm":
+        pytest.importorskip("tflite_micro")
+        assert np.array_equal(T.run_tflm(data, x), ref)
+    else:
+        assert np.array_equal(T.run_litert(data, x, target=target), ref)
+
+
+def _avg_graph() -> IntGraph:
     rng = np.random.default_rng(0)
     c1 = _layer(rng, "c1", "conv", (4, 1, 3, 3), 8, 4, 4)
-    lut = IntLut(name="act", table=np.arange(16, dtype=np.int16)[::-1].copy(), in_bits=4, a_bits=4)
-    return IntGraph((1, 5, 5), 3, (c1, lut, _layer(rng, "out", "fc", (3, 36), 4, 4, None)))
+    mult, shift = zip(*(quantize_multiplier(1 / d) for d in range(1, 10)))
+    avg = IntAvgPool(name="avg", kernel=(3, 3), stride=(1, 1), padding=(1, 1), mult=np.array(mult, np.int32),
+                     shift=np.array(shift, np.int32), in_bits=4, a_bits=4, count_include_pad=False)
+    return IntGraph((1, 5, 5), 3, (c1, avg, _layer(rng, "out", "fc", (3, 36), 4, 4, None)))
 
 
 @pytest.mark.parametrize("graph,name,words", [
     (lambda: ops_graph(0, 4), "c3", "grouped conv"),
-    (_lut_graph, "act", "lut"),
+    (_avg_graph, "avg", "table would have 408 entries (at most 400)"),
 ])
-def test_unsupported_nodes_are_refused_naming_the_node(graph, name, words):
+def test_unsupported_nodes_are_refused_naming_the_node(graph, name, words, monkeypatch):
+    monkeypatch.setattr(T, "TABLE_ENTRIES", 400)
     with pytest.raises(T.TFLiteExportError) as e:
         T.to_tflite(graph())
     msg = _one_line(e)

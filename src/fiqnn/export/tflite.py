@@ -26,8 +26,20 @@ The spelling (docs/arithmetic.md for the equations):
     maxpool   MAX_POOL_2D VALID, after a PAD with -128 (the lowest int8: never the max) where
               the window has padding or ceil mode's far edge.                          (E7)
     avgpool   DEPTHWISE_CONV_2D of ones (after a PAD of code 0), requantized like a layer
-              with that node's pair: needs one divisor for every window (one pair, or all
-              windows alike). TFLite's AVERAGE_POOL_2D rounds its own way and is not used. (E10)
+              with that node's pair, where one divisor serves every window (one pair, or all
+              windows alike); with several divisors (ceil mode, count_include_pad=False) the
+              int32 window sums (CAST, ADD -zp: the codes; PAD of 0; one STRIDED_SLICE per tap,
+              ADDs) index a table, one row per divisor, the row ADDed per output position.
+              TFLite's AVERAGE_POOL_2D rounds its own way and is not used.          (E10)
+    tables    lut, mul, concat and affine are GATHERs from int8 tables, each entry the node's
+              own equation evaluated at export (nothing to prove), at an int32 index of the
+              stored values t (CAST, ADDs): lut t + 128 into its table over the 256 values
+              (entries for values that hold no code repeat the end codes); affine
+              t + 128 + 256 c, one row per channel c; mul (x - lo_x) n_g + (g - lo_g) over
+              every pair of codes (an int32 MUL by n_g and a broadcast ADD of the (C, 1, 1)
+              gate); concat one table per input, then CONCATENATION (an input already on the
+              output's codes and quantization copied as it is).       (E11), (E12), (E13), (E15)
+    channels  GATHER along the channel axis, the input's quantization.                   (E14)
     logits    BATCH_MATMUL int8 x int8 -> int32 (it ignores zero points: raw = sum t * w),
               then ADD of the int32 bias' = bias_q - zp_in * sum_i w[o, i], so that
               raw + bias' = acc: no float anywhere. Target tflm (TFLite Micro's BATCH_MATMUL
@@ -51,8 +63,8 @@ The spelling (docs/arithmetic.md for the equations):
 
 Not spelled (refused naming the node): grouped convs with an activation other than depthwise,
 signed codes below 8 bits out of a conv (no fused activation clamps at -2^(A-1) and 2^(A-1) - 1)
-(these two the "integer" fallback below spells), a max-pool fused into an accumulator layer, an
-average pool with several divisors, and (E11)-(E15). Not used for adds: TFLite's int8 ADD
+(these two the "integer" fallback below spells), a max-pool fused into an accumulator layer, and
+a table of more than TABLE_ENTRIES (2^20) entries. Not used for adds: TFLite's int8 ADD
 (XNNPACK qs8 add, or builtin) takes int8 inputs only, and in a ResNet every add has an int32
 accumulator input whose relevant range (the accumulators at which the add's output is unsaturated
 for some value of the other inputs) is wider than the 256 values an int8 conv output carries
@@ -122,7 +134,8 @@ construction (measured: every channel of alexnet-s W4A4 and W8A8 and of the digi
 and TFLite Micro == fiqnn.run on all 10,000 Fashion-MNIST test images, bench/results/tflm.md); for
 XNNPACK such a layer mostly fails, and a single-rounded one mostly fails for builtin and tflm.
 Target tflm refuses the accumulator spelling and the integer fallback (int32 BATCH_MATMUL, int64
-ops): residual networks are not exported for it.
+ops): residual networks are not exported for it. The tables, GATHERs and window sums are int32 and
+int8 ops that TFLite Micro runs.
 
 The file is written with the ``tflite`` package's flatbuffer builders (no TensorFlow), atomically.
 """
@@ -141,9 +154,30 @@ from .. import _io
 from .._optional import optional_import
 from .._progress import bar as progress_bar
 from ..errors import FiqnnError
-from ..integer.arith import DOUBLE_HALF, INT32_MAX, INT32_MIN, code_range, requantize, thresholds
+from ..integer.arith import (
+    DOUBLE_HALF,
+    INT32_MAX,
+    INT32_MIN,
+    clamp_codes,
+    code_range,
+    requantize,
+    rshift_round,
+    thresholds,
+)
 from ..integer.execute import as_graph, check_input
-from ..integer.graph import IntAdd, IntAvgPool, IntGraph, IntLayer, IntMaxPool, node_shapes
+from ..integer.graph import (
+    IntAdd,
+    IntAffine,
+    IntAvgPool,
+    IntChannels,
+    IntConcat,
+    IntGraph,
+    IntLayer,
+    IntLut,
+    IntMaxPool,
+    IntMul,
+    node_shapes,
+)
 from ..integer.nodes import pool_out
 
 log = logging.getLogger("fiqnn")
@@ -294,6 +328,8 @@ class Step:
     in_shape: tuple[int, int, int] = (0, 0, 0)  # the (C, H, W) it reads
     add: AddSpelling | None = None  # an (E9) add's integer constants
     in_qs: tuple = ()  # an add's inputs' quantizations (None: int32 accumulators)
+    in_codes: tuple = ()  # the codes (bits, signed) of a table step's inputs
+    tables: tuple = ()  # a table step's int8 tables (a concat's: one per input, None where copied as it is)
     clamp: int | None = None  # a MINIMUM at this stored int8 value after the op (builtin, tflm)
 
 
@@ -314,8 +350,10 @@ class AddSpelling:
     hi: int
     in_zp: tuple[int, ...]  # each input's zero point (0 for accumulators)
     in_ranges: tuple[tuple[np.ndarray, np.ndarray], ...]  # each input's stored range, per channel
-    ref_mult: tuple = ()  # the node's own multipliers and shift, which the proof holds the file to
+    code: tuple[int, bool] = (8, False)  # the output codes (bits, signed)
+    ref_mult: tuple = ()  # the node's own multipliers, shift and offset, which the proof holds the file to
     ref_shift: np.ndarray | None = None
+    ref_offset: np.ndarray | None = None  # object (Python ints), (1,) or per channel: (E4d)'s 2^30
 
 
 @dataclass
@@ -496,7 +534,14 @@ def plan(graph: IntGraph | str | os.PathLike, target: str = "xnnpack", integer=(
         elif isinstance(node, IntMaxPool):
             step = Step(node, "maxpool", in_q, in_q, pads=_window_pads(node, h, w))
         elif isinstance(node, IntAvgPool):
-            step = _avgpool_step(node, in_q, (c, h, w), target)
+            step = _avgpool_step(node, in_q, (c, h, w), target, node.name in integer)
+        elif isinstance(node, IntLut):
+            step = Step(node, "lut", in_q, _chain_quant(node.code))
+        elif isinstance(node, IntChannels):
+            step = Step(node, "channels", in_q, in_q)
+        elif isinstance(node, (IntMul, IntConcat, IntAffine)):
+            step = _table_step(node, [quant[s] for s in graph.sources(node)],
+                               [_code_of(nodes.get(s)) for s in graph.sources(node)])
         else:  # _check_spelled let nothing else through
             raise AssertionError(type(node))
         step.in_shape = (c, h, w)
@@ -515,9 +560,58 @@ def plan(graph: IntGraph | str | os.PathLike, target: str = "xnnpack", integer=(
 
 def _check_spelled(node) -> None:
     """Refuse, naming the node, what this exporter has no exact spelling for."""
-    if not isinstance(node, (IntLayer, IntMaxPool, IntAvgPool, IntAdd)):
-        raise TFLiteExportError(f"node {node.name}: a {node.kind} node has no LiteRT spelling in this exporter "
-                                "(it exports conv, fc, maxpool, avgpool and add nodes)")
+    if not isinstance(node, (IntLayer, IntMaxPool, IntAvgPool, IntAdd, IntLut, IntChannels, IntMul, IntConcat,
+                             IntAffine)):
+        raise TFLiteExportError(f"node {node.name}: a {node.kind} node has no LiteRT spelling in this exporter")
+
+
+def _code_of(node) -> tuple[int, bool]:
+    return (8, False) if node is None else node.code  # None: the network input
+
+
+def _chain_quant(code) -> Quant:
+    """The quantization of codes an integer op writes (scale 1.0; any width, the clamp is explicit)."""
+    return Quant(1.0, 0 if code[1] else -128)
+
+
+def _codes_of_stored(q: Quant, code) -> np.ndarray:
+    """The code each stored int8 value -128..127 holds (clipped to the code range where it holds none)."""
+    return np.clip(np.arange(-128, 128, dtype=np.int64) - q.zp, *code_range(*code))
+
+
+def _stored(codes: np.ndarray, q: Quant) -> np.ndarray:
+    """The int8 values that hold ``codes`` under ``q``."""
+    return (codes.astype(np.int64) + q.zp).astype(np.int8)
+
+
+def _table_step(node, in_qs: list[Quant], codes: list[tuple[int, bool]]) -> Step:
+    """(E12), (E13), (E15) as int8 tables over their inputs' stored values, each entry the node's
+    own equation evaluated here (module docstring: tables)."""
+    out_q = _chain_quant(node.code)
+    lo_o, hi_o = code_range(*node.code)
+    if isinstance(node, IntAffine):
+        x = _codes_of_stored(in_qs[0], codes[0])[:, None]  # (256, 1) beside the channels
+        total = x * node.mult.astype(np.int64) + node.offset.astype(np.int64)
+        table = clamp_codes(rshift_round(total, node.shift.astype(np.int64)), node.a_bits, node.signed)
+        return Step(node, "affine", in_qs[0], out_q, in_qs=tuple(in_qs), in_codes=tuple(codes),
+                    tables=(_stored(table, out_q).T.reshape(-1),))  # entry c * 256 + t + 128
+    if isinstance(node, IntMul):  # entry (x - lo_x) * n_g + (g - lo_g)
+        (lo_x, hi_x), (lo_g, hi_g) = (code_range(*code) for code in codes)
+        x, g = np.meshgrid(np.arange(lo_x, hi_x + 1, dtype=np.int64), np.arange(lo_g, hi_g + 1, dtype=np.int64),
+                           indexing="ij")
+        table = clamp_codes(rshift_round(x * g * np.int64(node.mult[0]), np.int64(node.shift[0])), node.a_bits,
+                            node.signed)
+        return Step(node, "mul", None, out_q, in_qs=tuple(in_qs), in_codes=tuple(codes),
+                    tables=(_stored(table, out_q).reshape(-1),))
+    inside = [(int(m), int(sh)) == (2**30, 30) and lo_o <= code_range(*code)[0] and code_range(*code)[1] <= hi_o
+              for code, m, sh in zip(codes, node.mult, node.shift)]
+    if all(inside) and all(q == in_qs[0] for q in in_qs):
+        out_q = in_qs[0]  # every input already holds the output's codes, stored alike: a plain CONCATENATION
+    tables = []
+    for q, code, m, sh, same in zip(in_qs, codes, node.mult, node.shift, inside):
+        y = clamp_codes(rshift_round(_codes_of_stored(q, code) * np.int64(m), np.int64(sh)), node.a_bits, node.signed)
+        tables.append(None if same and q == out_q else _stored(y, out_q))
+    return Step(node, "concat", None, out_q, in_qs=tuple(in_qs), in_codes=tuple(codes), tables=tuple(tables))
 
 
 def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool, target: str = "xnnpack") -> Step:
@@ -549,6 +643,31 @@ def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool, target: st
                 pads=(0, 0, 0, 0) if same else (ph, ph, pw, pw), clamp=clamp)
 
 
+TABLE_ENTRIES = 2**20  # the largest requantization table of one node (int8 entries)
+
+
+def _avg_table_step(node: IntAvgPool, in_q: Quant, in_shape) -> Step:
+    """(E10) with several divisors: int32 window sums of the codes, then one table row per divisor
+    pair over every possible sum, the row picked per output position (module docstring: avgpool)."""
+    c, h, w = in_shape
+    kh, kw = node.kernel
+    pick = node.divisors(h, w) - 1
+    used, row = np.unique(pick, return_inverse=True)
+    lo_in, hi_in = code_range(node.in_bits, node.in_signed)
+    s_lo, s_hi = lo_in * kh * kw, hi_in * kh * kw
+    span = s_hi - s_lo + 1
+    if len(used) * span > TABLE_ENTRIES:
+        raise TFLiteExportError(f"node {node.name}: its requantization table would have {len(used) * span} entries "
+                                f"(at most {TABLE_ENTRIES})")
+    total = np.arange(s_lo, s_hi + 1, dtype=np.int64)[None, :]
+    table = clamp_codes(rshift_round(total * node.mult.astype(np.int64)[used][:, None],
+                                     node.shift.astype(np.int64)[used][:, None]), node.a_bits, node.signed)
+    out_q = _chain_quant(node.code)
+    offsets = (row.reshape(pick.shape) * span - s_lo).astype(np.int32)
+    return Step(node, "avgtable", in_q, out_q, pads=_window_pads(node, h, w),
+                tables=(_stored(table, out_q).reshape(-1), offsets))
+
+
 def _same_padding(size: int, k: int, s: int, p: int, d: int) -> bool:
     """Whether TFLite's SAME padding gives the windows of padding ``p`` on both sides."""
     eff = (k - 1) * d + 1
@@ -565,14 +684,13 @@ def _window_pads(node, h: int, w: int) -> tuple[int, int, int, int]:
     return ph, ph + extra_h, pw, pw + extra_w
 
 
-def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape, target: str = "xnnpack") -> Step:
+def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape, target: str = "xnnpack", integer: bool = False) -> Step:
     c, h, w = in_shape
     kh, kw = node.kernel
     if len(node.mult) > 1:
         used = np.unique(node.divisors(h, w))
         if len(used) != 1:
-            raise TFLiteExportError(f"node {node.name}: its windows have divisors {sorted(used.tolist())}; TFLite "
-                                    "has no per-position requantization (only one divisor for all windows is exported)")
+            return _avg_table_step(node, in_q, in_shape)
         pick = int(used[0]) - 1
         mult, shift = node.mult[pick:pick + 1], node.shift[pick:pick + 1]
     else:
@@ -580,22 +698,28 @@ def _avgpool_step(node: IntAvgPool, in_q: Quant, in_shape, target: str = "xnnpac
     ones = IntLayer(name=node.name, kind="conv", w_q=np.ones((c, 1, kh, kw), np.int8), bias_q=np.zeros(c, np.int32),
                     mult=mult.copy(), shift=shift.copy(), in_bits=node.in_bits, w_bits=2, a_bits=node.a_bits,
                     stride=node.stride, groups=c, signed=node.in_signed, in_signed=node.in_signed)
+    if integer:  # respelled by plan(): the quantization is the integer chain's
+        return Step(node, "avgpool", in_q, layer=ones, pads=_window_pads(node, h, w))
     out_q, act, clamp = _code_quant((node.a_bits, node.in_signed), node.name, target)
     return Step(node, "avgpool", in_q, out_q, act, ones, pads=_window_pads(node, h, w), clamp=clamp)
 
 
-def _spelling(mult: list, shift: np.ndarray, code, in_qs: list[Quant | None], ranges: list) -> AddSpelling:
-    """(E9) (or (E4): one accumulator input) on the stored inputs: zero points and the rounding
-    half folded into one constant per channel."""
+def _spelling(mult: list, shift: np.ndarray, code, in_qs: list[Quant | None], ranges: list,
+              offset=0) -> AddSpelling:
+    """``clamp(floor((sum_j mult_j x_j + offset + 2^(shift-1)) / 2^shift))`` on the stored inputs
+    (x_j their codes or accumulators): zero points, the rounding half and ``offset`` (a Python int or
+    one per channel) folded into one constant per channel. (E9); (E4) with one accumulator input."""
     lo_c, hi_c = code_range(*code)
     zp_out = 0 if code[1] else -128
     shift = np.asarray(shift, np.int64)
+    offset = np.array([int(v) for v in np.atleast_1d(np.asarray(offset, object))], object)
     in_zp = tuple(0 if q is None else int(q.zp) for q in in_qs)
     const = np.array([((1 << (int(v) - 1)) if v > 0 else 0) + zp_out * (1 << int(v)) for v in shift], object)
     for m, z in zip(mult, in_zp):
         const = const - np.asarray(m, np.int64).astype(object) * z
-    return AddSpelling(tuple(mult), const, shift.copy(), lo_c + zp_out, hi_c + zp_out, in_zp, tuple(ranges),
-                       tuple(np.copy(m) if isinstance(m, np.ndarray) else m for m in mult), shift.copy())
+    return AddSpelling(tuple(mult), const + offset, shift.copy(), lo_c + zp_out, hi_c + zp_out, in_zp, tuple(ranges),
+                       tuple(code), tuple(np.copy(m) if isinstance(m, np.ndarray) else m for m in mult), shift.copy(),
+                       offset.copy())
 
 
 def _add_step(node: IntAdd, in_qs: list[Quant | None], srcs: list) -> Step:
@@ -615,14 +739,15 @@ def _integer_step(step: Step) -> Step:
     the add's int64 requantization with one input (exact, off XNNPACK): the ``integer`` fallback."""
     layer = step.layer
     mult = layer.mult.astype(np.int64)
-    spell = _spelling([mult if len(mult) > 1 else int(mult[0])], layer.shift, (layer.a_bits, layer.signed),
-                      [None], [_bounds(layer)])
     deep = layer.shift.astype(np.int64) > 31
+    offset = 0
     if layer.rounding == "double" and deep.any():  # (E4d): + 2^30, which the clamp at code 0 makes exact
         if layer.signed:
             raise TFLiteExportError(f"layer {layer.name}: the integer fallback cannot spell double rounding (E4d) "
                                     "of signed codes (its offset depends on the product's sign)")
-        spell.const = spell.const + np.where(deep, DOUBLE_HALF, 0).astype(object)
+        offset = np.where(deep, DOUBLE_HALF, 0).astype(object)
+    spell = _spelling([mult if len(mult) > 1 else int(mult[0])], layer.shift, (layer.a_bits, layer.signed),
+                      [None], [_bounds(layer)], offset)
     out_q = Quant(1.0, 0 if layer.signed else -128)
     pads = step.pads if step.op != "conv" else (layer.padding[0],) * 2 + (layer.padding[1],) * 2
     return Step(step.node, "intreq", step.in_q, out_q, layer=layer, pads=pads, in_shape=step.in_shape,
@@ -656,7 +781,8 @@ def prove(model: IntGraph | TFLitePlan | str | os.PathLike, target: str = "xnnpa
     p = model if isinstance(model, TFLitePlan) else plan(model, target)
     out = {}
     for name, step in p.steps.items():
-        if step.op == "maxpool":
+        if step.op in ("maxpool", "lut", "channels", "mul", "concat", "affine", "avgtable"):
+            # integer copies and table lookups: every entry is the node's own equation, evaluated at export
             out[name] = LayerProof(name, np.ones(shape_channels(p, name), bool), ("",) * shape_channels(p, name))
         elif step.op in ("logits", "acc"):
             out[name] = _prove_logits(step)
@@ -671,7 +797,7 @@ def prove(model: IntGraph | TFLitePlan | str | os.PathLike, target: str = "xnnpa
 
 
 def shape_channels(p: TFLitePlan, name: str) -> int:
-    return node_shapes(p.graph)[name][0]
+    return p.graph.in_shape[0] if name == "input" else node_shapes(p.graph)[name][0]
 
 
 def _nhwc_rows(layer: IntLayer, in_shape) -> np.ndarray:
@@ -724,10 +850,10 @@ def _prove_add(step: Step) -> LayerProof:
     (E9)'s thresholds and one below (module docstring: The proof); every int64 value is checked to
     stay inside int64. An (E4) layer spelled in integers is the case of one accumulator input."""
     node, a = step.node, step.add
-    lo_c, hi_c = code_range(node.a_bits, node.signed) if step.op == "add" else \
-        code_range(step.layer.a_bits, step.layer.signed)
+    lo_c, hi_c = code_range(*a.code)
     zp_out = step.out_q.zp
-    n = max([len(lo) for lo, _ in a.in_ranges] + [len(np.atleast_1d(m)) for m in a.mult] + [len(a.shift)])
+    n = max([len(lo) for lo, _ in a.in_ranges] + [len(np.atleast_1d(m)) for m in a.mult] + [len(a.shift)] +
+            [len(a.ref_offset)])
 
     def per(v) -> np.ndarray:
         return np.broadcast_to(np.asarray(v, object) if not isinstance(v, np.ndarray) else v.astype(object), (n,))
@@ -739,10 +865,10 @@ def _prove_add(step: Step) -> LayerProof:
     peak = sum(m * np.maximum(abs(per(lo)), abs(per(hi))) for m, (lo, hi) in zip(mults, a.in_ranges))
     peak = peak + abs(per(a.const))
     z = sum(m * zp for m, zp in zip(refs, a.in_zp))
-    shift, ref_shift = per(a.shift), per(a.ref_shift)
+    shift, ref_shift, ref_offset = per(a.shift), per(a.ref_shift), per(a.ref_offset)
     ok, why = np.zeros(n, bool), []
     for ch in range(n):
-        head = f"{'node' if step.op == 'add' else 'layer'} {node.name}, channel {ch}: "
+        head = f"{'layer' if step.op == 'intreq' else 'node'} {node.name}, channel {ch}: "
         s, rs = int(shift[ch]), int(ref_shift[ch])
         if any(m[ch] != r[ch] for m, r in zip(mults, refs)):
             why.append(head + "the file's multipliers are not the node's")
@@ -751,8 +877,7 @@ def _prove_add(step: Step) -> LayerProof:
             why.append(head + f"its int64 sum could reach {max(peak[ch], 128 * 2**s)} >= 2^63")
             continue
         half = (1 << (rs - 1)) if rs > 0 else 0
-        # (E4d) of an unsigned layer (the fallback refuses signed ones): + 2^30 where the shift is > 31
-        extra = DOUBLE_HALF if step.op == "intreq" and step.layer.rounding == "double" and rs > 31 else 0
+        extra = int(ref_offset[ch])  # (E4d)'s 2^30 of an unsigned layer in the fallback, where shift > 31
         thr = [k * 2**rs - half - extra + z[ch] for k in range(lo_c + 1, hi_c + 1)]
         pts = np.array([min(max(v, s_lo[ch]), s_hi[ch]) for v in thr + [t - 1 for t in thr]] + [s_lo[ch], s_hi[ch]],
                        object)
@@ -939,6 +1064,14 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple, tflm: bool = False
         return _max_pool(f, n, x, shape, node.kernel, node.stride, step.pads, step.in_q)
     if step.op == "acc":
         return _emit_acc(f, n, step, x, shape)
+    if step.op == "lut":
+        return _emit_lut(f, n, step, x, shape)
+    if step.op == "channels":
+        return _emit_channels(f, n, step, x, shape)
+    if step.op == "affine":
+        return _emit_affine(f, n, step, x, shape)
+    if step.op == "avgtable":
+        return _emit_avg_table(f, n, step, x, shape)
     if step.op == "intreq":
         acc, acc_shape = _emit_acc(f, n, step, x, shape)
         y, out_shape = _emit_chain(f, n, step, [(acc, acc_shape)])
@@ -1024,7 +1157,8 @@ def _logits_by_adds(f: _Flat, n: str, x: int, w: np.ndarray, nb: int) -> int:
     """The raw int32 logits ``sum_i t[i] w[o, i]`` (nb, O) of int8 ``x`` (nb, K) in the int32 ops
     TFLite Micro runs (its BATCH_MATMUL and FULLY_CONNECTED output only their input's type and its
     SUM no int32): CAST to int32, a broadcast MUL by the (O, K) weights, then K halved by
-    STRIDED_SLICE + ADD until one column is left (an odd width's last column added on its own).
+    STRIDED_SLICE + ADD until one column is left, the last columns of odd widths summed on their
+    own and added once at the end.
     Exact: every partial sum is a sum of products, bounded by 128 sum|w| (checked to fit int32)."""
     o, k = w.shape
     x32 = f.tensor((nb, k), "int32", f"{n}.x32")
@@ -1039,15 +1173,19 @@ def _logits_by_adds(f: _Flat, n: str, x: int, w: np.ndarray, nb: int) -> int:
         return _strided_slice(f, f"{n}.{tag}{level}", cur, (nb, o, hi - lo), [0, 0, lo], [0, 0, hi], [1, 1, 1],
                               "int32", mask=0b011)  # batch and channels whole
 
+    extra = None  # the sum of the odd widths' last columns, added once at the end
     while width > 1:
         half = width // 2
         total = f.tensor((nb, o, half), "int32", f"{n}.sum{level}")
         f.op("ADD", [cols(0, half, "a"), cols(half, 2 * half, "b")], [total], "AddOptions", FusedActivationFunction=0)
         if width % 2:
-            odd = f.tensor((nb, o, half), "int32", f"{n}.odd{level}")
-            f.op("ADD", [total, cols(width - 1, width, "c")], [odd], "AddOptions", FusedActivationFunction=0)
-            total = odd
+            last = cols(width - 1, width, "c")
+            if extra is not None:
+                last = _binary(f, f"{n}.odd{level}", "ADD", extra, last, (nb, o, 1))
+            extra = last
         cur, width, level = total, half, level + 1
+    if extra is not None:
+        cur = _binary(f, f"{n}.all", "ADD", cur, extra, (nb, o, 1))
     return _reshape(f, f"{n}.raw", cur, (nb, o), "int32")
 
 
@@ -1118,14 +1256,124 @@ def _emit_acc(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, 
     return acc, out_shape
 
 
-def _emit_add(f: _Flat, i: int, step: Step, ins: list[tuple[int, tuple]]) -> tuple[int, tuple]:
-    """(E9) in int64 (module docstring: add)."""
+def _same_rank(f: _Flat, n: str, ins: list[tuple[int, tuple]], qs) -> list[tuple[int, tuple]]:
+    """The inputs of a node that reads several, an fc's (N, O) beside a map (N, H, W, O) reshaped to
+    (N, 1, 1, O); ``qs``: their quantizations (None: int32 accumulators)."""
+    if {len(shape) for _, shape in ins} != {2, 4}:
+        return ins
+    return [(_reshape(f, f"{n}.in{j}.map", x, (shape[0], 1, 1, shape[1]), "int32" if q is None else "int8", q),
+             (shape[0], 1, 1, shape[1])) if len(shape) == 2 else (x, shape)
+            for j, ((x, shape), q) in enumerate(zip(ins, qs))]
+
+
+def _emit_multi(f: _Flat, i: int, step: Step, ins: list[tuple[int, tuple]]) -> tuple[int, tuple]:
+    """A node that reads several tensors: (E9) add in int64, (E12) mul and (E13) concat by tables."""
     n = f"n{i}"
-    if {len(shape) for _, shape in ins} == {2, 4}:  # an fc's (N, O) beside a conv's (N, 1, 1, O)
-        ins = [(_reshape(f, f"{n}.in{j}.map", x, (shape[0], 1, 1, shape[1]), "int32" if q is None else "int8", q),
-                (shape[0], 1, 1, shape[1])) if len(shape) == 2 else (x, shape)
-               for j, ((x, shape), q) in enumerate(zip(ins, step.in_qs))]
-    return _emit_chain(f, n, step, ins)
+    ins = _same_rank(f, n, ins, step.in_qs)
+    if step.op == "add":
+        return _emit_chain(f, n, step, ins)
+    if step.op == "mul":  # entry (x - lo_x) * n_g + (g - lo_g) of the stored t = code + zp
+        (x, shape), (g, _) = ins
+        (qx, qg), (cx, cg) = step.in_qs, step.in_codes
+        (lo_x, _), (lo_g, hi_g) = code_range(*cx), code_range(*cg)
+        n_g = hi_g - lo_g + 1
+        rows = _binary(f, f"{n}.rows", "MUL", _int32(f, f"{n}.x", x, shape), _const(f, f"{n}.ng", n_g, "int32"), shape)
+        index = _binary(f, f"{n}.pair", "ADD", rows, _int32(f, f"{n}.g", g, ins[1][1]), shape)
+        index = _binary(f, f"{n}.index", "ADD", index,
+                        _const(f, f"{n}.base", -(qx.zp + lo_x) * n_g - (qg.zp + lo_g), "int32"), shape)
+        return _lookup(f, n, index, shape, step.tables[0], step.out_q), shape
+    outs = [(x, shape) if table is None else (_lookup(f, f"{n}.in{j}", _stored_index(f, f"{n}.in{j}", x, shape),
+                                                      shape, table, step.out_q), shape)
+            for j, ((x, shape), table) in enumerate(zip(ins, step.tables))]
+    shape = outs[0][1][:-1] + (sum(s[-1] for _, s in outs),)
+    y = f.act(shape, step.out_q, f"{n}.y")
+    f.op("CONCATENATION", [x for x, _ in outs], [y], "ConcatenationOptions", Axis=len(shape) - 1,
+         FusedActivationFunction=0)
+    return y, shape
+
+
+def _int32(f: _Flat, n: str, x: int, shape: tuple) -> int:
+    tfl = _import("tflite")
+    y = f.tensor(shape, "int32", f"{n}.i32")
+    f.op("CAST", [x], [y], "CastOptions", InDataType=tfl.TensorType.INT8, OutDataType=tfl.TensorType.INT32)
+    return y
+
+
+def _binary(f: _Flat, n: str, code: str, a: int, b: int, shape: tuple) -> int:
+    """An int32 ADD or MUL (``b`` broadcast)."""
+    y = f.tensor(shape, "int32", n)
+    f.op(code, [a, b], [y], "AddOptions" if code == "ADD" else "MulOptions", FusedActivationFunction=0)
+    return y
+
+
+def _stored_index(f: _Flat, n: str, x: int, shape: tuple, base=128) -> int:
+    """int32(t) + ``base`` (a scalar, or one per channel) of the stored int8 values t."""
+    return _binary(f, f"{n}.index", "ADD", _int32(f, n, x, shape), _const(f, f"{n}.base", base, "int32"), shape)
+
+
+def _lookup(f: _Flat, n: str, index: int, shape: tuple, table: np.ndarray, q: Quant) -> int:
+    """GATHER of the int8 ``table`` at the int32 ``index``: the output, quantized ``q``."""
+    y = f.act(shape, q, f"{n}.y")
+    f.op("GATHER", [f.tensor((len(table),), "int8", f"{n}.table", table, scale=q.scale, zp=q.zp), index], [y],
+         "GatherOptions", Axis=0, BatchDims=0)
+    return y
+
+
+def _emit_lut(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+    """(E11): the node's table over the 256 stored values (entry t + 128 holds the output of code
+    t - zp; the end entries where t holds no code)."""
+    node = step.node
+    lo_in = code_range(node.in_bits, node.in_signed)[0]
+    table = (node.table.astype(np.int64)[_codes_of_stored(step.in_q, (node.in_bits, node.in_signed)) - lo_in] +
+             step.out_q.zp).astype(np.int8)
+    return _lookup(f, n, _stored_index(f, n, x, shape), shape, table, step.out_q), shape
+
+
+def _emit_affine(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+    """(E15): one 256-entry table per channel, entry c * 256 + t + 128."""
+    c = shape[-1]
+    index = _stored_index(f, n, x, shape, (128 + 256 * np.arange(c)).astype(np.int32))
+    return _lookup(f, n, index, shape, step.tables[0], step.out_q), shape
+
+
+def _emit_avg_table(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+    """(E10) by table: the codes in int32 (CAST, ADD -zp), PAD of code 0, one STRIDED_SLICE per
+    window tap and ADDs (|sum| <= 255 kh kw), ADD of the position's table row, GATHER."""
+    node = step.node
+    if len(shape) == 2:
+        x = _reshape(f, f"{n}.map", x, (shape[0], 1, 1, shape[1]), "int8", step.in_q)
+        shape = (shape[0], 1, 1, shape[1])
+    codes = _int32(f, n, x, shape)
+    if step.in_q.zp:
+        codes = _binary(f, f"{n}.codes", "ADD", codes, _const(f, f"{n}.zp", -step.in_q.zp, "int32"), shape)
+    top, bottom, left, right = step.pads
+    nb, h, w, c = shape
+    if any(step.pads):
+        padded = f.tensor((nb, h + top + bottom, w + left + right, c), "int32", f"{n}.padded")
+        f.op("PAD", [codes, _const(f, f"{n}.paddings", [[0, 0], [top, bottom], [left, right], [0, 0]], "int32")],
+             [padded], "PadOptions")
+        codes, h, w = padded, h + top + bottom, w + left + right
+    (kh, kw), (sh, sw) = node.kernel, node.stride
+    ho, wo = step.tables[1].shape
+    out = (nb, ho, wo, c)
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = _strided_slice(f, f"{n}.tap{i}_{j}", codes, out, [0, i, j, 0],
+                                 [0, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, 0], [1, sh, sw, 1], "int32")
+            total = tap if total is None else _binary(f, f"{n}.sum{i}_{j}", "ADD", total, tap, out)
+    index = _binary(f, f"{n}.index", "ADD", total, _const(f, f"{n}.rows", step.tables[1][:, :, None], "int32"), out)
+    return _lookup(f, n, index, out, step.tables[0], step.out_q), out
+
+
+def _emit_channels(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+    """(E14): GATHER of whole channels along the last axis."""
+    index = step.node.index.astype(np.int32)
+    out = shape[:-1] + (len(index),)
+    y = f.act(out, step.out_q, f"{n}.y")
+    f.op("GATHER", [x, _const(f, f"{n}.index", index, "int32")], [y], "GatherOptions", Axis=len(shape) - 1,
+         BatchDims=0)
+    return y, out
 
 
 def _emit_chain(f: _Flat, n: str, step: Step, ins: list[tuple[int, tuple]]) -> tuple[int, tuple]:
@@ -1246,8 +1494,8 @@ def to_tflite(model: IntGraph | TFLitePlan | str | os.PathLike, target: str = "x
     x = f.tensor((1, h, w, c), "int8", "x_q", scale=1.0, zp=-128, signature=(-1, h, w, c))
     env = {"input": (x, (1, h, w, c))}
     for i, node in enumerate(graph.layers):
-        if isinstance(node, IntAdd):
-            env[node.name] = _emit_add(f, i, p.steps[node.name], [env[src] for src in graph.sources(node)])
+        if isinstance(node, (IntAdd, IntMul, IntConcat)):
+            env[node.name] = _emit_multi(f, i, p.steps[node.name], [env[src] for src in graph.sources(node)])
         else:
             env[node.name] = _emit(f, i, p.steps[node.name], *env[graph.sources(node)[0]], tflm=p.target == "tflm")
     out = env[graph.layers[-1].name][0]
