@@ -228,9 +228,10 @@ def test_requantize_edges(a_bits, signed):
 
 # ---- residual adds -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shift", [0, 20, 31, 62])
-@pytest.mark.parametrize("signed", [True, False])
-def test_add_of_signed_codes_and_accumulators(shift, signed):
+ADD_CASES = [(shift, signed) for signed in (True, False) for shift in (0, 20, 31, 62)]
+
+
+def add_case(shift: int, signed: bool) -> tuple[IntGraph, np.ndarray]:
     """(E9) of signed codes, unsigned codes and int32 accumulators; at shift 62 the accumulator's
     multiplier puts the sum next to the 2^61 rounding threshold."""
     rng = np.random.default_rng(shift)
@@ -246,7 +247,12 @@ def test_add_of_signed_codes_and_accumulators(shift, signed):
         mult = [max(1, out * 8 // int(peak)), min(out * 2, 2**31 - 1), out // 8 or 1]
     add = IntAdd(name="add", inputs=("c2", "c1", "c3"), mult=np.array(mult, np.int32),
                  shift=np.array([shift], np.int32), a_bits=5, signed=signed)
-    codes = _same(_graph((3, 5, 4), [c1, c2, c3, add]), _images((3, 5, 4), seed=shift))
+    return _graph((3, 5, 4), [c1, c2, c3, add]), _images((3, 5, 4), seed=shift)
+
+
+@pytest.mark.parametrize("shift, signed", ADD_CASES)
+def test_add_of_signed_codes_and_accumulators(shift, signed):
+    codes = _same(*add_case(shift, signed))
     if shift == 62:
         assert set(np.unique(codes)) <= {0, 1}
     elif shift:
@@ -604,6 +610,7 @@ OP_CASES = ([pytest.param(lut_case, args, id=f"lut-{args}") for args in LUT_CODE
             [pytest.param(channels_case, args, id=f"channels-{args}") for args in CHANNELS_CASES] +
             [pytest.param(channels_case, ([2, 0], (8, False), True), id="channels-input")] +
             [pytest.param(affine_case, args, id=f"affine-{args}") for args in AFFINE_CASES] +
+            [pytest.param(add_case, args, id=f"add-{args}") for args in ADD_CASES] +
             [pytest.param(avg_case, (window, True, False, "exact", code), id=f"avg-{window[0]}-{code}")
              for window in POOL_WINDOWS[:3] for code in ((8, True), (4, False))] +
             [pytest.param(avg_case, (POOL_WINDOWS[0], True, False, "random", (4, False)), id="avg-random"),

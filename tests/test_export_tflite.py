@@ -10,7 +10,7 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tflite")
 
 from fiqnn.export import tflite as T  # noqa: E402
-from fiqnn.integer.arith import quantize_multiplier  # noqa: E402
+from fiqnn.integer.arith import INT32_MAX, quantize_multiplier  # noqa: E402
 from fiqnn.integer.execute import run  # noqa: E402
 from fiqnn.integer.graph import (  # noqa: E402
     IntAdd,
@@ -184,9 +184,9 @@ def test_builtin_target_reports_channels_and_runs():
 
 @pytest.mark.parametrize("case, args", OP_CASES)
 @pytest.mark.parametrize("target", ["xnnpack", "builtin"])
-def test_lut_mul_concat_channels_affine_are_exact(case, args, target):
-    """(E11)-(E15), each on the cases of tests/test_export_onnx_ops.py: GATHER for tables and channel
-    gathers, the add's int64 chain for every requantization, proven and equal to numpy."""
+def test_every_node_of_the_onnx_op_cases_is_exact(case, args, target):
+    """(E9)-(E15), each on the cases of tests/test_export_onnx_ops.py (adds up to shift 62, average
+    pools with every divisor, the every-op graph): proven and equal to numpy."""
     graph, x = case(*args)
     assert T.unproven(T.prove(T.integer_fallback(graph, target), target)) == []
     data, _ = T.to_tflite(graph, target, fallback="integer")
@@ -232,6 +232,29 @@ def test_tables_run_in_every_target(target):
         assert np.array_equal(T.run_tflm(data, x), ref)
     else:
         assert np.array_equal(T.run_litert(data, x, target=target), ref)
+
+
+@pytest.mark.parametrize("target", ["xnnpack", "builtin", "tflm"])
+def test_conv_logits_on_a_map_and_biases_past_int32(target):
+    """A conv logits layer whose window is smaller than its padded map (its accumulators, the acc
+    spelling), reading 2-bit codes (from a table, which every target computes) with biases at the
+    ends of (E6)'s range, so that bias' (the zero point folded in) leaves int32: two ADDs."""
+    rng = np.random.default_rng(9)
+    lut = IntLut(name="two", table=(np.arange(256) // 64).astype(np.int16), in_bits=8, a_bits=2)
+    head = _layer(rng, "out", "conv", (2, 3, 3, 3), 2, 8, None, padding=(1, 1), stride=(4, 5))
+    w = np.abs(head.w_q.astype(np.int64))
+    bias = np.array([INT32_MAX - 3 * int(w[0].sum()), -(2**31) + 3 * int(w[1].sum())], np.int32)
+    head = IntLayer(**{**head.__dict__, "w_q": np.stack([w[0], -w[1]]).astype(np.int8), "bias_q": bias})
+    graph = IntGraph((3, 4, 5), 2, (lut, head))
+    x = rng.integers(0, 256, (64, 3, 4, 5)).astype(np.uint8)
+    x[0], x[1] = 0, 255
+    ref = run(graph, x)
+    assert ref[1, 0] > 2**31 - 2**12 and ref[1, 1] < -(2**31) + 2**12  # near the int32 limits
+    assert len(T._logits_bias(T.plan(graph, target).steps["out"])[1]) == 2  # bias' would leave int32
+    data, lines = T.to_tflite(graph, target)
+    assert lines == []
+    got = T.run_tflm(data, x) if target == "tflm" else T.run_litert(data, x, target=target)
+    assert np.array_equal(got, ref)
 
 
 def _avg_graph() -> IntGraph:

@@ -52,14 +52,18 @@ The spelling (docs/arithmetic.md for the equations):
               groups). int32 out, exact: |raw| <= 128 sum|w| is checked to fit int32.   (E2)
     add       (E9) in int64 on the stored inputs (codes t_j = c_j + zp_j, accumulators v_j):
               CAST to int64, MUL by mult_j, ADD, ADD const = 2^(s-1) + zp_out 2^s - sum_j
-              mult_j zp_j, so that P = (E9's sum before its floor) + zp_out 2^s; MAXIMUM and
-              MINIMUM at lo 2^s, hi 2^s (lo, hi: the code range plus zp_out); for s < 32 a MUL
-              by 2^(32 - s); the high int32 word (BITCAST int64 -> 2 x int32, element 1 on a
-              little-endian runtime, then STRIDED_SLICE), which is floor(P / 2^s) for s <= 32;
-              for s > 32 a RIGHT_SHIFT by s - 32 (arithmetic: a floor, and floor(floor(P / 2^32)
-              / 2^(s-32)) = floor(P / 2^s)); CAST to int8 (scale 1.0, zp_out -128 unsigned, 0
-              signed). Only integer ops, so exact wherever no int64 value overflows (checked);
-              signed codes of any width come out too (the clamp is explicit).       (E9)
+              mult_j zp_j, so that P = (E9's sum before its floor) + zp_out 2^s (for s > 32
+              without zp_out 2^s: zp_out is added after the shift); where s <= 32 MAXIMUM and
+              MINIMUM at lo 2^s, hi 2^s (lo, hi: the code range plus zp_out) and,
+              for s < 32, a MUL by 2^(32 - s); the high int32 word (BITCAST int64 -> 2 x int32,
+              element 1 on a little-endian runtime, then STRIDED_SLICE), which is floor(P / 2^s)
+              for s <= 32; for s > 32 a RIGHT_SHIFT by s - 32 (arithmetic: a floor, and
+              floor(floor(P / 2^32) / 2^(s-32)) = floor(P / 2^s)), an ADD of zp_out, then
+              MAXIMUM and MINIMUM at lo, hi in int32 (up to shift 62: P's high word always
+              fits); CAST to int8 (scale
+              1.0, zp_out -128 unsigned, 0 signed). Only integer ops, so exact wherever no int64
+              value overflows (checked); signed codes of any width come out too (the clamp is
+              explicit).                                                              (E9)
 
 Not spelled (refused naming the node): grouped convs with an activation other than depthwise,
 signed codes below 8 bits out of a conv (no fused activation clamps at -2^(A-1) and 2^(A-1) - 1)
@@ -338,9 +342,10 @@ class AddSpelling:
     """The integer constants of an (E9) add (or of an (E4) layer spelled in integers) as the file
     computes it (module docstring: add), on the stored int8 values t_j (codes plus their zero point)
     or int32 accumulators v_j of its inputs, per channel c: ``P = sum_j mult[j] v_j + const``,
-    ``Q = clamp(P, lo 2^shift, hi 2^shift) * 2^max(32 - shift, 0)`` and ``y = (Q >> 32) >>
-    max(shift - 32, 0)``; ``lo``, ``hi`` are the stored int8 bounds of the output (its code range
-    plus its zero point). ``const`` (Python ints) and ``shift`` are (1,) or per channel, each
+    ``Q = clamp(P, lo 2^shift, hi 2^shift) * 2^(32 - shift)`` and ``y = Q >> 32`` where shift <= 32,
+    ``y = clamp((P >> shift) + zp_out, lo, hi)`` where it is larger (``const`` holds zp_out 2^shift
+    only in the first case); ``lo``, ``hi`` are the stored int8 bounds of the output (its code range
+    plus its zero point, zp_out). ``const`` (Python ints) and ``shift`` are (1,) or per channel, each
     ``mult[j]`` an int or per channel. A test may change them to see the proof fail."""
 
     mult: tuple
@@ -551,7 +556,7 @@ def plan(graph: IntGraph | str | os.PathLike, target: str = "xnnpack", integer=(
                                         "ops, which TFLite Micro does not run")
             step = _integer_step(step)
             p.fallbacks[node.name] = "integer"
-        elif step.layer is not None and step.op not in ("logits", "acc"):
+        elif step.layer is not None and step.op not in ("logits", "acc", "convlogits"):
             step.filter_scale = _search(step, target)
         quant[node.name] = step.out_q
         p.steps[node.name] = step
@@ -624,9 +629,8 @@ def _layer_step(node: IntLayer, in_q: Quant, in_shape, is_last: bool, target: st
             ph, pw = node.padding
             return Step(node, "acc", in_q, layer=node, pads=(ph, ph, pw, pw))
         if node.kind == "conv" and (node.padding != (0, 0) or node.w_q.shape[2:] != (h, w) or node.dilation != (1, 1)):
-            raise TFLiteExportError(f"layer {node.name}: a conv logits layer is exported only when its kernel "
-                                    f"covers the whole {h}x{w} map without padding or dilation (got kernel "
-                                    f"{node.w_q.shape[2:]}, padding {node.padding})")
+            ph, pw = node.padding  # a window smaller than the padded map: its accumulators (the acc spelling)
+            return Step(node, "convlogits", in_q, layer=node, pads=(ph, ph, pw, pw))
         return Step(node, "logits", in_q, layer=node)
     out_q, act, clamp = _code_quant(node.code, node.name, target)
     if node.kind == "fc":
@@ -714,7 +718,8 @@ def _spelling(mult: list, shift: np.ndarray, code, in_qs: list[Quant | None], ra
     shift = np.asarray(shift, np.int64)
     offset = np.array([int(v) for v in np.atleast_1d(np.asarray(offset, object))], object)
     in_zp = tuple(0 if q is None else int(q.zp) for q in in_qs)
-    const = np.array([((1 << (int(v) - 1)) if v > 0 else 0) + zp_out * (1 << int(v)) for v in shift], object)
+    const = np.array([((1 << (int(v) - 1)) if v > 0 else 0) + (zp_out * (1 << int(v)) if v <= 32 else 0)
+                      for v in shift], object)  # a larger shift adds zp_out after it (in int32)
     for m, z in zip(mult, in_zp):
         const = const - np.asarray(m, np.int64).astype(object) * z
     return AddSpelling(tuple(mult), const + offset, shift.copy(), lo_c + zp_out, hi_c + zp_out, in_zp, tuple(ranges),
@@ -765,9 +770,15 @@ def add_chain(values: list[np.ndarray], spell: AddSpelling) -> np.ndarray:
 
 def _chain_of_sum(total: np.ndarray, spell: AddSpelling, shift: np.ndarray | None = None) -> np.ndarray:
     s = (spell.shift if shift is None else shift).astype(object)
-    clamped = np.minimum(np.maximum(total, spell.lo * 2**s), spell.hi * 2**s)
+    low = s <= 32
+    clamped = np.where(low, np.minimum(np.maximum(total, spell.lo * 2**s), spell.hi * 2**s), total)
     up = np.where(s < 32, 2 ** np.maximum(32 - s, 0), 1)
-    return ((clamped * up) >> 32) >> np.maximum(s - 32, 0)
+    y = ((clamped * up) >> 32) >> np.maximum(s - 32, 0)
+    return np.where(low, y, np.minimum(np.maximum(y + _zp_out(spell), spell.lo), spell.hi))
+
+
+def _zp_out(spell: AddSpelling) -> int:
+    return 0 if spell.code[1] else -128
 
 
 # ---- the proof --------------------------------------------------------------------------------------
@@ -784,7 +795,7 @@ def prove(model: IntGraph | TFLitePlan | str | os.PathLike, target: str = "xnnpa
         if step.op in ("maxpool", "lut", "channels", "mul", "concat", "affine", "avgtable"):
             # integer copies and table lookups: every entry is the node's own equation, evaluated at export
             out[name] = LayerProof(name, np.ones(shape_channels(p, name), bool), ("",) * shape_channels(p, name))
-        elif step.op in ("logits", "acc"):
+        elif step.op in ("logits", "acc", "convlogits"):
             out[name] = _prove_logits(step)
         elif step.op == "add":
             out[name] = _prove_add(step)
@@ -823,24 +834,44 @@ def _acc_rows(step: Step) -> np.ndarray:
     """(O, K) int8 weight matrix of a logits or accumulator layer, in the order of its (flattened,
     or im2col) input."""
     layer = step.layer
-    if step.op == "logits" or layer.kind == "fc":
+    if layer.kind == "fc":
         return _nhwc_rows(layer, step.in_shape)
-    return _im2col_rows(layer, step.in_shape[0])
+    return _im2col_rows(layer, step.in_shape[0])  # a whole-map conv's: the NHWC order of its input
 
 
-def _logits_bias(step: Step) -> tuple[np.ndarray, np.ndarray]:
-    """The (O, K) weight matrix and the int32 bias' of a logits or accumulator layer (as int64)."""
+def _logits_bias(step: Step) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The (O, K) weight matrix of a logits or accumulator layer and the int32 biases (as int64)
+    ADDed to ``raw = sum t w`` in turn: bias' = bias_q - zp_in sum_i w[o, i], or, where that does
+    not fit int32, -zp_in sum_i w[o, i] (then raw + it = sum c w, the codes') and bias_q."""
     w = _acc_rows(step)
-    return w, step.layer.bias_q.astype(np.int64) - step.in_q.zp * w.astype(np.int64).sum(axis=1)
+    fold = step.in_q.zp * w.astype(np.int64).sum(axis=1)
+    bias = step.layer.bias_q.astype(np.int64) - fold
+    if ((bias >= INT32_MIN) & (bias <= INT32_MAX)).all():
+        return w, [bias]
+    return w, [-fold, step.layer.bias_q.astype(np.int64)]
 
 
 def _prove_logits(step: Step) -> LayerProof:
-    w, bias = _logits_bias(step)
-    raw = 128 * np.abs(w.astype(np.int64)).sum(axis=1)
-    ok = (bias >= INT32_MIN) & (bias <= INT32_MAX) & (raw <= INT32_MAX)
-    why = tuple("" if k else f"layer {step.node.name}, channel {o}: the bias with the input zero point folded in, "
-                f"{int(bias[o])}, does not fit int32" for o, k in enumerate(ok))
+    """Every int32 partial sum fits: raw (|t| <= 128), each bias, and raw plus the first of two
+    biases, sum c w (|c| <= 255); the last sum is the accumulator, which fits by (E6)."""
+    w, biases = _logits_bias(step)
+    size = np.abs(w.astype(np.int64)).sum(axis=1)
+    ok = (128 * size <= INT32_MAX) & (len(biases) == 1 or 255 * size <= INT32_MAX)
+    for b in biases:
+        ok &= (b >= INT32_MIN) & (b <= INT32_MAX)
+    why = tuple("" if k else f"layer {step.node.name}, channel {o}: its partial sums (weights of magnitude "
+                f"{int(size[o])} in all, bias {int(biases[0][o])}) could leave int32" for o, k in enumerate(ok))
     return LayerProof(step.node.name, ok, why)
+
+
+def _add_biases(f: _Flat, n: str, raw: int, biases: list[np.ndarray], shape: tuple, name: str | None = None) -> int:
+    """raw + each of ``biases`` in turn, int32 ADDs; the last output named ``name`` if given."""
+    for j, b in enumerate(biases):
+        last = j == len(biases) - 1
+        y = f.tensor(shape, "int32", name if last and name else f"{n}.acc{j or ''}")
+        f.op("ADD", [raw, _const(f, f"{n}.bias{j or ''}", b, "int32")], [y], "AddOptions", FusedActivationFunction=0)
+        raw = y
+    return raw
 
 
 def _prove_add(step: Step) -> LayerProof:
@@ -873,8 +904,8 @@ def _prove_add(step: Step) -> LayerProof:
         if any(m[ch] != r[ch] for m, r in zip(mults, refs)):
             why.append(head + "the file's multipliers are not the node's")
             continue
-        if peak[ch] >= 2**63 or 128 * 2**s >= 2**63:
-            why.append(head + f"its int64 sum could reach {max(peak[ch], 128 * 2**s)} >= 2^63")
+        if peak[ch] >= 2**63:
+            why.append(head + f"its int64 sum could reach {peak[ch]} >= 2^63")
             continue
         half = (1 << (rs - 1)) if rs > 0 else 0
         extra = int(ref_offset[ch])  # (E4d)'s 2^30 of an unsigned layer in the fallback, where shift > 31
@@ -1064,6 +1095,9 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple, tflm: bool = False
         return _max_pool(f, n, x, shape, node.kernel, node.stride, step.pads, step.in_q)
     if step.op == "acc":
         return _emit_acc(f, n, step, x, shape)
+    if step.op == "convlogits":  # its 1x1 map of accumulators (the graph checks), as (N, O)
+        acc, (nb, _, _, o) = _emit_acc(f, n, step, x, shape, tflm)
+        return _reshape(f, "logits", acc, (nb, o), "int32"), (nb, o)
     if step.op == "lut":
         return _emit_lut(f, n, step, x, shape)
     if step.op == "channels":
@@ -1080,7 +1114,7 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple, tflm: bool = False
         k, st, pad = layer.pool
         return _max_pool(f, f"{n}.pool", y, out_shape, (k, k), (st, st), (pad, pad, pad, pad), step.out_q)
     if step.op == "logits":
-        w, bias = _logits_bias(step)
+        w, biases = _logits_bias(step)
         nb = shape[0]
         k = w.shape[1]
         if len(shape) != 2:
@@ -1095,10 +1129,7 @@ def _emit(f: _Flat, i: int, step: Step, x: int, shape: tuple, tflm: bool = False
                            scale=1.0, zp=0)
             raw = f.tensor((nb, layer.out_channels), "int32", f"{n}.raw")
             f.op("BATCH_MATMUL", [x, rhs], [raw], "BatchMatMulOptions", AdjX=False, AdjY=False)
-        b = f.tensor((layer.out_channels,), "int32", f"{n}.bias", bias.astype(np.int32))
-        y = f.tensor((nb, layer.out_channels), "int32", "logits")
-        f.op("ADD", [raw, b], [y], "AddOptions", FusedActivationFunction=0)
-        return y, (nb, layer.out_channels)
+        return _add_biases(f, n, raw, biases, (nb, layer.out_channels), "logits"), (nb, layer.out_channels)
     o = layer.out_channels
     s_w, bias_scale, zeros = _filter_quant(step, o)
     act = ACTIVATIONS[step.act]
@@ -1211,11 +1242,12 @@ def _strided_slice(f: _Flat, n: str, x: int, out_shape: tuple, begin, end, strid
     return y
 
 
-def _emit_acc(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, tuple]:
+def _emit_acc(f: _Flat, n: str, step: Step, x: int, shape: tuple, tflm: bool = False) -> tuple[int, tuple]:
     """A layer's exact int32 accumulators: im2col (PAD of code 0, one STRIDED_SLICE per tap,
-    CONCATENATION: int8 copies), BATCH_MATMUL int8 x int8 -> int32 and an int32 ADD of bias'."""
+    CONCATENATION: int8 copies), BATCH_MATMUL int8 x int8 -> int32 (``tflm``: the MUL and halving
+    ADDs of :func:`_logits_by_adds`) and an int32 ADD of bias'."""
     layer = step.layer
-    w, bias = _logits_bias(step)
+    w, biases = _logits_bias(step)
     o, k = w.shape
     nb = shape[0]
     if layer.kind == "fc":
@@ -1246,11 +1278,13 @@ def _emit_acc(f: _Flat, n: str, step: Step, x: int, shape: tuple) -> tuple[int, 
             taps = [cat]
         x = _reshape(f, f"{n}.rows", taps[0], (nb * ho * wo, k), "int8", step.in_q)
         rows, out_shape = (nb * ho * wo, k), (nb, ho, wo, o)
-    rhs = f.tensor((k, o), "int8", f"{n}.w", np.ascontiguousarray(w.T.astype(np.int8)), scale=1.0, zp=0)
-    raw = f.tensor((rows[0], o), "int32", f"{n}.raw")
-    f.op("BATCH_MATMUL", [x, rhs], [raw], "BatchMatMulOptions", AdjX=False, AdjY=False)
-    acc = f.tensor((rows[0], o), "int32", f"{n}.acc")
-    f.op("ADD", [raw, _const(f, f"{n}.bias", bias, "int32")], [acc], "AddOptions", FusedActivationFunction=0)
+    if tflm:
+        raw = _logits_by_adds(f, n, x, w, rows[0])
+    else:
+        rhs = f.tensor((k, o), "int8", f"{n}.w", np.ascontiguousarray(w.T.astype(np.int8)), scale=1.0, zp=0)
+        raw = f.tensor((rows[0], o), "int32", f"{n}.raw")
+        f.op("BATCH_MATMUL", [x, rhs], [raw], "BatchMatMulOptions", AdjX=False, AdjY=False)
+    acc = _add_biases(f, n, raw, biases, (rows[0], o))
     if len(out_shape) == 4:
         acc = _reshape(f, f"{n}.acc4", acc, out_shape, "int32")
     return acc, out_shape
@@ -1300,9 +1334,12 @@ def _int32(f: _Flat, n: str, x: int, shape: tuple) -> int:
 
 
 def _binary(f: _Flat, n: str, code: str, a: int, b: int, shape: tuple) -> int:
-    """An int32 ADD or MUL (``b`` broadcast)."""
+    """An int32 ADD, MUL, MAXIMUM or MINIMUM (``b`` broadcast)."""
     y = f.tensor(shape, "int32", n)
-    f.op(code, [a, b], [y], "AddOptions" if code == "ADD" else "MulOptions", FusedActivationFunction=0)
+    if code in ("MAXIMUM", "MINIMUM"):
+        f.op(code, [a, b], [y], "MaximumMinimumOptions")
+    else:
+        f.op(code, [a, b], [y], "AddOptions" if code == "ADD" else "MulOptions", FusedActivationFunction=0)
     return y
 
 
@@ -1405,8 +1442,10 @@ def _emit_chain(f: _Flat, n: str, step: Step, ins: list[tuple[int, tuple]]) -> t
         total = prod if total is None else op("ADD", total, prod, f"sum{j}", "AddOptions", FusedActivationFunction=0)
     p = op("ADD", total, vec(a.const, "int64", "const"), "p", "AddOptions", FusedActivationFunction=0)
     s = a.shift.astype(object)
-    p = op("MAXIMUM", p, vec(a.lo * 2**s, "int64", "lo"), "max", "MaximumMinimumOptions")
-    p = op("MINIMUM", p, vec(a.hi * 2**s, "int64", "hi"), "min", "MaximumMinimumOptions")
+    low = s <= 32
+    if low.any():  # (a channel with a larger shift gets bounds that never bind: it clamps in int32 below)
+        p = op("MAXIMUM", p, vec(np.where(low, a.lo * 2**s, -(2**63)), "int64", "lo"), "max", "MaximumMinimumOptions")
+        p = op("MINIMUM", p, vec(np.where(low, a.hi * 2**s, 2**63 - 1), "int64", "hi"), "min", "MaximumMinimumOptions")
     if (s < 32).any():
         p = op("MUL", p, vec(np.where(s < 32, 2 ** np.maximum(32 - s, 0), 1), "int64", "pow"), "up", "MulOptions",
                FusedActivationFunction=0)
@@ -1418,7 +1457,12 @@ def _emit_chain(f: _Flat, n: str, step: Step, ins: list[tuple[int, tuple]]) -> t
     if (s > 32).any():
         shifted = f.tensor(shape, "int32", f"{n}.shifted")
         f.op("RIGHT_SHIFT", [y, vec(np.maximum(s - 32, 0), "int32", "rshift")], [shifted], "RightShiftOptions")
-        y = shifted
+        late = np.where(low, 0, _zp_out(a))  # zp_out, where the shift is > 32
+        if late.any():
+            shifted = _binary(f, f"{n}.stored", "ADD", shifted, vec(late, "int32", "zp"), shape)
+        y = _binary(f, f"{n}.top", "MINIMUM", _binary(f, f"{n}.bottom", "MAXIMUM", shifted,
+                                                        _const(f, f"{n}.lo32", a.lo, "int32"), shape),
+                    _const(f, f"{n}.hi32", a.hi, "int32"), shape)
     out = f.act(shape, step.out_q, f"{n}.y")
     f.op("CAST", [y], [out], "CastOptions", InDataType=tfl.TensorType.INT32, OutDataType=tfl.TensorType.INT8)
     return out, shape
