@@ -6,8 +6,9 @@ For each distill run: the weight bytes as exported (3- and 4-bit weights packed 
 byte, 2-bit four per byte),
 the same weights stored as int8, all parameters (weights + int32 bias + mult + shift),
 the static activation arena, and `arm-none-eabi-size` of model.c compiled for a
-Cortex-M4 (`arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os`): flash = text + data,
-RAM = data + bss. Writes bench/results/footprint.json and .md.
+Cortex-M4 (`arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os`, which takes the compact kernels):
+flash = text + data, RAM = data + bss; and the flash of the same file at -O3 (the SIMD32
+kernels that bench/cortex_m.py times). Writes bench/results/footprint.json and .md.
 """
 
 from __future__ import annotations
@@ -37,22 +38,27 @@ def main(runs: list[str]) -> int:
         if shutil.which(M4[0]):
             with tempfile.TemporaryDirectory() as tmp:
                 src = export_c(graph, tmp)
-                subprocess.run([*M4, "-c", str(src / "model.c"), "-o", f"{tmp}/model.o"], check=True)
-                size = subprocess.run(["arm-none-eabi-size", f"{tmp}/model.o"], check=True, capture_output=True,
-                                      text=True).stdout.splitlines()[1].split()
-                text, data, bss = (int(v) for v in size[:3])
-                row.update(m4_flash=text + data, m4_ram=data + bss, m4_command=" ".join(M4) + " -c model.c")
+                for key, flags in (("m4", M4), ("m4_o3", [*M4, "-O3"])):
+                    subprocess.run([*flags, "-c", str(src / "model.c"), "-o", f"{tmp}/model.o"], check=True)
+                    size = subprocess.run(["arm-none-eabi-size", f"{tmp}/model.o"], check=True, capture_output=True,
+                                          text=True).stdout.splitlines()[1].split()
+                    text, data, bss = (int(v) for v in size[:3])
+                    row.update({f"{key}_flash": text + data, f"{key}_ram": data + bss,
+                                f"{key}_command": " ".join(flags) + " -c model.c"})
         rows.append(row)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| model | weight bytes (packed) | as int8 | all parameters | arena | Cortex-M4 flash | "
-             "Cortex-M4 RAM |", "|---|---|---|---|---|---|---|"]
+             "Cortex-M4 RAM | flash at -O3 (SIMD32 kernels) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| alexnet-s W{r['w_bits']}A{r['a_bits']} ({r['method']}) | {r['weight_bytes']:,} | "
                      f"{r['weight_bytes_int8']:,} | {r['param_bytes']:,} | {r['arena_bytes']:,} | "
-                     f"{r.get('m4_flash', 'n/a'):,} | {r.get('m4_ram', 'n/a'):,} |")
+                     f"{r.get('m4_flash', 'n/a'):,} | {r.get('m4_ram', 'n/a'):,} | {r.get('m4_o3_flash', 'n/a'):,} |")
     lines += ["", "First and last layers keep 8-bit weights (`--first-last-bits 8`). Cortex-M4: "
-              f"`{' '.join(M4)} -c model.c`, then `arm-none-eabi-size`; flash = text + data, RAM = data + bss.",
+              f"`{' '.join(M4)} -c model.c`, then `arm-none-eabi-size`; flash = text + data, RAM = data + bss. "
+              "-Os selects the compact kernels (one plain sum per output; `-DFIQNN_COMPACT=0` keeps the fast "
+              "ones); the last column is the same file at -O3, the build bench/cortex_m.py counts instructions of "
+              "(its RAM is the same).",
               f"Command: `.venv/bin/python bench/footprint.py {' '.join(runs)}`"]
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

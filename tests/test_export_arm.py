@@ -51,22 +51,29 @@ def test_cortex_m4_builds(graphs, tmp_path):
     assert text > 0 and bss >= 1
 
 
+# The Cortex-M builds: M3 (the in-place kernels), M4 (SIMD32), M4 portable, M4 for size (compact).
+BUILDS = (("cortex-m3", (), "-O3"), ("cortex-m4", (), "-O3"), ("cortex-m4", ("FIQNN_PORTABLE",), "-O3"),
+          ("cortex-m4", (), "-Os"))
+
+
 @pytest.mark.skipif(cortex_m.available() is not None, reason=str(cortex_m.available()))
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_cortex_m_under_qemu_bit_exact(graphs, bits):
-    """On emulated Cortex-M3 (portable C) and M4 (SIMD32 kernels, and -DFIQNN_PORTABLE), every
-    test image's logits are numpy's; the M4's SIMD32 kernels run fewer instructions."""
+    """On emulated Cortex-M3 (portable C) and M4 (SIMD32 kernels, -DFIQNN_PORTABLE, and the compact
+    kernels of -Os), every test image's logits are numpy's; the M4's SIMD32 kernels run fewer
+    instructions than the portable ones, which run fewer than the compact ones."""
     data, g = graphs
     x_q = data.test.x_q
     ref = run(g[bits], x_q)
     counts = {}
-    for cpu, defines in (("cortex-m3", ()), ("cortex-m4", ()), ("cortex-m4", ("FIQNN_PORTABLE",))):
-        r = cortex_m.run_cortex_m(g[bits], x_q, cpu=cpu, defines=defines)
-        assert np.array_equal(r["logits"], ref), (cpu, defines)
+    for cpu, defines, opt in BUILDS:
+        r = cortex_m.run_cortex_m(g[bits], x_q, cpu=cpu, defines=defines, opt=opt)
+        assert np.array_equal(r["logits"], ref), (cpu, defines, opt)
         assert r["instructions_per_tick"] == 40.0  # QEMU's 25 MHz SysTick at 1 ns per instruction
         assert r["instructions"].shape == (len(x_q), len(g[bits].layers)) and (r["instructions"] > 0).all()
-        counts[cpu, defines] = r["instructions"].sum()
-    assert counts["cortex-m4", ()] < counts["cortex-m4", ("FIQNN_PORTABLE",)]
+        counts[cpu, defines, opt] = r["instructions"].sum()
+    assert counts["cortex-m4", (), "-O3"] < counts["cortex-m4", ("FIQNN_PORTABLE",), "-O3"] < \
+        counts["cortex-m4", (), "-Os"]
 
 
 @pytest.mark.skipif(cortex_m.available() is not None, reason=str(cortex_m.available()))
@@ -78,9 +85,9 @@ def test_cortex_m_outputs_over_their_inputs_are_exact():
     graph = overlap_graph()
     x_q = np.random.default_rng(1).integers(0, 256, (16, 1, 24, 24), dtype=np.uint8)
     ref = run(graph, x_q)
-    for cpu, defines in (("cortex-m3", ()), ("cortex-m4", ()), ("cortex-m4", ("FIQNN_PORTABLE",))):
-        assert np.array_equal(cortex_m.run_cortex_m(graph, x_q, cpu=cpu, defines=defines, overlap=True)["logits"],
-                              ref), (cpu, defines)
+    for cpu, defines, opt in BUILDS:
+        assert np.array_equal(cortex_m.run_cortex_m(graph, x_q, cpu=cpu, defines=defines, opt=opt,
+                                                    overlap=True)["logits"], ref), (cpu, defines, opt)
 
 
 def test_cortex_m_refuses_an_unknown_core(graphs):

@@ -39,9 +39,11 @@ def _native_has(macro: str) -> bool:
 
 # Every kernel family of the C export an x86 host can build: the in-place kernels (FIQNN_COLS 0,
 # what a scalar microcontroller runs), the int16 GEMM (16, the x86-64 default), the int8 GEMM
-# (8) in plain C, and with -march=native whatever this CPU selects (VNNI intrinsics where it has them).
+# (8) in plain C, with -march=native whatever this CPU selects (VNNI intrinsics where it has them),
+# and the compact kernels of a build for size (-Os).
 VARIANTS = {"in-place": ["-DFIQNN_COLS=0"], "int16 gemm": ["-DFIQNN_COLS=16"], "int8 gemm": ["-DFIQNN_COLS=8"],
-            "native": ["-march=native"], "native, no intrinsics": ["-march=native", "-DFIQNN_NO_INTRINSICS"]}
+            "native": ["-march=native"], "native, no intrinsics": ["-march=native", "-DFIQNN_NO_INTRINSICS"],
+            "compact": ["-Os"]}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -35,10 +35,12 @@ SAN_FLAGS = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic"
 # The C builds a campaign checks: the portable code (on x86-64 its int16 GEMM kernels), the
 # in-place kernels a scalar microcontroller runs (FIQNN_COLS=0), and the code for this machine at
 # -O2 (the compiler vectorizes, and -march=native defines the ISA macros that select optional
-# kernels: x86 VNNI intrinsics where the CPU has them), with and without its intrinsics.
+# kernels: x86 VNNI intrinsics where the CPU has them), with and without its intrinsics, and the
+# compact kernels a build for size (-Os) takes.
 _NATIVE = [f for f in SAN_FLAGS if f != "-O1"] + ["-O2", "-march=native"]
 C_BUILDS = {"c": SAN_FLAGS, "c-inplace": [*SAN_FLAGS, "-DFIQNN_COLS=0"], "c-native": _NATIVE,
-            "c-native-plain": [*_NATIVE, "-DFIQNN_NO_INTRINSICS"]}
+            "c-native-plain": [*_NATIVE, "-DFIQNN_NO_INTRINSICS"],
+            "c-compact": [f for f in SAN_FLAGS if f != "-O1"] + ["-Os"]}
 # LiteRT (XNNPACK, the integer fallback for layers it cannot prove) checks the graphs fiqnn.export.tflite
 # exports; the others are "not exportable" (Verdict.skipped), not failures.
 LITERT = "litert"

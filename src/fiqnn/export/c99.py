@@ -490,7 +490,7 @@ def model_c(graph: IntGraph, overlap: bool | None = None, arena: dict | None = N
              f'#if FIQNN_ARITH_VERSION != {ARITH_VERSION}\n#error "arithmetic version mismatch"\n#endif\n\n'
              '#ifdef FIQNN_PROFILE\n#define FIQNN_NODE_DONE(j) fiqnn_node_done(j)\n'
              '#else\n#define FIQNN_NODE_DONE(j) ((void)0)\n#endif\n\n']
-    descs, kinds = [], {}
+    descs, kinds, wide = [], {}, False
     for i, (layer, codes) in enumerate(zip(graph.int_layers(), kernel_codes(graph))):
         (c, h, w), (o, ho, wo), (_, ph_, pw_) = lshapes[layer.name]
         n = f"l{i}"
@@ -513,9 +513,12 @@ def model_c(graph: IntGraph, overlap: bool | None = None, arena: dict | None = N
         else:  # a 1x1 conv over the flattened input; an fc has no stride, padding, dilation or groups
             c, h, w, geometry = c * h * w, 1, 1, (1, 1, 1, 1, 0, 0, 1, 1, 1)
         qmax = 0 if layer.a_bits is None else code_range(layer.a_bits, layer.signed)[1]
-        descs.append("    {" + ", ".join(str(v) for v in (c, h, w, o, ho, wo, *geometry, bits))
-                     + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {int(len(layer.mult) > 1)}, "
-                     f"{qmax}, {k}, {s_}, {p}, {ph_}, {pw_}, {simd}, {pre[i]}, {int(layer.name in by_row)}}}")
+        dims = (c, h, w, o, ho, wo, *geometry, bits, int(len(layer.mult) > 1), k, s_, p, ph_, pw_, simd,
+                int(layer.name in by_row))
+        wide |= max(map(abs, dims)) > 2**15 - 1
+        descs.append("    {" + ", ".join(str(v) for v in dims[:16])
+                     + f", {n}_w, {n}_bias, {n}_mult, {n}_shift, {dims[16]}, {qmax}, "
+                     + ", ".join(str(v) for v in dims[17:-1]) + f", {pre[i]}, {dims[-1]}}}")
     signed = any(layer.signed for layer in graph.int_layers())
     qmax_doc = ("2^A - 1 (signed codes: 2^(A-1) - 1), or 0: int32 out" if signed
                 else "2^A - 1, or 0 for the logits layer")
@@ -523,7 +526,9 @@ def model_c(graph: IntGraph, overlap: bool | None = None, arena: dict | None = N
     parts.append(f"#define FIQNN_SIMD32_KERNELS {simd32_kernels(graph, kinds, pixels):#x}  /* see c_kernels.py */\n"
                  f"#define FIQNN_COLS_WORDS {vec['cols'] // 4}  /* fiqnn_cols: {vec['cols']} bytes */\n"
                  f"#define FIQNN_PRE_BYTES {vec['pre']}  /* fiqnn_pre (x86 VNNI) */\n\n")
-    parts += [K.LAYER.substitute(qmax_doc=qmax_doc) if name == "layer" else text
+    dim = ("int", "int: some value of this model's table is beyond int16_t") if wide else \
+        ("int16_t", "int16_t: every value of this model's table fits (a smaller table in flash)")
+    parts += [K.LAYER.substitute(qmax_doc=qmax_doc, dim=dim[0], dim_doc=dim[1]) if name == "layer" else text
               for name, text in K.PIECES.items() if name in x.needs]
     c, h, w = graph.in_shape
     if c > 1:

@@ -15,10 +15,13 @@ product). The version-1 kernels (``conv_hwc``, ``max_pool_hwc``, ``add_terms``,
 ``avg_pool_hwc``) serve graphs without signed codes; the others, written for version 2, read
 codes of either kind.
 
-A conv or fc layer runs on one of four kernel families, chosen by the compiler's own macros
+A conv or fc layer runs on one of five kernel families, chosen by the compiler's own macros
 (every one computes the same integers; tests build each and compare them with numpy, the
 fuzzer under sanitizers):
 
+- compact (``FIQNN_COMPACT``, on by default where the compiler builds for size: ``-Os``/``-Oz``
+  define ``__OPTIMIZE_SIZE__``): one plain sum per output, row by row, the least code (the
+  footprint table's flash); ``-DFIQNN_COMPACT=0`` keeps the families below at -Os;
 - in place (``FIQNN_COLS`` 0: scalar cores, e.g. Cortex-M0/M3): window rows read where they
   are, four output channels x four pixels of register-blocked sums, packed weights unpacked
   four rows at a time into the arena;
@@ -43,21 +46,32 @@ from __future__ import annotations
 from string import Template
 
 # fiqnn_layer, the layer table's row ($qmax_doc: what qmax is), and weight_row.
-LAYER = Template(r"""typedef struct {
-    int c, h, w;          /* input, stored H-W-C (fc: c = flattened size, h = w = 1) */
-    int o, ho, wo;        /* output before pooling */
-    int kh, kw, sh, sw, ph, pw, dh, dw, groups;
-    int code_bits;        /* 8: int8 weights; 4 or 2: packed two's-complement codes, low bits first */
+LAYER = Template(r"""/* Built for size (gcc and clang define __OPTIMIZE_SIZE__ at -Os and -Oz): the compact kernels,
+ * one plain sum per output (-DFIQNN_COMPACT=0 keeps the fast ones, FIQNN_COMPACT=1 forces these). */
+#ifndef FIQNN_COMPACT
+#ifdef __OPTIMIZE_SIZE__
+#define FIQNN_COMPACT 1
+#else
+#define FIQNN_COMPACT 0
+#endif
+#endif
+/* A layer table row; fiqnn_dim is $dim_doc. */
+typedef $dim fiqnn_dim;
+typedef struct {
+    fiqnn_dim c, h, w;    /* input, stored H-W-C (fc: c = flattened size, h = w = 1) */
+    fiqnn_dim o, ho, wo;  /* output before pooling */
+    fiqnn_dim kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    fiqnn_dim code_bits;  /* 8: int8 weights; 4 or 2: packed two's-complement codes, low bits first */
     const void *weights;  /* (O, kh, kw, C/groups) */
     const int32_t *bias, *mult;
     const uint8_t *shift;
-    int per_channel;      /* one (mult, shift) per output channel */
+    fiqnn_dim per_channel;  /* one (mult, shift) per output channel */
     int32_t qmax;         /* $qmax_doc */
-    int pool_k, pool_s, pool_p, pool_ho, pool_wo;
-    int simd;             /* Arm SIMD32 kernel: 0 none; else 1 int8 weights, 2 4-bit ones (sums x 16 inside
+    fiqnn_dim pool_k, pool_s, pool_p, pool_ho, pool_wo;
+    fiqnn_dim simd;       /* Arm SIMD32 kernel: 0 none; else 1 int8 weights, 2 4-bit ones (sums x 16 inside
                            * int32), plus 4 x the output pixels per block (1 for an fc) */
     long pre;             /* x86 VNNI kernel: byte offset of the rearranged weights in fiqnn_pre, -1 none */
-    int by_row;           /* the output overlaps the input's rows already read: in-place kernel row by row */
+    fiqnn_dim by_row;     /* the output overlaps the input's rows already read: in-place kernel row by row */
 } fiqnn_layer;
 
 /* The n weight codes of output channel oc: the int8 array itself, or unpacked into row
@@ -109,7 +123,7 @@ static int32_t dot_s8s8(const int8_t *x, const int8_t *w, int n)
 # Arm SIMD32 (Armv6 and the Cortex-M4/M7/M33/M55 DSP extension): SXTB16/UXTB16 widen the even
 # and odd bytes of a word into two 16-bit lanes, SMLAD adds both lane products to an accumulator.
 # -DFIQNN_PORTABLE keeps the portable C on such a core (the bench's comparison).
-SIMD32 = r"""#if defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(FIQNN_PORTABLE)
+SIMD32 = r"""#if defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(FIQNN_PORTABLE) && !FIQNN_COMPACT
 #include <arm_acle.h>
 #include <string.h>
 #define FIQNN_SIMD32 1
@@ -378,7 +392,7 @@ COLS = Template(r"""/* Vector cores: a conv or fc layer of groups 1 runs as a bl
  * same integers in every variant: products of codes, added in int32, each a subset of the terms
  * (E6) bounds. */
 #ifndef FIQNN_COLS
-#if FIQNN_SIMD32
+#if FIQNN_SIMD32 || FIQNN_COMPACT
 #define FIQNN_COLS 0
 #elif defined(__AVX512VNNI__) || defined(__AVXVNNI__) || defined(__ARM_FEATURE_DOTPROD)
 #define FIQNN_COLS 8
@@ -629,7 +643,8 @@ static inline void fiqnn_vnni_requant(__m512i acc, const int32_t *mult, const in
 # pixel, or against four pixels xs codes apart. Every sum is a subset of the terms (E6) bounds,
 # so none leaves int32 (SMLAD's sums included: it wraps modulo 2^32 exactly like the scalar path
 # would, and never has to).
-DOTS = Template(r"""#if FIQNN_SIMD32
+DOTS = Template(r"""#if !FIQNN_COMPACT
+#if FIQNN_SIMD32
 /* acc[0] += x0 . w0, acc[1] += x1 . w0, acc[4] += x0 . w1, acc[5] += x1 . w1 over n codes:
  * per four codes two words of x and two of w, each widened into its (0, 2) and (1, 3) lanes. */
 static void dot2x2_${t}s8(const $xt *x0, const $xt *x1, const int8_t *w0, const int8_t *w1, int n,
@@ -702,6 +717,7 @@ static void dot4x4_${t}s8(const $xt *x, long xs, const int8_t *w0, const int8_t 
     w0 += k; w1 += k; w2 += k; w3 += k;
     FIQNN_DOT4X4(n, acc);
 }
+#endif
 
 """)
 
@@ -1157,6 +1173,15 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
         return;
     }
 #endif
+#if FIQNN_COMPACT
+    (void)m; (void)runs; (void)row; (void)step; (void)j; (void)p; (void)ky; (void)r0; (void)r1;
+    for (oy = 0; oy < L->ho; oy++)  /* row by row: right for in-place layers (L->by_row) too */
+        for (oc0 = 0; oc0 < L->o; oc0++) {
+            const int8_t *w = weight_row(L, oc0, n, wrow);
+            for (ox = 0; ox < L->wo; ox++)
+                put_${name}(L, y, logits, oc0, (long)oy * L->wo + ox, point_${name}(L, x, w, oc0, oy, ox));
+        }
+#else
     for (r0 = 0; r0 < L->ho; r0 = r1)  /* output rows: all at once, or one by one (L->by_row) */
     for (r1 = L->by_row ? r0 + 1 : L->ho, oc0 = 0; oc0 < L->o; oc0 += 4) {
         int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;
@@ -1197,6 +1222,7 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
             }
         }
     }
+#endif
 }
 
 """)
