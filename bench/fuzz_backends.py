@@ -121,11 +121,12 @@ def write(args, done: int, seen: Counter, graphs_with: Counter, litert_skipped: 
         "",
         "Every random graph of tests/graphgen.py (seeds "
         f"{args.seed}..{args.seed + done - 1}) runs on {args.inputs} images (all 0, all 255, 0/255 pixels, small "
-        "codes, uniform) in the numpy executor, ONNX Runtime and the C export compiled four times with "
+        "codes, uniform) in the numpy executor, ONNX Runtime and the C export compiled five times with "
         "`-fsanitize=address,undefined -fno-sanitize-recover=all`: portable (`-O1 -g`: on x86-64 the int16 GEMM "
         "kernels, `c`), the in-place kernels of scalar cores (`-DFIQNN_COLS=0`, `c-inplace`), and for this "
         "machine (`-O2 -march=native -g`, `c-native`: the VNNI kernels where the CPU has AVX-512 VNNI; and "
-        "with `-DFIQNN_NO_INTRINSICS`, `c-native-plain`: the int8 GEMM kernels in plain C)"
+        "with `-DFIQNN_NO_INTRINSICS`, `c-native-plain`: the int8 GEMM kernels in plain C), and for size "
+        "(`-Os -g`, `c-compact`: the compact kernels)"
         + ("; and the C export built with arm-none-eabi-gcc -O3 for a Cortex-M4, which takes the Arm SIMD32 "
            "kernels, run under qemu-system-arm (`c-m4`, no sanitizers on bare metal)" if args.cortex_m else "")
         + "; and LiteRT (`litert`: XNNPACK, the .tflite of fiqnn.export.tflite.to_tflite(graph, target=\"xnnpack\", "
