@@ -33,6 +33,7 @@ ROWS = [
     ("base", "the long budget (bench/ptl_fashion_mnist.py's W2A2 row, teacher lr 1e-3)", 2, (0, 1), []),
     ("tq8", "teacher QNN trained 8 QAT epochs instead of 3 (a stronger BN teacher QNN)", 2, (0, 1),
      ["--teacher-epochs", "8"]),
+    ("tkd", "teacher QAT with KD from the float teacher (--teacher-kd 1)", 2, (0, 1), ["--teacher-kd", "1"]),
 ]
 
 

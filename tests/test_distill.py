@@ -251,3 +251,19 @@ def test_a_student_file_of_the_older_chain_form_still_loads(tmp_path, digits, fo
     loaded = load_student(tmp_path)
     assert list(loaded.units) == names
     assert np.array_equal(torch_logits(loaded, digits[1].test), torch_logits(student, digits[1].test))
+
+
+def test_teacher_kd_trains_the_teacher_qnn_towards_the_float_teacher(digits):
+    """--teacher-kd adds KD from the float teacher's logits to the teacher QAT: with it, the same
+    seed and batches give another QAT (its validation curve differs), and the student is exact."""
+    teacher, data = digits
+    short = {**FAST, "method": "fold", "teacher_epochs": 2}
+    curves = {}
+    for kd in (0.0, 1.0):
+        student = distill(teacher, data, DistillConfig(w_bits=2, a_bits=2, teacher_kd=kd, **short), progress=False,
+                          log=lambda m: None)
+        curves[kd] = [r["val_acc"] for r in student.history[0]["rows"]]
+        assert compare_backends(student, convert(student), data.test)["bit_exact"]
+    assert curves[0.0][0] == curves[1.0][0] and curves[0.0] != curves[1.0]  # the same start, another training
+    with pytest.raises(ValueError, match="teacher-kd must be >= 0"):
+        DistillConfig(teacher_kd=-1.0)

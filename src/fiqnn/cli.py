@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-compensation", action="store_true", help="freeze the downstream teacher layers")
     s.add_argument("--lr", type=float, help="Adam learning rate of the PTL stages (default 1e-4; the last stage "
                                             "and the fine-tune use a tenth)")
+    s.add_argument("--teacher-kd", type=float, help="weight of KD from the float teacher's logits in the teacher "
+                   "QAT, step 0 (default 0: cross-entropy only)")
     s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
     s.add_argument("--scratch-lr", type=float, help="Adam learning rate of --method scratch (default 1e-2)")
     s.add_argument("--batch-size", type=int, help="global batch size, over all torchrun processes (default 128)")

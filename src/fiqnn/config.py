@@ -97,6 +97,7 @@ class DistillConfig(_Dict):
     method: str = "ptl"
     teacher_quantizer: str = "lsq"
     teacher_epochs: int = 1  # step 0: QAT of the BN teacher (0: calibrate only)
+    teacher_kd: float = 0.0  # step 0: weight of KD from the float teacher's logits (0: CE only)
     lambda_target: float = 1.0
     lambda_kd: float = 1.0
     kd_temperature: float = 4.0
@@ -134,7 +135,7 @@ class DistillConfig(_Dict):
                f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
         _check(self.val_images is None or (isinstance(self.val_images, int) and self.val_images > 0),
                f"val-images must be a positive integer, got {self.val_images}")
-        for name in ("lambda_target", "lambda_kd", "weight_decay"):
+        for name in ("lambda_target", "lambda_kd", "teacher_kd", "weight_decay"):
             _check(getattr(self, name) >= 0, f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         _check(self.kd_temperature > 0, f"kd-temperature must be positive, got {self.kd_temperature}")
         _check(0 < self.lr < math.inf, f"lr must be positive and finite, got {self.lr}")
@@ -146,6 +147,7 @@ DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
     "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "rounding": "rounding",
     "first_last_bits": "first_last_bits",
     "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
+    "teacher_kd": "teacher_kd",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
     "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",

@@ -222,8 +222,12 @@ def distill(teacher: nn.Module, data: DataBundle, config: DistillConfig, *,
 
     # (name, run it -> per-epoch rows, the network its validation accuracy is reported for)
     Phase = tuple[str, Callable[[], list[dict[str, Any]]], Callable[[], nn.Module]]
+    float_teacher = None
+    if config.teacher_kd and config.teacher_epochs:  # a frozen copy on this device, in eval mode
+        float_teacher = rt.place(copy.deepcopy(teacher)).eval()
+        freeze(float_teacher)
     phases: list[Phase] = [("teacher-qat", lambda: _teacher_qat(state, config, stream, val_acc(state.qnn),
-                                                                progress, log), lambda: state.qnn)]
+                                                                progress, log, float_teacher), lambda: state.qnn)]
     if config.method == "ptl":
         phases += [(f"stage {k + 1}/{n} ({stage_names[k]})",
                     lambda k=k: ptl_stage(state, groups, k, config, stream, calib, val_acc, progress, log),
@@ -297,14 +301,24 @@ def _set_rng_state(d: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def _teacher_qat(state: _State, config: DistillConfig, stream: Stream, evaluate, progress: bool,
-                 log: Log) -> list[dict[str, Any]]:
-    """Step 0: QAT of the BN teacher at W/A bits; the frozen copy is taken afterwards."""
+                 log: Log, teacher: nn.Module) -> list[dict[str, Any]]:
+    """Step 0: QAT of the BN teacher at W/A bits, loss CE (+ ``teacher_kd`` x KD from the float
+    ``teacher``'s logits); the frozen copy is taken afterwards."""
     rows: list[dict[str, Any]] = []
     if config.teacher_epochs:
         qnn = state.qnn
+
+        def loss_fn(x_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = qnn(x_q)
+            loss = F.cross_entropy(logits, y)
+            if config.teacher_kd:
+                with torch.no_grad():
+                    target = teacher(to_float(x_q))
+                loss = loss + config.teacher_kd * kd_loss(logits, target, config.kd_temperature)
+            return loss
+
         rows = train_with_patience(
-            modules=[qnn], set_modes=qnn.train,
-            loss_fn=lambda x_q, y: F.cross_entropy(qnn(x_q), y), evaluate=evaluate, stream=stream,
+            modules=[qnn], set_modes=qnn.train, loss_fn=loss_fn, evaluate=evaluate, stream=stream,
             lr=config.teacher_lr, weight_decay=config.weight_decay, max_epochs=config.teacher_epochs,
             patience=config.teacher_epochs, desc="teacher QAT", progress=progress, log=log)
     state.frozen.load_state_dict(state.qnn.state_dict())
