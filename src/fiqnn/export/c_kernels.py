@@ -1155,6 +1155,15 @@ static void ${name}_gemm(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t
 
 static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logits, int8_t *wrow)
 {
+#if FIQNN_COMPACT  /* (no SIMD32 or GEMM kernels either) */
+    int n = L->kh * L->kw * (L->c / L->groups), oc, oy, ox;
+    for (oy = 0; oy < L->ho; oy++)  /* row by row: right for in-place layers (L->by_row) too */
+        for (oc = 0; oc < L->o; oc++) {
+            const int8_t *w = weight_row(L, oc, n, wrow);
+            for (ox = 0; ox < L->wo; ox++)
+                put_${name}(L, y, logits, oc, (long)oy * L->wo + ox, point_${name}(L, x, w, oc, oy, ox));
+        }
+#else
     int n = L->kh * L->kw * (L->c / L->groups), m = L->kw * L->c;
     int runs = L->dw == 1 && L->groups == 1;
     long row = (long)L->w * L->c, step = (long)L->sw * L->c;
@@ -1173,15 +1182,6 @@ static void $name(const fiqnn_layer *L, const $xt *x, uint8_t *y, int32_t *logit
         return;
     }
 #endif
-#if FIQNN_COMPACT
-    (void)m; (void)runs; (void)row; (void)step; (void)j; (void)p; (void)ky; (void)r0; (void)r1;
-    for (oy = 0; oy < L->ho; oy++)  /* row by row: right for in-place layers (L->by_row) too */
-        for (oc0 = 0; oc0 < L->o; oc0++) {
-            const int8_t *w = weight_row(L, oc0, n, wrow);
-            for (ox = 0; ox < L->wo; ox++)
-                put_${name}(L, y, logits, oc0, (long)oy * L->wo + ox, point_${name}(L, x, w, oc0, oy, ox));
-        }
-#else
     for (r0 = 0; r0 < L->ho; r0 = r1)  /* output rows: all at once, or one by one (L->by_row) */
     for (r1 = L->by_row ? r0 + 1 : L->ho, oc0 = 0; oc0 < L->o; oc0 += 4) {
         int nb = L->o - oc0 < 4 ? L->o - oc0 : 4;

@@ -301,7 +301,7 @@ def _set_rng_state(d: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def _teacher_qat(state: _State, config: DistillConfig, stream: Stream, evaluate, progress: bool,
-                 log: Log, teacher: nn.Module) -> list[dict[str, Any]]:
+                 log: Log, teacher: nn.Module | None) -> list[dict[str, Any]]:
     """Step 0: QAT of the BN teacher at W/A bits, loss CE (+ ``teacher_kd`` x KD from the float
     ``teacher``'s logits); the frozen copy is taken afterwards."""
     rows: list[dict[str, Any]] = []
