@@ -13,6 +13,7 @@ kernels that bench/cortex_m.py times). Writes bench/results/footprint.json and .
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -26,7 +27,14 @@ M4 = ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wa
       "-pedantic"]
 
 
-def main(runs: list[str]) -> int:
+def _n(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else "n/a (no arm-none-eabi-gcc)"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", metavar="RUN", help="a distill run directory (holding model.npz)")
+    runs = p.parse_args(argv).runs
     sys.path.insert(0, str(ROOT / "src"))
     from fiqnn.export.c99 import export_c, footprint
     from fiqnn.integer.modelfile import load
@@ -53,7 +61,7 @@ def main(runs: list[str]) -> int:
     for r in rows:
         lines.append(f"| alexnet-s W{r['w_bits']}A{r['a_bits']} ({r['method']}) | {r['weight_bytes']:,} | "
                      f"{r['weight_bytes_int8']:,} | {r['param_bytes']:,} | {r['arena_bytes']:,} | "
-                     f"{r.get('m4_flash', 'n/a'):,} | {r.get('m4_ram', 'n/a'):,} | {r.get('m4_o3_flash', 'n/a'):,} |")
+                     f"{_n(r.get('m4_flash'))} | {_n(r.get('m4_ram'))} | {_n(r.get('m4_o3_flash'))} |")
     lines += ["", "First and last layers keep 8-bit weights (`--first-last-bits 8`). Cortex-M4: "
               f"`{' '.join(M4)} -c model.c`, then `arm-none-eabi-size`; flash = text + data, RAM = data + bss. "
               "-Os selects the compact kernels (one plain sum per output; `-DFIQNN_COMPACT=0` keeps the fast "
