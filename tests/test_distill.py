@@ -255,15 +255,81 @@ def test_a_student_file_of_the_older_chain_form_still_loads(tmp_path, digits, fo
 
 def test_teacher_kd_trains_the_teacher_qnn_towards_the_float_teacher(digits):
     """--teacher-kd adds KD from the float teacher's logits to the teacher QAT: with it, the same
-    seed and batches give another QAT (its validation curve differs), and the student is exact."""
+    seed and batches give another QAT (the fold student of its teacher QNN has other weights), and
+    the student is exact."""
     teacher, data = digits
     short = {**FAST, "method": "fold", "teacher_epochs": 2}
-    curves = {}
+    starts, weights = {}, {}
     for kd in (0.0, 1.0):
         student = distill(teacher, data, DistillConfig(w_bits=2, a_bits=2, teacher_kd=kd, **short), progress=False,
                           log=lambda m: None)
-        curves[kd] = [r["val_acc"] for r in student.history[0]["rows"]]
+        starts[kd], weights[kd] = student.history[0]["rows"][0]["val_acc"], student.state_dict()
         assert compare_backends(student, convert(student), data.test)["bit_exact"]
-    assert curves[0.0][0] == curves[1.0][0] and curves[0.0] != curves[1.0]  # the same start, another training
+    assert starts[0.0] == starts[1.0]  # the same start, another training: the fold of another teacher QNN
+    assert any(not torch.equal(w, weights[1.0][k]) for k, w in weights[0.0].items())
     with pytest.raises(ValueError, match="teacher-kd must be >= 0"):
         DistillConfig(teacher_kd=-1.0)
+
+
+def test_teacher_lr_schedule_cosine_changes_the_teacher_qat_only(digits):
+    """--teacher-lr-schedule cosine: the same start, another teacher QAT (other student weights),
+    an exact student."""
+    teacher, data = digits
+    short = {**FAST, "method": "fold", "teacher_epochs": 2}
+    starts, weights = {}, {}
+    for schedule in ("constant", "cosine"):
+        student = distill(teacher, data, DistillConfig(w_bits=2, a_bits=2, teacher_lr_schedule=schedule, **short),
+                          progress=False, log=lambda m: None)
+        starts[schedule], weights[schedule] = student.history[0]["rows"][0]["val_acc"], student.state_dict()
+        assert compare_backends(student, convert(student), data.test)["bit_exact"]
+    assert starts["constant"] == starts["cosine"]
+    assert any(not torch.equal(w, weights["cosine"][k]) for k, w in weights["constant"].items())
+
+
+def test_a_cosine_schedule_sets_every_steps_rate_and_resumes_on_its_curve(monkeypatch):
+    """train_with_patience(schedule="cosine"): step t of the phase's max_epochs x steps trains at
+    lr (1 + cos(pi t / T)) / 2, from lr down towards 0, and a phase resumed from its snapshot after
+    an epoch continues on the same curve; "constant" keeps lr."""
+    import math
+    from types import SimpleNamespace
+
+    from fiqnn.parallel import Runtime
+    from fiqnn.train import loop
+
+    def fake_epoch(batches, net, opt, rt, *, steps, desc, progress, after_step=None):
+        for _ in range(steps):
+            seen.append(opt.param_groups[0]["lr"])
+            if after_step is not None:
+                after_step()
+        return 0.0
+
+    class Hook:  # keeps the last epoch's snapshot, the way the distill checkpoint does
+        resume = None
+
+        def save(self, snap):
+            self.snap = snap
+
+    monkeypatch.setattr(loop, "train_epoch", fake_epoch)
+    stream = SimpleNamespace(steps=4, rt=Runtime(), epoch=lambda: iter(()))
+    run = dict(loss_fn=None, evaluate=lambda: 0.0, stream=stream, lr=0.1, weight_decay=0.0, max_epochs=3,
+               patience=3, desc="t", progress=False, log=lambda m: None)
+    curve = [0.1 * (1 + math.cos(math.pi * t / 12)) / 2 for t in range(12)]
+    for schedule, want in (("cosine", curve), ("constant", [0.1] * 12)):
+        seen = []
+        m = torch.nn.Linear(2, 2)
+        loop.train_with_patience(modules=[m], set_modes=m.train, schedule=schedule, **run)
+        assert seen == pytest.approx(want, rel=1e-12, abs=1e-15)
+    hook, seen = Hook(), []
+    token = loop.EPOCH_HOOK.set(hook)
+    try:
+        m = torch.nn.Linear(2, 2)
+        loop.train_with_patience(modules=[m], set_modes=m.train, schedule="cosine", **{**run, "max_epochs": 1,
+                                                                                    "patience": 1})
+        hook.snap["rows"][-1]["epoch"], hook.snap["bad"] = 1, 0  # as if killed after epoch 1 of 3
+        hook.resume, seen = hook.snap, []
+        loop.train_with_patience(modules=[m], set_modes=m.train, schedule="cosine", **run)
+    finally:
+        loop.EPOCH_HOOK.reset(token)
+    assert seen == pytest.approx(curve[4:], rel=1e-12)
+    with pytest.raises(ValueError, match="unknown teacher lr schedule"):
+        DistillConfig(teacher_lr_schedule="step")

@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher-kd", type=float, help="weight of KD from the float teacher's logits in the teacher "
                    "QAT, step 0 (default 0: cross-entropy only)")
     s.add_argument("--teacher-lr", type=float, help="Adam learning rate of the teacher QAT, step 0 (default 1e-4)")
+    s.add_argument("--teacher-lr-schedule", choices=("constant", "cosine"),
+                   help="the teacher QAT's learning rate: constant (default) or cosine from --teacher-lr to 0 "
+                   "over its --teacher-epochs, per step")
     s.add_argument("--scratch-lr", type=float, help="Adam learning rate of --method scratch (default 1e-2)")
     s.add_argument("--batch-size", type=int, help="global batch size, over all torchrun processes (default 128)")
     s.add_argument("--steps-per-epoch", type=int, help="batches per scheduler epoch (default: a full pass)")

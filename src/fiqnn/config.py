@@ -75,6 +75,7 @@ class TeacherConfig(_Dict):
 
 METHODS = ("ptl", "fold", "oneshot", "scratch")
 SCALES = ("per-layer", "per-channel")
+LR_SCHEDULES = ("constant", "cosine")
 ROUNDINGS = ("single", "double")  # (E4), (E4d): fiqnn.integer.arith.ROUNDINGS (a layer below cannot import it)
 TEACHER_QUANTIZERS = ("lsq", "dorefa")
 
@@ -107,6 +108,7 @@ class DistillConfig(_Dict):
     finetune_epochs: int = 2
     lr: float = 1e-4  # Adam, PTL stages (the last stage and the fine-tune use lr / 10)
     teacher_lr: float = 1e-4  # Adam, step-0 QAT of the BN teacher
+    teacher_lr_schedule: str = "constant"  # step 0: constant, or cosine to 0 over its teacher_epochs
     scratch_lr: float = 1e-2  # Adam, method "scratch" (random init: one weight code step is 1/Q of the latent range)
     weight_decay: float = 1e-5
     batch_size: int = 128
@@ -122,6 +124,8 @@ class DistillConfig(_Dict):
                                                          f"got {v}")
         _check(self.scale in SCALES, f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
         _check(self.rounding in ROUNDINGS, f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
+        _check(self.teacher_lr_schedule in LR_SCHEDULES, f"unknown teacher lr schedule "
+               f"{self.teacher_lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.teacher_quantizer in TEACHER_QUANTIZERS,
                f"unknown teacher quantizer {self.teacher_quantizer!r}; choose lsq or dorefa")
@@ -150,7 +154,7 @@ DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
     "teacher_kd": "teacher_kd",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",
-    "lr": "lr", "teacher_lr": "teacher_lr", "scratch_lr": "scratch_lr",
+    "lr": "lr", "teacher_lr": "teacher_lr", "teacher_lr_schedule": "teacher_lr_schedule", "scratch_lr": "scratch_lr",
     "batch_size": "batch_size", "steps_per_epoch": "steps_per_epoch", "calib_images": "calib_images",
     "val_images": "val_images", "seed": "seed",
 }

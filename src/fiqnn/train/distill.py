@@ -320,7 +320,8 @@ def _teacher_qat(state: _State, config: DistillConfig, stream: Stream, evaluate,
         rows = train_with_patience(
             modules=[qnn], set_modes=qnn.train, loss_fn=loss_fn, evaluate=evaluate, stream=stream,
             lr=config.teacher_lr, weight_decay=config.weight_decay, max_epochs=config.teacher_epochs,
-            patience=config.teacher_epochs, desc="teacher QAT", progress=progress, log=log)
+            patience=config.teacher_epochs, desc="teacher QAT", progress=progress, log=log,
+            schedule=config.teacher_lr_schedule)
     state.frozen.load_state_dict(state.qnn.state_dict())
     state.frozen.eval()
     freeze(state.frozen)

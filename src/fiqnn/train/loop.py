@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -140,9 +141,12 @@ def train_epoch(batches: Iterator, loss_of: Callable[[torch.Tensor, torch.Tensor
 def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], None],
                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], evaluate: Callable[[], float],
                         stream: Stream, lr: float, weight_decay: float, max_epochs: int, patience: int,
-                        desc: str, progress: bool, log: Log) -> list[dict[str, Any]]:
+                        desc: str, progress: bool, log: Log, schedule: str = "constant") -> list[dict[str, Any]]:
     """The PTL scheduler: train an epoch, validate, keep the best state; stop after
     ``patience`` epochs without improvement (or ``max_epochs``) and restore the best.
+    ``schedule`` "cosine": the learning rate of step t of the ``max_epochs`` x steps the
+    phase may take is ``lr`` x (1 + cos(pi t / T)) / 2, a function of the step alone, so a
+    resumed phase continues on the same curve.
 
     The state before training (epoch 0) is a candidate too, so a phase never leaves the
     network worse on validation than it found it (at 8 bits the local initialisation is
@@ -172,11 +176,24 @@ def train_with_patience(*, modules: list[nn.Module], set_modes: Callable[[], Non
         log(f"{desc} epoch 0 (before training): val acc {best_acc:.2f}%")
     start = rows[-1]["epoch"]
     stopped = snap is not None and (bad >= patience or start >= max_epochs)
+    total, step = max_epochs * stream.steps, start * stream.steps
+
+    def set_lr() -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 + math.cos(math.pi * step / total)) / 2
+
+    def after_step() -> None:
+        nonlocal step
+        step += 1
+        set_lr()
+
+    if schedule == "cosine":
+        set_lr()
     for epoch in range(start, max_epochs if not stopped else start):
         t0 = time.perf_counter()
         set_modes()
         loss = train_epoch(stream.epoch(), net, opt, rt, steps=stream.steps, desc=f"{desc} epoch {epoch + 1}",
-                           progress=progress)
+                           progress=progress, after_step=after_step if schedule == "cosine" else None)
         check_finite(modules, loss, f"{desc} epoch {epoch + 1}")
         rt.sync_buffers(modules)
         acc = evaluate()
