@@ -34,13 +34,22 @@ ROWS = [
     ("tq8", "teacher QNN trained 8 QAT epochs instead of 3 (a stronger BN teacher QNN)", 2, (0, 1),
      ["--teacher-epochs", "8"]),
     ("tkd", "teacher QAT with KD from the float teacher (--teacher-kd 1)", 2, (0, 1), ["--teacher-kd", "1"]),
+    ("tcos", "teacher QAT learning rate cosine to 0 instead of constant (--teacher-lr-schedule cosine)", 2, (0, 1),
+     ["--teacher-lr-schedule", "cosine"]),
 ]
+
+
+def _flags(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with each ``--flag value`` pair of ``extra`` in place of its own, new ones appended."""
+    pairs = dict(zip(base[::2], base[1::2]))
+    pairs.update(zip(extra[::2], extra[1::2]))
+    return [t for kv in pairs.items() for t in kv]
 
 
 def _run(teacher: str, runs: str, label: str, bits: int, seed: int, extra: list[str]) -> dict | None:
     out = Path(runs) / f"{label}-s{seed}"
     cmd = ["fiqnn", "distill", "--teacher", teacher, "--out", str(out), "--wbits", str(bits), "--abits", str(bits),
-           *BASE, *extra, "--seed", str(seed)]
+           *_flags(BASE, extra), "--seed", str(seed)]
     if not (out / "metrics.json").exists():
         print("$", " ".join(cmd), flush=True)
         res = subprocess.run([str(ROOT / ".venv/bin/fiqnn"), *cmd[1:], "--no-progress",
