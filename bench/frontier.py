@@ -101,8 +101,8 @@ def main() -> int:
             teacher = rows[0]["teacher_acc"]
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-            md = ["# The 2-3 bit frontier: alexnet-s on Fashion-MNIST, per-layer scale", "",
-                  f"Float BN teacher: {teacher:.2f}% (`fiqnn train-teacher --arch alexnet-s --data fashion-mnist "
+            md = [f"alexnet-s on Fashion-MNIST, per-layer scale. Float BN teacher: {teacher:.2f}% "
+                  "(`fiqnn train-teacher --arch alexnet-s --data fashion-mnist "
                   "--out runs/teacher`). Integer test accuracy of each student on the 10,000 test images (numpy "
                   "executor); `a ± b`: mean and half the spread over seeds. Wall: the training phases, on this "
                   "machine's 2 cores, often shared with other work.", "", *_table(rows), "", "Commands:", ""]
