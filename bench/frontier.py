@@ -3,12 +3,12 @@
 Usage (from the repository root, after `make test` has built .venv and the 8-epoch teacher
 exists: `fiqnn train-teacher --arch alexnet-s --data fashion-mnist --out runs/teacher`):
 
-    .venv/bin/python bench/frontier.py [--teacher runs/teacher] [--runs runs/i18] [--only LABEL ...]
+    .venv/bin/python bench/frontier.py [--teacher runs/teacher] [--runs runs/i18] [--only LABEL ...] [--bits B ...] [--seed S ...]
 
 Each row is one `fiqnn distill` command (alexnet-s, Fashion-MNIST, per-layer scale): the
 long PTL budget of bench/ptl_fashion_mnist.py (200-batch scheduler epochs, teacher QAT 3
 epochs, at most 2 per stage, patience 1, fine-tune 3, stage and teacher learning rate 1e-3)
-plus the row's change. A row's run directory is `--runs`/LABEL-sSEED; a finished one
+plus the row's change. A row's run directory is `--runs`/wBaB-LABEL-sSEED; a finished one
 (metrics.json) is read, an unfinished one resumed, so the bench continues where it stopped.
 Results are rewritten after every run: bench/results/frontier.json and .md. Accuracy is the
 integer (numpy) executor's on the 10,000 real test images; `bit-exact`: the eval-mode torch
@@ -36,6 +36,8 @@ ROWS = [
     ("tkd", "teacher QAT with KD from the float teacher (--teacher-kd 1)", 2, (0, 1), ["--teacher-kd", "1"]),
     ("tcos", "teacher QAT learning rate cosine to 0 instead of constant (--teacher-lr-schedule cosine)", 2, (0, 1),
      ["--teacher-lr-schedule", "cosine"]),
+    ("tq8", "teacher QNN trained 8 QAT epochs instead of 3 (a stronger BN teacher QNN)", 3, (0, 1),
+     ["--teacher-epochs", "8"]),
 ]
 
 
@@ -46,8 +48,12 @@ def _flags(base: list[str], extra: list[str]) -> list[str]:
     return [t for kv in pairs.items() for t in kv]
 
 
+def _out(runs: str, label: str, bits: int, seed: int) -> Path:
+    return Path(runs) / f"w{bits}a{bits}-{label}-s{seed}"
+
+
 def _run(teacher: str, runs: str, label: str, bits: int, seed: int, extra: list[str]) -> dict | None:
-    out = Path(runs) / f"{label}-s{seed}"
+    out = _out(runs, label, bits, seed)
     cmd = ["fiqnn", "distill", "--teacher", teacher, "--out", str(out), "--wbits", str(bits), "--abits", str(bits),
            *_flags(BASE, extra), "--seed", str(seed)]
     if not (out / "metrics.json").exists():
@@ -87,12 +93,16 @@ def main() -> int:
     p.add_argument("--teacher", default="runs/teacher")
     p.add_argument("--runs", default="runs/i18")
     p.add_argument("--only", action="append", default=[], metavar="LABEL", help="run only these rows")
+    p.add_argument("--bits", type=int, action="append", default=[], help="run only the rows at these widths")
+    p.add_argument("--seed", type=int, action="append", default=[], help="run only these seeds")
     args = p.parse_args()
     rows = []
     for label, _, bits, seeds, extra in ROWS:
         for seed in seeds:
-            done = (Path(args.runs) / f"{label}-s{seed}" / "metrics.json").exists()
-            if args.only and label not in args.only and not done:
+            done = (_out(args.runs, label, bits, seed) / "metrics.json").exists()
+            wanted = ((not args.only or label in args.only) and (not args.bits or bits in args.bits)
+                      and (not args.seed or seed in args.seed))
+            if not (wanted or done):
                 continue
             row = _run(args.teacher, args.runs, label, bits, seed, extra)
             if row is None:

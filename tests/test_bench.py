@@ -34,7 +34,8 @@ def test_row_command_reproduces_its_config(method):
     from fiqnn.cli import build_parser
     from fiqnn.config import DISTILL_FLAGS
 
-    config = bench.recipe(method, 2, "per-layer", 1, bench.Budget(), layers=7, lr=1e-3)
+    config = bench.recipe(method, 2, "per-layer", 1, bench.Budget(calib_images=256, val_images=1000), layers=7, lr=1e-3)
+    assert config.calib_images == 256 and config.val_images == 1000
     args = build_parser().parse_args(shlex.split(bench.command_line("T", config, "OUT"))[1:])
     given = {field: getattr(args, flag) for flag, field in DISTILL_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_compensation:
@@ -81,6 +82,7 @@ def test_versus_counts_a_difference_only_beyond_seed_noise():
     (["bench", "--out", "X", "--teacher", "T", "--methods", "ptl,magic"], "unknown bench method 'magic'"),
     (["bench", "--out", "X", "--teacher", "T", "--bits", "9"], "w-bits must be an integer in 2..8"),
     (["bench", "--out", "X", "--teacher", "T", "--scales", "per-pixel"], "unknown scale 'per-pixel'"),
+    (["bench", "--out", "X", "--teacher", "T", "--val-images", "0"], "val-images must be a positive integer"),
 ])
 def test_bad_bench_arguments_exit_2(cli, tmp_path, argv, message):
     code, _, err = cli(*[a.replace("X", str(tmp_path / "b")) for a in argv])

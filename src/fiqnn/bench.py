@@ -38,12 +38,15 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _io
 from ._run import METRICS, read_json
 from .config import DISTILL_FLAGS, DistillConfig
 from .errors import FiqnnError
+
+if TYPE_CHECKING:
+    from .parallel import Runtime
 
 logger = logging.getLogger(__name__)  # "fiqnn.bench"
 
@@ -60,6 +63,7 @@ class Budget:
     patience: int = 1
     finetune_epochs: int = 1
     calib_images: int = 1024
+    val_images: int | None = None  # the schedulers' decisions on the first N validation images (None: all)
 
     def ptl_epochs(self, layers: int) -> int:
         """The most epochs a ptl run can train: teacher QAT + every stage + fine-tune."""
@@ -120,10 +124,12 @@ def grid(methods: Iterable[str], bits: Iterable[int], scales: Iterable[str], see
 
 def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list[Row], budget: Budget, *,
               lr_by_bits: Callable[[int], float | None] = lambda bits: None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, runtime: Runtime | None = None) -> dict[str, Any]:
     """Run ``rows`` (skipping those already in ``out/results.json``) and write the results,
     the table (``results.md``) and the plots (``plots/``) after every row. Progress lines go
-    to ``log`` (default: info records of the ``fiqnn.bench`` logger)."""
+    to ``log`` (default: info records of the ``fiqnn.bench`` logger). ``runtime``: the device,
+    precision and memory layout every row trains with (one process: a bench row is not
+    data-parallel; run several bench processes on one ``out`` instead)."""
     log = log or logger.info
     from .jobs import distill_run, teacher_data
     from .train.ptl import stage_count
@@ -163,7 +169,7 @@ def run_bench(teacher_dir: str | os.PathLike, out: str | os.PathLike, rows: list
             config = recipe(row.method, row.bits, row.scale, row.seed, budget, layers, lr_by_bits(row.bits))
             run_dir = out / "runs" / row.key
             log(f"[{i + 1}/{len(rows)}] {row.key}")
-            m = distill_run(teacher_dir, config, run_dir, resume=True, progress=progress)
+            m = distill_run(teacher_dir, config, run_dir, resume=True, progress=progress, runtime=runtime)
             results = merged({
                 "key": row.key, "method": row.method, "bits": row.bits, "scale": row.scale, "seed": row.seed,
                 "test_acc": m["test_acc"], "teacher_qnn_acc": m["teacher_qnn_acc"], "bit_exact": m["bit_exact"],
@@ -323,7 +329,9 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
           table(results), "",
           f"Budget (every method): {b['steps_per_epoch']} batches per scheduler epoch, teacher QAT "
           f"{b['teacher_epochs']} epoch(s), at most {b['max_epochs_per_stage']} per PTL stage (patience "
-          f"{b['patience']}), fine-tune {b['finetune_epochs']}; oneshot and scratch train for the stages' epochs "
+          f"{b['patience']}), fine-tune {b['finetune_epochs']}; local initialisation on {b['calib_images']} "
+          f"training images; the schedulers decide on "
+          f"{'all' if b.get('val_images') is None else 'the first ' + str(b['val_images'])} validation images; oneshot and scratch train for the stages' epochs "
           f"plus the fine-tune; qat-fold trains the BN QNN for ptl's whole budget; fold trains nothing. Wall: "
           "the training phases' wall time (summed across resumes; evaluation excluded) on this machine's 2 cores, "
           "often shared with other work.", "",

@@ -196,17 +196,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         for b in bits:  # validates bits and scales before any work
             for sc in scales:
-                DistillConfig(w_bits=b, a_bits=b, scale=sc)
+                DistillConfig(w_bits=b, a_bits=b, scale=sc, calib_images=args.calib_images,
+                              val_images=args.val_images)
         budget = bench.Budget(steps_per_epoch=args.steps_per_epoch, teacher_epochs=args.teacher_epochs,
                               max_epochs_per_stage=args.max_epochs_per_stage, patience=args.patience,
-                              finetune_epochs=args.finetune_epochs)
+                              finetune_epochs=args.finetune_epochs, calib_images=args.calib_images,
+                              val_images=args.val_images)
         rows = bench.grid(methods, bits, scales, seeds, args.seed_methods.split(","))
         if args.status:
             return _bench_status(args, bench.status(args.out, rows))
         low = args.low_bits_lr
 
-        results = bench.run_bench(args.teacher, args.out, rows, budget, progress=not args.no_progress,
-                                  lr_by_bits=lambda b: low if b <= 3 else None, log=log)
+        with _runtime(args) as rt:
+            if rt.distributed:
+                raise FiqnnError("bench rows run in one process each; start several `fiqnn bench` processes "
+                                 "on one --out instead of torchrun")
+            results = bench.run_bench(args.teacher, args.out, rows, budget, progress=not args.no_progress,
+                                      lr_by_bits=lambda b: low if b <= 3 else None, log=log, runtime=rt)
     _report(args, results, bench.table(results) + f"\n(results in {args.out}/results.md)")
     return 0
 
@@ -351,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="a model.npz file or a distill run directory")
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", parents=[common], help="ptl against the baselines and ablations, on one teacher",
+    b = sub.add_parser("bench", parents=[common, train], help="ptl against the baselines and ablations, on one teacher",
                        description="Run fold, qat-fold, scratch, oneshot, ptl, ptl-no-target and ptl-no-comp on "
                                    "the same teacher, bits and budget; write results.json, results.md and plots "
                                    "into --out. Rows already done are skipped, so it can be stopped and rerun.")
@@ -373,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-epochs-per-stage", type=int, default=1, help="default 1")
     b.add_argument("--patience", type=int, default=1, help="default 1")
     b.add_argument("--finetune-epochs", type=int, default=1, help="default 1")
+    b.add_argument("--calib-images", type=int, default=1024, help="local-initialisation images (default 1024)")
+    b.add_argument("--val-images", type=int, default=None,
+                   help="the schedulers' decisions on the first N validation images (default: all)")
     b.add_argument("--low-bits-lr", type=float, default=1e-3,
                    help="stage learning rate at 2 and 3 bits (default 1e-3; 4+ bits use the distill default)")
     b.set_defaults(func=cmd_bench)
