@@ -333,3 +333,54 @@ def test_a_cosine_schedule_sets_every_steps_rate_and_resumes_on_its_curve(monkey
     assert seen == pytest.approx(curve[4:], rel=1e-12)
     with pytest.raises(ValueError, match="unknown teacher lr schedule"):
         DistillConfig(teacher_lr_schedule="step")
+
+
+@pytest.mark.parametrize("scale", ["per-layer", "per-channel"])
+def test_a_folded_teacher_grid_is_the_grid_the_student_holds(digits, scale):
+    """--teacher-weight-grid folded: every teacher layer's BN-folded weights lie on the student's
+    grid (one step per layer under per-layer), so local initialisation re-quantizes nothing: the
+    student's integer weights times its step are the folded weights. With the default per-channel
+    grid a per-layer student re-quantizes, and loses that."""
+    from fiqnn.nets.fximport import import_model
+    from fiqnn.train.distill import calibration
+    from fiqnn.train.fold import fold_bn, local_init
+    from fiqnn.train.qnn import build_teacher_qnn
+    from fiqnn.train.units import QnnUnit
+
+    teacher, data = digits
+    calib = calibration(data, 256)
+    err = {}
+    for grid in ("folded", "channel"):
+        config = DistillConfig(w_bits=3, a_bits=3, scale=scale, teacher_weight_grid=grid)
+        qnn = build_teacher_qnn(import_model(teacher), config, calib).eval()
+        env, err[grid] = qnn.outputs(calib), []
+        for name, t in qnn.units.items():
+            if not isinstance(t, QnnUnit):
+                continue
+            w_c = fold_bn(t)[0]
+            src = qnn.inputs[name][0]
+            s = local_init(t, env[src], 8 if src == "input" else 3, t.w_bits, scale == "per-channel")
+            p = s.integer_params()
+            step = w_c.reshape(len(w_c), -1).abs().amax(1) / p["w_q"].reshape(len(w_c), -1).abs().amax(1)
+            step = step.reshape((-1,) + (1,) * (w_c.ndim - 1))
+            err[grid].append(float((p["w_q"].double() * step - w_c).abs().max() / w_c.abs().max()))
+            if grid == "folded":
+                g = t.grid_step().reshape((-1,) + (1,) * (w_c.ndim - 1))
+                assert g.numel() == (len(w_c) if scale == "per-channel" and t.a_bits else 1)
+                assert torch.allclose(w_c / g, (w_c / g).round(), atol=1e-4)
+    assert max(err["folded"]) < 1e-5
+    if scale == "per-layer":
+        assert max(err["channel"]) > 1e-2
+
+
+def test_a_folded_teacher_grid_trains_an_exact_student(digits):
+    teacher, data = digits
+    for method in ("fold", "ptl"):
+        config = DistillConfig(w_bits=4, a_bits=4, teacher_weight_grid="folded", method=method, **FAST)
+        student = distill(teacher, data, config, progress=False, log=lambda m: None)
+        assert compare_backends(student, convert(student), data.test)["bit_exact"]
+        assert accuracy(student, data.test) > 50
+    with pytest.raises(ValueError, match="unknown teacher weight grid 'row'"):
+        DistillConfig(teacher_weight_grid="row")
+    with pytest.raises(ValueError, match="needs the lsq teacher quantizer"):
+        DistillConfig(teacher_weight_grid="folded", teacher_quantizer="dorefa")

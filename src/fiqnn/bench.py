@@ -64,6 +64,7 @@ class Budget:
     finetune_epochs: int = 1
     calib_images: int = 1024
     val_images: int | None = None  # the schedulers' decisions on the first N validation images (None: all)
+    teacher_weight_grid: str = "channel"  # the teacher QNN's weight grid (DistillConfig), for every row
 
     def ptl_epochs(self, layers: int) -> int:
         """The most epochs a ptl run can train: teacher QAT + every stage + fine-tune."""
@@ -316,6 +317,10 @@ def versus(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _val_images(budget: dict[str, Any]) -> str:
+    return "all" if budget.get("val_images") is None else f"the first {budget['val_images']}"
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """results.json, results.md (table + every row's command, epochs, wall time) and plots."""
     _io.write_json(out / "results.json", results)
@@ -330,8 +335,9 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
           f"Budget (every method): {b['steps_per_epoch']} batches per scheduler epoch, teacher QAT "
           f"{b['teacher_epochs']} epoch(s), at most {b['max_epochs_per_stage']} per PTL stage (patience "
           f"{b['patience']}), fine-tune {b['finetune_epochs']}; local initialisation on {b['calib_images']} "
-          f"training images; the schedulers decide on "
-          f"{'all' if b.get('val_images') is None else 'the first ' + str(b['val_images'])} validation images; oneshot and scratch train for the stages' epochs "
+          f"training images; the schedulers decide on {_val_images(b)} validation images; teacher QNN weight grid "
+          f"{b.get('teacher_weight_grid', 'channel')}; "
+          "oneshot and scratch train for the stages' epochs "
           f"plus the fine-tune; qat-fold trains the BN QNN for ptl's whole budget; fold trains nothing. Wall: "
           "the training phases' wall time (summed across resumes; evaluation excluded) on this machine's 2 cores, "
           "often shared with other work.", "",

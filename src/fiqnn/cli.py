@@ -197,11 +197,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for b in bits:  # validates bits and scales before any work
             for sc in scales:
                 DistillConfig(w_bits=b, a_bits=b, scale=sc, calib_images=args.calib_images,
-                              val_images=args.val_images)
+                              val_images=args.val_images, teacher_weight_grid=args.teacher_weight_grid)
         budget = bench.Budget(steps_per_epoch=args.steps_per_epoch, teacher_epochs=args.teacher_epochs,
                               max_epochs_per_stage=args.max_epochs_per_stage, patience=args.patience,
                               finetune_epochs=args.finetune_epochs, calib_images=args.calib_images,
-                              val_images=args.val_images)
+                              val_images=args.val_images, teacher_weight_grid=args.teacher_weight_grid)
         rows = bench.grid(methods, bits, scales, seeds, args.seed_methods.split(","))
         if args.status:
             return _bench_status(args, bench.status(args.out, rows))
@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "TFLite Micro, CMSIS-NN and Ethos-U compute; 24-bit multipliers)")
     s.add_argument("--first-last-bits", type=int, help="weight bits of the first and last layers (default 8)")
     s.add_argument("--teacher-quantizer", help="lsq (default) | dorefa: the BN teacher QNN's weight quantizer")
+    s.add_argument("--teacher-weight-grid", choices=("channel", "folded"),
+                   help="the teacher QNN's weight steps: channel (default: one per output channel of the conv "
+                   "weights) | folded (on the BN-folded weights, one per layer where the student has one scale)")
     s.add_argument("--teacher-epochs", type=int, help="QAT epochs of the BN teacher QNN, step 0 (default 1)")
     s.add_argument("--lambda-target", type=float, help="weight of the layer-wise target MSE (default 1)")
     s.add_argument("--kd", type=float, help="weight of the KD loss from the teacher's logits (default 1)")
@@ -382,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib-images", type=int, default=1024, help="local-initialisation images (default 1024)")
     b.add_argument("--val-images", type=int, default=None,
                    help="the schedulers' decisions on the first N validation images (default: all)")
+    b.add_argument("--teacher-weight-grid", default="channel", choices=("channel", "folded"),
+                   help="the teacher QNN's weight grid for every row (see distill; default channel)")
     b.add_argument("--low-bits-lr", type=float, default=1e-3,
                    help="stage learning rate at 2 and 3 bits (default 1e-3; 4+ bits use the distill default)")
     b.set_defaults(func=cmd_bench)

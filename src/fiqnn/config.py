@@ -78,6 +78,7 @@ SCALES = ("per-layer", "per-channel")
 LR_SCHEDULES = ("constant", "cosine")
 ROUNDINGS = ("single", "double")  # (E4), (E4d): fiqnn.integer.arith.ROUNDINGS (a layer below cannot import it)
 TEACHER_QUANTIZERS = ("lsq", "dorefa")
+TEACHER_WEIGHT_GRIDS = ("channel", "folded")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class DistillConfig(_Dict):
     first_last_bits: int = 8
     method: str = "ptl"
     teacher_quantizer: str = "lsq"
+    # the teacher QNN's weight grid: "channel" (a step per output channel of the BN-free conv
+    # weights) or "folded" (steps on the BN-folded weights, one per layer where the student
+    # layer has one scale: the grid the student holds, so local initialisation re-quantizes nothing)
+    teacher_weight_grid: str = "channel"
     teacher_epochs: int = 1  # step 0: QAT of the BN teacher (0: calibrate only)
     teacher_kd: float = 0.0  # step 0: weight of KD from the float teacher's logits (0: CE only)
     lambda_target: float = 1.0
@@ -129,6 +134,10 @@ class DistillConfig(_Dict):
         _check(self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         _check(self.teacher_quantizer in TEACHER_QUANTIZERS,
                f"unknown teacher quantizer {self.teacher_quantizer!r}; choose lsq or dorefa")
+        _check(self.teacher_weight_grid in TEACHER_WEIGHT_GRIDS, f"unknown teacher weight grid "
+               f"{self.teacher_weight_grid!r}; choose one of {', '.join(TEACHER_WEIGHT_GRIDS)}")
+        _check(self.teacher_weight_grid == "channel" or self.teacher_quantizer == "lsq",
+               "teacher-weight-grid folded needs the lsq teacher quantizer (dorefa has no step to place)")
         for name in ("teacher_epochs", "finetune_epochs"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                    f"{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)}")
@@ -150,7 +159,8 @@ class DistillConfig(_Dict):
 DISTILL_FLAGS = {  # `fiqnn distill` flag (argparse dest) -> DistillConfig field
     "wbits": "w_bits", "abits": "a_bits", "scale": "scale", "rounding": "rounding",
     "first_last_bits": "first_last_bits",
-    "method": "method", "teacher_quantizer": "teacher_quantizer", "teacher_epochs": "teacher_epochs",
+    "method": "method", "teacher_quantizer": "teacher_quantizer",
+    "teacher_weight_grid": "teacher_weight_grid", "teacher_epochs": "teacher_epochs",
     "teacher_kd": "teacher_kd",
     "lambda_target": "lambda_target", "kd": "lambda_kd", "patience": "patience",
     "max_epochs_per_stage": "max_epochs_per_stage", "finetune_epochs": "finetune_epochs",

@@ -27,6 +27,7 @@ from .._progress import bar as progress_bar
 from ..config import DistillConfig
 from ..integer.arith import code_range
 from .graphnet import GraphNet
+from .quantizers import weight_step
 from .units import IntUnit, QnnUnit, in_code
 
 
@@ -71,7 +72,8 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     w_c, b_c = fold_bn(t)
     s = IntUnit(t.geometry, tuple(w_c.shape), in_bits, w_bits, t.a_bits, per_channel, signed=t.signed,
                 in_signed=in_signed, rounding=rounding).to(w_c.device)
-    step = weight_step(w_c, s.q, per_channel)  # the weight step is the initial alpha: alpha * w_q ~ w_c
+    # the weight step is the initial alpha: alpha * w_q ~ w_c (a folded teacher grid's own step is a candidate)
+    step = weight_step(w_c, s.q, per_channel, t.grid_step())
     step_b = step.reshape((-1,) + (1,) * (w_c.ndim - 1)) if per_channel else step.reshape(())
     s.weight.copy_((w_c / (step_b * s.q)).float())  # latent weights: w_q = clamp(round(q * weight))
     s.log_alpha.copy_(step.log().float())
@@ -86,26 +88,6 @@ def local_init(t: QnnUnit, x_q: torch.Tensor, in_bits: int, w_bits: int, per_cha
     s.bias.copy_((p["bias_q"].double() * alpha).float())  # keep the integer bias of the fit
     s.train()
     return s
-
-
-def weight_step(w: torch.Tensor, q: int, per_channel: bool) -> torch.Tensor:
-    """The step ``s`` (per layer, or per output channel) minimising ``|w - s * clamp(round(w / s), -q, q)|^2``,
-    searched over 96 clipping points from 5% to 100% of max|w| (on a sample of at most 2^17
-    weights per layer, or 4,096 per channel, for speed). At 2 bits (ternary) the
-    max-abs step would send most weights to zero; the MSE step keeps them."""
-    flat = w.reshape(len(w), -1) if per_channel else w.reshape(1, -1)
-    amax = flat.abs().amax(dim=1).clamp_min(1e-12)
-    limit = 4096 if per_channel else 1 << 17  # the error is estimated on a fixed random sample of columns
-    if flat.shape[1] > limit:
-        cols = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:limit]
-        flat = flat[:, cols]
-    best_step, best_err = amax / q, torch.full_like(amax, math.inf)
-    for r in torch.linspace(0.05, 1.0, 96, dtype=torch.float64):
-        step = amax * r / q
-        err = ((torch.clamp(torch.floor(flat / step[:, None] + 0.5), -q, q) * step[:, None] - flat) ** 2).sum(1)
-        better = err < best_err
-        best_step, best_err = torch.where(better, step, best_step), torch.where(better, err, best_err)
-    return best_step
 
 
 FIT_VALUES = 1 << 25  # the scale search reads at most this many accumulators (alexnet-s's layers all fit)

@@ -137,10 +137,17 @@ class QnnUnit(_Cached):
         a_bits: output activation bits, or None for the last layer (float logits).
         quantizer: "lsq" (learned per-channel step) or "dorefa".
         signed: signed output codes (no activation: a linear bottleneck's projection).
+        weight_grid: "channel" (the quantizer's steps on the conv weights) or "folded" (LSQ
+            steps on the BN-folded weights ``w * g``, ``g = gamma / sqrt(var + eps)`` from the
+            running statistics, one per channel if ``grid_per_channel`` else one per layer;
+            the weights used are ``quantize(w * g) / g``, so that folding lands on the grid). A
+            step per channel starts at max|w * g| / Q (the "channel" grid exactly, scaled by g);
+            one per layer at the least-squares step (max-abs would zero most channels).
     """
 
     def __init__(self, unit: nn.Sequential, in_scale: float, w_bits: int | None, a_bits: int | None,
-                 quantizer: str = "lsq", signed: bool = False):
+                 quantizer: str = "lsq", signed: bool = False, weight_grid: str = "channel",
+                 grid_per_channel: bool = True):
         super().__init__()
         self.geometry = Geometry.of(unit)
         self.layer = copy.deepcopy(unit.conv if hasattr(unit, "conv") else unit.fc)
@@ -151,7 +158,12 @@ class QnnUnit(_Cached):
         self.act = None if unit_act is None else "relu6" if isinstance(unit_act, nn.ReLU6) else "relu"
         self.w_bits, self.a_bits, self.signed = w_bits, a_bits, signed
         wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
-        self.wq = wq(w_bits, self.layer.weight) if w_bits else None
+        self.folded_grid = weight_grid == "folded" and w_bits is not None
+        if self.folded_grid:
+            self.wq = LsqWeight(w_bits, self.layer.weight.detach() * self.bn_gain(), grid_per_channel,
+                                init="max" if grid_per_channel else "mse")
+        else:
+            self.wq = wq(w_bits, self.layer.weight) if w_bits else None
         self.aq = LsqAct(a_bits, signed=signed) if a_bits else None
         self._w_cache: tuple[tuple, torch.Tensor] | None = None
 
@@ -163,15 +175,41 @@ class QnnUnit(_Cached):
         y = self.geometry.linear(x * self.in_scale, self.quantized_weight(), self.layer.bias)
         return self.bn(y) if self.bn is not None else y
 
+    def bn_gain(self) -> torch.Tensor:
+        """``g = gamma / sqrt(running_var + eps)`` per output channel, shaped to scale the
+        weights (ones without BN), kept at least 1e-8 in magnitude; no gradient."""
+        w = self.layer.weight
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        if self.bn is None:
+            return torch.ones((len(w),) + shape[1:], dtype=w.dtype, device=w.device)
+        g = (self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)).detach()
+        g = torch.where(g < 0, g.clamp(max=-1e-8), g.clamp(min=1e-8))
+        return g.reshape(shape).to(w.dtype)
+
+    def grid_step(self) -> torch.Tensor | None:
+        """The folded grid's step(s) in the student's code units (``w_c`` of docs/method.md,
+        phase 1), or None when the weights are not on a folded grid."""
+        if not self.folded_grid:
+            return None
+        s_out = float(self.aq.step.detach().abs()) if self.aq is not None else 1.0
+        return (self.wq.step.detach().abs().double() + 1e-12).reshape(-1) * (float(self.in_scale) / s_out)
+
+    def _quantize(self) -> torch.Tensor:
+        if not self.folded_grid:
+            return self.wq(self.layer.weight)
+        g = self.bn_gain()
+        return self.wq(self.layer.weight * g) / g
+
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weights; cached while no gradient is needed and nothing changed."""
         if self.wq is None:
             return self.layer.weight
         if torch.is_grad_enabled():
-            return self.wq(self.layer.weight)
-        key = _version_key(self.layer.weight, *self.wq.parameters())
+            return self._quantize()
+        bn = (self.bn.weight, self.bn.running_var) if self.folded_grid and self.bn is not None else ()
+        key = _version_key(self.layer.weight, *self.wq.parameters(), *bn)
         if self._w_cache is None or self._w_cache[0] != key:
-            self._w_cache = (key, self.wq(self.layer.weight))
+            self._w_cache = (key, self._quantize())
         return self._w_cache[1]
 
     def core(self, x_q: torch.Tensor) -> torch.Tensor:
@@ -194,8 +232,9 @@ class QnnUnit(_Cached):
             parts.append(("act", nn.ReLU6() if u.act == "relu6" else nn.ReLU()))
         if u.pool:
             parts.append(("pool", nn.MaxPool2d(*u.pool)))
-        return cls(nn.Sequential(OrderedDict(parts)), in_scales[0], w_bits, None if u.acc else config.a_bits,
-                   config.teacher_quantizer, u.signed)
+        a_bits = None if u.acc else config.a_bits
+        return cls(nn.Sequential(OrderedDict(parts)), in_scales[0], w_bits, a_bits, config.teacher_quantizer, u.signed,
+                   config.teacher_weight_grid, grid_per_channel=config.scale == "per-channel" and a_bits is not None)
 
     def calibrate(self, x_q: torch.Tensor) -> float | None:
         """Set the activation step for minimum MSE on ``x_q``; the step, or None for accumulators."""
