@@ -44,8 +44,12 @@ class LsqWeight(nn.Module):
         shape = (-1,) + (1,) * (weight.ndim - 1)
         self.step = nn.Parameter(step.reshape(shape if per_channel else ()))
 
+    def grid(self) -> torch.Tensor:
+        """The step the weights are rounded to (positive, never zero)."""
+        return self.step.abs() + 1e-12
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        s = _grad_scale(self.step.abs() + 1e-12, 1.0 / math.sqrt(w.numel() * self.q))
+        s = _grad_scale(self.grid(), 1.0 / math.sqrt(w.numel() * self.q))
         return torch.clamp(round_half_up(w / s), -self.q, self.q) * s
 
 

@@ -157,13 +157,14 @@ class QnnUnit(_Cached):
         unit_act = getattr(unit, "act", None)
         self.act = None if unit_act is None else "relu6" if isinstance(unit_act, nn.ReLU6) else "relu"
         self.w_bits, self.a_bits, self.signed = w_bits, a_bits, signed
-        wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer]
         self.folded_grid = weight_grid == "folded" and w_bits is not None
-        if self.folded_grid:
+        if not w_bits:
+            self.wq = None
+        elif self.folded_grid:
             self.wq = LsqWeight(w_bits, self.layer.weight.detach() * self.bn_gain(), grid_per_channel,
                                 init="max" if grid_per_channel else "mse")
         else:
-            self.wq = wq(w_bits, self.layer.weight) if w_bits else None
+            self.wq = {"lsq": LsqWeight, "dorefa": DorefaWeight}[quantizer](w_bits, self.layer.weight)
         self.aq = LsqAct(a_bits, signed=signed) if a_bits else None
         self._w_cache: tuple[tuple, torch.Tensor] | None = None
 
@@ -179,9 +180,9 @@ class QnnUnit(_Cached):
         """``g = gamma / sqrt(running_var + eps)`` per output channel, shaped to scale the
         weights (ones without BN), kept at least 1e-8 in magnitude; no gradient."""
         w = self.layer.weight
-        shape = (-1,) + (1,) * (w.ndim - 1)
+        shape = (len(w),) + (1,) * (w.ndim - 1)
         if self.bn is None:
-            return torch.ones((len(w),) + shape[1:], dtype=w.dtype, device=w.device)
+            return torch.ones(shape, dtype=w.dtype, device=w.device)
         g = (self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)).detach()
         g = torch.where(g < 0, g.clamp(max=-1e-8), g.clamp(min=1e-8))
         return g.reshape(shape).to(w.dtype)
@@ -192,7 +193,7 @@ class QnnUnit(_Cached):
         if not self.folded_grid:
             return None
         s_out = float(self.aq.step.detach().abs()) if self.aq is not None else 1.0
-        return (self.wq.step.detach().abs().double() + 1e-12).reshape(-1) * (float(self.in_scale) / s_out)
+        return self.wq.grid().detach().double().reshape(-1) * (float(self.in_scale) / s_out)
 
     def _quantize(self) -> torch.Tensor:
         if not self.folded_grid:
