@@ -38,6 +38,11 @@ ROWS = [
      ["--teacher-lr-schedule", "cosine"]),
     ("tq8", "teacher QNN trained 8 QAT epochs instead of 3 (a stronger BN teacher QNN)", 3, (0, 1),
      ["--teacher-epochs", "8"]),
+    # 4 and 8 bits: the widths that must stay within 0.3 of the teacher; stage lr 1e-4, the default there
+    ("base", "the long budget at stage lr 1e-4 (the default from 4 bits; teacher lr 1e-3)", 4, (0, 1),
+     ["--lr", "1e-4"]),
+    ("base", "the long budget at stage lr 1e-4 (the default from 4 bits; teacher lr 1e-3)", 8, (0, 1),
+     ["--lr", "1e-4"]),
 ]
 
 

@@ -107,6 +107,8 @@ def test_quick_bench_end_to_end(cli, tmp_path):
     md = (out / "results.md").read_text()
     ptl4 = next(r for r in results["rows"] if r["key"] == "ptl-w4a4-per-layer-s0")
     assert f"| ptl | per-layer | {ptl4['test_acc']:.2f} |" in md
+    steps = ptl4["epochs"] * results["budget"]["steps_per_epoch"]  # the row table's optimizer steps
+    assert f"| ptl-w4a4-per-layer-s0 | {ptl4['test_acc']:.2f} | {ptl4['epochs']} | {steps:,} |" in md
     assert (out / "plots" / "accuracy_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     t0 = time.perf_counter()  # every row is done: a rerun only rewrites the results

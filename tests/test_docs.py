@@ -90,3 +90,23 @@ def test_nothing_points_into_shared():
             continue
         hits += [f"{p.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1) if FORBIDDEN in line]
     assert hits == [], f"{FORBIDDEN} is outside the repository; link the project's own docs instead"
+
+
+def test_readme_results_match_the_results_files():
+    """README's generated sections (and headline.md) are what bench/update_readme.py makes of bench/results."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "update_readme.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_update_readme_replaces_only_marked_sections():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "bench" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = "a\n<!-- results:t -->\nold\n<!-- /results:t -->\nb\n<!-- results:u -->\nkeep\n<!-- /results:u -->\n"
+    assert mod.render(text, {"t": "new\n"}) == text.replace("old\n", "new\n")

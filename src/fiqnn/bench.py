@@ -317,6 +317,13 @@ def versus(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _qnn_grid(budget: dict[str, Any]) -> str:
+    if budget.get("teacher_weight_grid", "channel") == "folded":
+        return ("its weight steps sit on the BN-folded weights with the student's granularity, so its per-layer "
+                "and per-channel rows differ")
+    return "its weight steps are per output channel under either `--scale`, so its two rows agree"
+
+
 def _val_images(budget: dict[str, Any]) -> str:
     return "all" if budget.get("val_images") is None else f"the first {budget['val_images']}"
 
@@ -328,9 +335,8 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     md = [f"# PTL vs baselines: {t['arch']} on {t['data']}", "",
           "Integer test accuracy (%) on the whole test split, measured by the numpy integer executor; "
           "`a ± b (n seeds)` is the mean and half the spread (max - min) over seeds. teacher-qnn: the BN teacher "
-          "with fake quantizers after QAT, measured in the ptl run (its weight steps are per output channel under "
-          "either `--scale`, so its two rows agree). Every student was checked bit-exact against "
-          "the eval-mode torch student on every test image unless marked.", "",
+          f"with fake quantizers after QAT, measured in the ptl run ({_qnn_grid(b)}). Every student was checked "
+          "bit-exact against the eval-mode torch student on every test image unless marked.", "",
           table(results), "",
           f"Budget (every method): {b['steps_per_epoch']} batches per scheduler epoch, teacher QAT "
           f"{b['teacher_epochs']} epoch(s), at most {b['max_epochs_per_stage']} per PTL stage (patience "
@@ -347,9 +353,11 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
           "counts (**ahead**, **behind**) only where it is larger than that, otherwise it is *within noise*; "
           "*one seed*: no method has two seeds there yet, so no verdict.", "",
           versus(results), "",
-          "| row | test acc | epochs | wall | command |", "|---|---|---|---|---|"]
-    md += [f"| {r['key']} | {r['test_acc']:.2f} | {r['epochs']} | {r['wall_s'] / 60:.1f} min | `{r['command']}` |"
-           for r in results["rows"]]
+          "Optimizer steps: the row's trained epochs times the batches per epoch (every phase; qat-fold trains "
+          "as many as ptl, oneshot and scratch the stages' and fine-tune's, fold none).", "",
+          "| row | test acc | epochs | optimizer steps | wall | command |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['key']} | {r['test_acc']:.2f} | {r['epochs']} | {r['epochs'] * b['steps_per_epoch']:,} | "
+           f"{r['wall_s'] / 60:.1f} min | `{r['command']}` |" for r in results["rows"]]
     _io.write_text(out / "results.md", "\n".join(md) + "\n")
     if results["rows"]:
         from .plots import accuracy_vs_bits
