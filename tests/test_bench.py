@@ -80,6 +80,7 @@ def test_versus_counts_a_difference_only_beyond_seed_noise():
     (["bench", "--out", "X"], "bench needs --teacher"),
     (["bench", "--out", "X", "--teacher", "T", "--bits", "4,x"], "comma-separated integers"),
     (["bench", "--out", "X", "--teacher", "T", "--methods", "ptl,magic"], "unknown bench method 'magic'"),
+    (["bench", "--out", "X", "--teacher", "T", "--seed-methods", "ptl,none"], "unknown bench method 'none'"),
     (["bench", "--out", "X", "--teacher", "T", "--bits", "9"], "w-bits must be an integer in 2..8"),
     (["bench", "--out", "X", "--teacher", "T", "--scales", "per-pixel"], "unknown scale 'per-pixel'"),
     (["bench", "--out", "X", "--teacher", "T", "--val-images", "0"], "val-images must be a positive integer"),

@@ -189,7 +189,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              f"{args.seeds!r}") from None
         methods = args.methods.split(",") if args.methods else list(bench.METHODS)
         scales = args.scales.split(",")
-        for m in methods:
+        seed_methods = args.seed_methods.split(",")
+        for m in methods + seed_methods:
             if m not in bench.METHODS:
                 raise FiqnnError(f"unknown bench method {m!r}; choose from {', '.join(bench.METHODS)}")
         from .config import DistillConfig
@@ -202,7 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                               max_epochs_per_stage=args.max_epochs_per_stage, patience=args.patience,
                               finetune_epochs=args.finetune_epochs, calib_images=args.calib_images,
                               val_images=args.val_images, teacher_weight_grid=args.teacher_weight_grid)
-        rows = bench.grid(methods, bits, scales, seeds, args.seed_methods.split(","))
+        rows = bench.grid(methods, bits, scales, seeds, seed_methods)
         if args.status:
             return _bench_status(args, bench.status(args.out, rows))
         low = args.low_bits_lr
