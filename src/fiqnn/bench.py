@@ -290,15 +290,17 @@ RIVALS = ("fold", "qat-fold", "scratch", "oneshot", "ptl-no-target", "ptl-no-com
 def versus(results: dict[str, Any]) -> str:
     """The markdown table of ptl against each baseline and ablation at every bit width and scale:
     the difference of the means (points) and a verdict that counts it only where it is larger than
-    the seed noise: the largest seed-to-seed spread (max - min) of any method with 2+ seeds at that
-    width and scale. Without such a method there is no noise estimate and no verdict."""
+    the seed noise: the largest seed-to-seed spread (max - min) of any compared method (ptl and the
+    rivals; not teacher-qnn, an intermediate of the ptl runs) with 2+ seeds at that width and scale.
+    Without such a method there is no noise estimate and no verdict."""
     cell = {(s["method"], s["bits"], s["scale"]): s for s in summary(results)}
     keys = sorted({(b, s) for m, b, s in cell if m == "ptl"}, key=lambda k: (k[1] != "per-layer", -k[0]))
     out = ["| bits | scale | noise | " + " | ".join(f"vs {m}" for m in RIVALS) + " |",
            "|---|---|---|" + "---|" * len(RIVALS)]
     for bits, scale in keys:
         ptl = cell[("ptl", bits, scale)]
-        spreads = [s["spread"] for (m, b, sc), s in cell.items() if (b, sc) == (bits, scale) and len(s["seeds"]) > 1]
+        spreads = [s["spread"] for (m, b, sc), s in cell.items()
+                   if (b, sc) == (bits, scale) and len(s["seeds"]) > 1 and m != "teacher-qnn"]
         noise = max(spreads) if spreads else None
         cells = []
         for m in RIVALS:
@@ -349,7 +351,8 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
           "often shared with other work.", "",
           "![accuracy vs bits](plots/accuracy_vs_bits.png)", "",
           "ptl minus each baseline and ablation (points, difference of the means). *noise*: the largest "
-          "seed-to-seed spread (max - min) of any method with 2+ seeds at that width and scale; a difference "
+          "seed-to-seed spread (max - min) of any compared method (not teacher-qnn) with 2+ seeds at that width "
+          "and scale; a difference "
           "counts (**ahead**, **behind**) only where it is larger than that, otherwise it is *within noise*; "
           "*one seed*: no method has two seeds there yet, so no verdict.", "",
           versus(results), "",
