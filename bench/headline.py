@@ -79,9 +79,9 @@ def render() -> str:
     """headline.md's text, from the results files as they are now."""
     lines = ["Fashion-MNIST, the 10,000 test images; integer accuracy from the numpy executor; one "
              "(mult, shift) per layer. `a ± b`: mean and half the spread over seeds. Baselines: the per-layer rows "
-             "measured in the same table (fold: BN folded into the calibrated teacher QNN, nothing trained; qat-fold: QAT with BN for "
-             "ptl's whole budget, then folded; oneshot: every layer converted at once, then trained). Each table "
-             "carries its commands.", "",
+             "measured in the same table (fold: BN folded into the calibrated teacher QNN, nothing trained; "
+             "qat-fold: QAT with BN for ptl's whole budget, then folded; oneshot: every layer converted at once, "
+             "then trained). Each table carries its commands.", "",
              "| network | W/A | float BN teacher | ptl student | to teacher | baselines (same table) | bit-exact | "
              "table |", "|---|---|---|---|---|---|---|---|"]
     for (net, bits), sources in SOURCES.items():
